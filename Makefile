@@ -1,0 +1,40 @@
+# phasegate: `make demo` runs the demo phase on the embedded stack; `make test` runs every check.
+# Both install what they need first (scripts/setup.sh: idempotent, pinned, cached outside the clone).
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+PY := runtime/.venv/bin/python
+export PYTHONPATH := $(CURDIR)/runtime/src
+
+.PHONY: setup build demo test typecheck lint jest py-lint py-test server clean
+
+setup:
+	@scripts/setup.sh
+
+build: setup
+	@node_modules/.bin/tsc -p tsconfig.build.json
+
+demo: build
+	@scripts/demo.sh
+
+server: build
+	@bin/phasegate server
+
+typecheck: setup
+	node_modules/.bin/tsc -p tsconfig.json --noEmit
+
+lint: setup
+	node_modules/.bin/eslint --max-warnings 0 .
+
+jest: build
+	node_modules/.bin/jest --ci
+
+py-lint: setup
+	cd runtime && .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy src
+
+py-test: setup
+	cd runtime && .venv/bin/python -m pytest -q
+
+test: setup typecheck lint py-lint py-test jest
+
+clean:
+	rm -rf lib .phasegate

@@ -1,0 +1,34 @@
+/**
+ * The worker's activity implementations, built from their dependencies (paths, backends, logger) so tests and
+ * the worker wire them the same way.
+ */
+import { Context } from '@temporalio/activity';
+import type { Logger } from 'pino';
+import type { ComputeBackend } from './backends/backend';
+import { estimateActivity } from './estimate';
+import { freezePhase } from './freeze';
+import { runModel } from './run-model';
+import { scorePhase } from './score';
+import type { PhaseActivities } from './types';
+
+export type { PhaseActivities } from './types';
+
+export interface ActivityDeps {
+  artifactsDir: string;
+  workDir: string;
+  modelCacheDir: string;
+  repoRoot: string;
+  python: string;
+  runtimeSrc: string;
+  backends: Partial<Record<'local' | 'modal', ComputeBackend>>;
+  logger: Logger;
+}
+
+export function createActivities(deps: ActivityDeps): PhaseActivities {
+  return {
+    estimatePhase: (input) => Promise.resolve(estimateActivity(deps.artifactsDir, input)),
+    runModel: (input) => runModel(deps, input),
+    scorePhase: (input) => scorePhase(deps, input, Context.current().cancellationSignal),
+    freezePhase: (input) => Promise.resolve(freezePhase(deps, input)),
+  };
+}

@@ -1,0 +1,100 @@
+/**
+ * The per-model GPU activity: checks the prompt lock, writes the runtime spec, runs it on the protocol's
+ * backend, heartbeats progress, and turns backend errors into failures the workflow can classify.
+ */
+import { Context } from '@temporalio/activity';
+import { ApplicationFailure, CancelledFailure } from '@temporalio/common';
+import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { parsePromptLines, sha256 } from '../protocols/load';
+import { ErrorTypes, type LockedFile, type RunProgress } from '../workflows/definitions';
+import { BackendError, type ComputeBackend } from './backends/backend';
+import { buildRunSpec } from './runtime-spec';
+import type { ModelRunResult, RunModelInput } from './types';
+
+export interface RunModelDeps {
+  workDir: string;
+  modelCacheDir: string;
+  backends: Partial<Record<'local' | 'modal', ComputeBackend>>;
+  logger: Logger;
+  heartbeatEverySeconds?: number;
+}
+
+/** Reads a locked file and refuses it if its content changed since the phase started. */
+export function readLocked(field: string, file: LockedFile): string {
+  const text = readFileSync(file.path, 'utf8');
+  if (sha256(text) !== file.sha256) {
+    throw ApplicationFailure.create({
+      type: ErrorTypes.lockViolation,
+      message: `${field}: ${file.path} changed after the phase started (sha256 no longer matches the protocol lock)`,
+      nonRetryable: true,
+    });
+  }
+  return text;
+}
+
+export function writeJsonAtomic(file: string, value: unknown): void {
+  mkdirSync(path.dirname(file), { recursive: true });
+  const tmp = `${file}.tmp-${process.pid}`;
+  writeFileSync(tmp, `${JSON.stringify(value, null, 2)}\n`);
+  renameSync(tmp, file);
+}
+
+export async function runModel(deps: RunModelDeps, input: RunModelInput): Promise<ModelRunResult> {
+  const ctx = Context.current();
+  const model = input.protocol.models.find((m) => m.key === input.modelKey);
+  if (model === undefined) {
+    throw ApplicationFailure.create({ type: ErrorTypes.invalidInput, message: `model "${input.modelKey}" is not in the protocol`, nonRetryable: true });
+  }
+  const log = deps.logger.child({ phaseId: input.phaseId, model: model.key, attempt: input.attempt });
+  const prompts = {
+    harmful: parsePromptLines(readLocked('prompts.harmful', input.prompts.harmful)),
+    harmless: parsePromptLines(readLocked('prompts.harmless', input.prompts.harmless)),
+    eval: parsePromptLines(readLocked('prompts.eval', input.prompts.eval)),
+  };
+  // One folder per (phase, model), shared by every attempt: the runtime's checkpoints make a retry resume.
+  const outDir = path.join(deps.workDir, input.phaseId, model.key);
+  const specPath = path.join(outDir, 'spec.json');
+  writeJsonAtomic(specPath, buildRunSpec({ phaseId: input.phaseId, protocol: input.protocol, model, prompts, cacheDir: deps.modelCacheDir }));
+
+  const backend = deps.backends[input.protocol.backend];
+  if (backend === undefined) {
+    throw ApplicationFailure.create({
+      type: ErrorTypes.missingCredentials,
+      message: `the ${input.protocol.backend} backend is not configured on this worker`,
+      nonRetryable: true,
+    });
+  }
+
+  const progress: RunProgress = { stage: 'launching', unitsDone: 0, unitsTotal: input.protocol.methods.length * input.protocol.repeats + 1, lastUnit: null, backendIds: {} };
+  const beat = (): void => ctx.heartbeat(progress);
+  // Heartbeat on a timer as well as on events: a long unit sends no event for minutes, and cancellation only
+  // reaches an activity through a heartbeat.
+  const timer = setInterval(beat, (deps.heartbeatEverySeconds ?? 5) * 1000);
+  beat();
+  log.info({ backend: backend.name, outDir }, 'model run started');
+  try {
+    const result = await backend.run(
+      { phaseId: input.phaseId, modelKey: model.key, attempt: input.attempt, gpu: model.gpu, timeoutMinutes: model.timeout_minutes, specPath, outDir },
+      {
+        signal: ctx.cancellationSignal,
+        progress: (p) => {
+          Object.assign(progress, p);
+          beat();
+        },
+      },
+    );
+    log.info({ seconds: result.measuredSeconds }, 'model run finished');
+    return { ...result, unitsDone: progress.unitsTotal, unitsTotal: progress.unitsTotal };
+  } catch (err) {
+    if (!(err instanceof BackendError)) throw err;
+    const details = [{ measuredSeconds: err.measuredSeconds, backendIds: err.backendIds }];
+    log.warn({ kind: err.kind, seconds: err.measuredSeconds }, `model run ended: ${err.message}`);
+    if (err.kind === 'cancelled') throw new CancelledFailure(err.message, details);
+    const type = { invalid_input: ErrorTypes.invalidInput, missing_credentials: ErrorTypes.missingCredentials, failure: ErrorTypes.runtimeFailure }[err.kind];
+    throw ApplicationFailure.create({ type, message: err.message, details, nonRetryable: err.kind !== 'failure' });
+  } finally {
+    clearInterval(timer);
+  }
+}

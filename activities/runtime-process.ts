@@ -1,0 +1,106 @@
+/**
+ * Runs the Python steering runtime as a child process and reads its newline-delimited JSON events.
+ *
+ * Two guarantees matter for cost and correctness:
+ * - cancellation (an AbortSignal) sends SIGTERM, then SIGKILL after a grace period, and waits for the exit;
+ * - if the worker itself dies, the kernel sends the runtime SIGTERM (parent-death signal through `setpriv`), so
+ *   a retry on a restarted worker never races an orphaned run over the same checkpoint folder.
+ */
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import { createInterface } from 'node:readline';
+
+export interface RuntimeEvent {
+  event: string;
+  [key: string]: unknown;
+}
+
+export interface RuntimeCommand {
+  python: string;
+  runtimeSrc: string;
+  args: string[];
+  env?: NodeJS.ProcessEnv;
+  signal?: AbortSignal;
+  onEvent?: (event: RuntimeEvent) => void;
+  /** Seconds between SIGTERM and SIGKILL on cancellation. */
+  killGraceSeconds?: number;
+}
+
+export interface RuntimeExit {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  seconds: number;
+  cancelled: boolean;
+  /** The runtime's last `error` event, if it sent one. */
+  error: { kind: string; message: string } | null;
+  stderrTail: string;
+}
+
+/** Exit codes of the runtime (runtime/SPEC.md). */
+export const RuntimeExitCode = { ok: 0, failure: 1, invalidSpec: 2 } as const;
+
+const SETPRIV = '/usr/bin/setpriv';
+
+export function runRuntime(cmd: RuntimeCommand): Promise<RuntimeExit> {
+  const argv = ['-m', 'phasegate_runtime', ...cmd.args];
+  const usePdeathsig = process.platform === 'linux' && existsSync(SETPRIV);
+  const [file, args] = usePdeathsig ? [SETPRIV, ['--pdeathsig', 'TERM', '--', cmd.python, ...argv]] : [cmd.python, argv];
+  const started = process.hrtime.bigint();
+  const child = spawn(file, args, {
+    env: {
+      ...process.env,
+      ...cmd.env,
+      PYTHONPATH: cmd.runtimeSrc,
+      PYTHONUNBUFFERED: '1',
+    },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+
+  let stderrTail = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (chunk: string) => {
+    stderrTail = (stderrTail + chunk).slice(-4000);
+  });
+
+  let error: RuntimeExit['error'] = null;
+  const lines = createInterface({ input: child.stdout });
+  lines.on('line', (line) => {
+    const event = parseEvent(line);
+    if (event === null) return;
+    if (event.event === 'error') error = { kind: String(event.kind), message: String(event.message) };
+    cmd.onEvent?.(event);
+  });
+
+  let cancelled = false;
+  let killTimer: NodeJS.Timeout | undefined;
+  const onAbort = (): void => {
+    cancelled = true;
+    child.kill('SIGTERM');
+    killTimer = setTimeout(() => child.kill('SIGKILL'), (cmd.killGraceSeconds ?? 10) * 1000);
+  };
+  if (cmd.signal?.aborted) onAbort();
+  else cmd.signal?.addEventListener('abort', onAbort, { once: true });
+
+  return new Promise((resolve, reject) => {
+    child.on('error', reject);
+    child.on('close', (code, signal) => {
+      if (killTimer !== undefined) clearTimeout(killTimer);
+      cmd.signal?.removeEventListener('abort', onAbort);
+      const seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      resolve({ code, signal, seconds, cancelled, error, stderrTail });
+    });
+  });
+}
+
+function parseEvent(line: string): RuntimeEvent | null {
+  if (!line.startsWith('{')) return null;
+  try {
+    const value: unknown = JSON.parse(line);
+    if (value !== null && typeof value === 'object' && typeof (value as RuntimeEvent).event === 'string') {
+      return value as RuntimeEvent;
+    }
+  } catch {
+    // Not an event: the runtime's libraries occasionally print to stdout; those lines are not ours.
+  }
+  return null;
+}

@@ -1,0 +1,57 @@
+/**
+ * The activity interface the workflow proxies. The workflow imports this module as types only; the worker
+ * builds the implementation with `createActivities`.
+ */
+import type {
+  Estimate,
+  FreezeRecord,
+  LockedPrompts,
+  PhaseInput,
+  PhaseState,
+  PricingSnapshot,
+  ScoreSummary,
+} from '../workflows/definitions';
+import type { Protocol } from '../protocols/schema';
+
+export interface EstimateInput {
+  phaseId: string;
+  protocol: Protocol;
+  pricing: PricingSnapshot;
+}
+
+export interface RunModelInput {
+  phaseId: string;
+  protocol: Protocol;
+  protocolHash: string;
+  prompts: LockedPrompts;
+  modelKey: string;
+  attempt: number;
+}
+
+export interface ModelRunResult {
+  resultPath: string;
+  /** Seconds the backend measured for this attempt (process wall time locally, container GPU time on Modal). */
+  measuredSeconds: number;
+  backendIds: Record<string, string>;
+  unitsDone: number;
+  unitsTotal: number;
+}
+
+export interface ScoreInput {
+  phaseId: string;
+  protocol: Protocol;
+  /** model key -> the runtime's result.json */
+  results: Record<string, string>;
+}
+
+export interface FreezeInput {
+  input: PhaseInput;
+  state: PhaseState;
+}
+
+export interface PhaseActivities {
+  estimatePhase(input: EstimateInput): Promise<Estimate>;
+  runModel(input: RunModelInput): Promise<ModelRunResult>;
+  scorePhase(input: ScoreInput): Promise<ScoreSummary>;
+  freezePhase(input: FreezeInput): Promise<FreezeRecord>;
+}

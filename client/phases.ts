@@ -1,0 +1,327 @@
+/**
+ * Phase operations on one Temporal client, shared by the CLI and the HTTP API: start, decide, query, wait,
+ * cancel, reopen, verify. Errors meant for the user are PhaseError with the exit code the CLI uses.
+ */
+import {
+  WorkflowExecutionAlreadyStartedError,
+  WorkflowNotFoundError,
+  WorkflowUpdateFailedError,
+  type Client,
+  type WorkflowHandle,
+} from '@temporalio/client';
+import { ApplicationFailure, defaultPayloadConverter, WorkflowIdReusePolicy } from '@temporalio/common';
+import { createHash } from 'node:crypto';
+import path from 'node:path';
+import { verifyManifest, type VerifyReport } from '../activities/manifest';
+import { loadProtocol, ProtocolError, type LoadedProtocol } from '../protocols/load';
+import {
+  approveBudgetUpdate,
+  isTerminal,
+  planQuery,
+  rejectBudgetUpdate,
+  searchAttributes,
+  stateQuery,
+  submitReviewUpdate,
+  type ApproveBudgetInput,
+  type DecisionResult,
+  type PhaseInput,
+  type PhaseState,
+  type PhaseStatus,
+  type RejectBudgetInput,
+  type RunPlan,
+  type RunProgress,
+  type SubmitReviewInput,
+} from '../workflows/definitions';
+import { phaseWorkflow } from '../workflows/phase';
+import { spentUsd } from '../workflows/phase-logic';
+
+export class PhaseError extends Error {
+  override readonly name = 'PhaseError';
+  constructor(
+    message: string,
+    /** 2: invalid input or a refused decision; 1: anything else. */
+    readonly exitCode: 1 | 2,
+  ) {
+    super(message);
+  }
+}
+
+export interface PhaseClient {
+  client: Client;
+  taskQueue: string;
+}
+
+const handleOf = (pc: PhaseClient, phaseId: string): WorkflowHandle<typeof phaseWorkflow> => pc.client.workflow.getHandle<typeof phaseWorkflow>(phaseId);
+
+// ---- start ----------------------------------------------------------------------------------------------------------
+export interface StartResult {
+  phaseId: string;
+  /** false when the same phase (same protocol hash) was already running: starting is idempotent. */
+  started: boolean;
+  protocolHash: string;
+}
+
+export function readProtocolOrThrow(file: string): LoadedProtocol {
+  try {
+    return loadProtocol(file);
+  } catch (err) {
+    if (err instanceof ProtocolError) throw new PhaseError(err.message, 2);
+    throw err;
+  }
+}
+
+/** Phases named in `requires_frozen` must have a FROZEN run; otherwise starting is refused with the reason. */
+export async function unmetPrerequisites(pc: PhaseClient, required: string[]): Promise<string[]> {
+  const unmet: string[] = [];
+  for (const name of required) {
+    const query = `${searchAttributes.phaseName.name} = '${name}' AND ${searchAttributes.phaseStatus.name} = 'FROZEN'`;
+    let found = false;
+    for await (const _ of pc.client.workflow.list({ query, pageSize: 1 })) {
+      found = true;
+      break;
+    }
+    if (!found) unmet.push(name);
+  }
+  return unmet;
+}
+
+export async function startPhase(
+  pc: PhaseClient,
+  loaded: LoadedProtocol,
+  extra: Pick<PhaseInput, 'reopenOf' | 'continueAsNewAfterEvents'> & { phaseId?: string } = {},
+): Promise<StartResult> {
+  const phaseId = extra.phaseId ?? loaded.phaseId;
+  const unmet = await unmetPrerequisites(pc, loaded.protocol.requires_frozen);
+  if (unmet.length > 0) {
+    throw new PhaseError(`refused: requires_frozen: phase(s) ${unmet.join(', ')} must be FROZEN before ${loaded.protocol.phase} may start`, 2);
+  }
+  const input: PhaseInput = {
+    phaseId,
+    protocol: loaded.protocol,
+    protocolHash: loaded.protocolHash,
+    protocolPath: loaded.protocolPath,
+    prompts: loaded.prompts,
+    pricing: loaded.pricing,
+    ...(extra.reopenOf ? { reopenOf: extra.reopenOf } : {}),
+    ...(extra.continueAsNewAfterEvents ? { continueAsNewAfterEvents: extra.continueAsNewAfterEvents } : {}),
+  };
+  try {
+    await pc.client.workflow.start(phaseWorkflow, {
+      workflowId: phaseId,
+      taskQueue: pc.taskQueue,
+      args: [input],
+      // A phase that failed or was cancelled may be started again (its checkpoints make it resume); one that
+      // completed (FROZEN, REJECTED, CHANGES_REQUESTED) may not: a changed protocol is a new phase.
+      workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+      typedSearchAttributes: [
+        { key: searchAttributes.phaseName, value: loaded.protocol.phase },
+        { key: searchAttributes.phaseStatus, value: 'AWAITING_BUDGET' },
+        { key: searchAttributes.protocolHash, value: loaded.protocolHash },
+      ],
+    });
+    return { phaseId, started: true, protocolHash: loaded.protocolHash };
+  } catch (err) {
+    if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
+    const description = await handleOf(pc, phaseId).describe();
+    if (description.status.name === 'RUNNING') return { phaseId, started: false, protocolHash: loaded.protocolHash };
+    const state = await handleOf(pc, phaseId).query(stateQuery).catch(() => null);
+    const status = state?.status ?? description.status.name;
+    throw new PhaseError(
+      status === 'FROZEN'
+        ? `refused: phase ${phaseId} is FROZEN; its artifacts are final. To rerun after a defect: phasegate reopen ${phaseId} --defect "..."`
+        : `refused: phase ${phaseId} already ended as ${status}; change the protocol to start a new phase`,
+      2,
+    );
+  }
+}
+
+// ---- decisions --------------------------------------------------------------------------------------------------
+/**
+ * The update id is derived from the decision, so a CLI retry after a lost reply is de-duplicated by Temporal;
+ * the workflow also acknowledges a resent decision without applying it twice.
+ */
+function decisionId(phaseId: string, kind: string, decision: object): string {
+  return `${kind}-${createHash('sha256').update(`${phaseId}\n${kind}\n${JSON.stringify(decision)}`).digest('hex').slice(0, 24)}`;
+}
+
+async function decide<I extends object>(
+  pc: PhaseClient,
+  phaseId: string,
+  kind: string,
+  update: typeof approveBudgetUpdate | typeof rejectBudgetUpdate | typeof submitReviewUpdate,
+  input: I,
+): Promise<DecisionResult> {
+  try {
+    return await handleOf(pc, phaseId).executeUpdate(update as typeof approveBudgetUpdate, {
+      args: [input as unknown as ApproveBudgetInput],
+      updateId: decisionId(phaseId, kind, input),
+    });
+  } catch (err) {
+    if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure) {
+      throw new PhaseError(`refused: ${err.cause.message}`, 2);
+    }
+    throw await explainMissing(pc, phaseId, err);
+  }
+}
+
+export const approveBudget = (pc: PhaseClient, phaseId: string, i: ApproveBudgetInput): Promise<DecisionResult> =>
+  decide(pc, phaseId, 'approve-budget', approveBudgetUpdate, i);
+export const rejectBudget = (pc: PhaseClient, phaseId: string, i: RejectBudgetInput): Promise<DecisionResult> =>
+  decide(pc, phaseId, 'reject-budget', rejectBudgetUpdate, i);
+export const submitReview = (pc: PhaseClient, phaseId: string, i: SubmitReviewInput): Promise<DecisionResult> =>
+  decide(pc, phaseId, 'review', submitReviewUpdate, i);
+
+async function explainMissing(pc: PhaseClient, phaseId: string, err: unknown): Promise<unknown> {
+  if (err instanceof WorkflowNotFoundError) return new PhaseError(`no phase with id ${phaseId}`, 2);
+  try {
+    const d = await handleOf(pc, phaseId).describe();
+    if (d.status.name !== 'RUNNING') return new PhaseError(`refused: phase ${phaseId} has ended (${d.status.name}); it takes no decisions`, 2);
+  } catch (e) {
+    if (e instanceof WorkflowNotFoundError) return new PhaseError(`no phase with id ${phaseId}`, 2);
+  }
+  return err;
+}
+
+// ---- status ---------------------------------------------------------------------------------------------------------
+export interface StatusView {
+  phaseId: string;
+  phase: string;
+  protocolHash: string;
+  status: PhaseStatus;
+  workflowStatus: string;
+  gates: { budget: PhaseState['budget']; review: PhaseState['review'] };
+  estimateUsd: number | null;
+  approvedUsd: number;
+  spentUsd: number;
+  remainingUsd: number;
+  models: {
+    modelKey: string;
+    status: string;
+    attempts: number;
+    progress: RunProgress | null;
+    parityPass: boolean | null;
+  }[];
+  parityPass: boolean | null;
+  artifactDir: string | null;
+  reportPath: string | null;
+  failure: string | null;
+  events: PhaseState['events'];
+}
+
+export async function getState(pc: PhaseClient, phaseId: string): Promise<PhaseState> {
+  try {
+    return await handleOf(pc, phaseId).query(stateQuery);
+  } catch (err) {
+    throw await explainMissing(pc, phaseId, err);
+  }
+}
+
+export async function getStatus(pc: PhaseClient, phaseId: string): Promise<StatusView> {
+  const handle = handleOf(pc, phaseId);
+  const [state, description] = await Promise.all([getState(pc, phaseId), handle.describe()]);
+  // Live progress is read from the pending activity's last heartbeat, so it costs no workflow history.
+  let progress: RunProgress | null = null;
+  const pending = description.raw.pendingActivities?.find((p) => p.activityType?.name === 'runModel');
+  const payload = pending?.heartbeatDetails?.payloads?.[0];
+  if (payload) progress = defaultPayloadConverter.fromPayload<RunProgress>(payload);
+  const running = state.models.find((m) => m.status === 'running')?.modelKey;
+  const spent = spentUsd(state.ledger);
+  return {
+    phaseId,
+    phase: state.phaseName,
+    protocolHash: state.protocolHash,
+    status: state.status,
+    workflowStatus: description.status.name,
+    gates: { budget: state.budget, review: state.review },
+    estimateUsd: state.estimate?.totalUsd ?? null,
+    approvedUsd: state.budget.approvedUsd,
+    spentUsd: spent,
+    remainingUsd: Math.max(0, Math.round((state.budget.approvedUsd - spent) * 1e6) / 1e6),
+    models: state.models.map((m) => ({
+      modelKey: m.modelKey,
+      status: m.status,
+      attempts: m.attempts,
+      progress: m.modelKey === running ? progress : null,
+      parityPass: state.score?.models.find((s) => s.modelKey === m.modelKey)?.parityPass ?? null,
+    })),
+    parityPass: state.score?.parityPass ?? null,
+    artifactDir: state.freeze?.dir ?? null,
+    reportPath: state.freeze?.reportPath ?? null,
+    failure: state.failure,
+    events: state.events,
+  };
+}
+
+export async function getPlan(pc: PhaseClient, phaseId: string): Promise<RunPlan> {
+  try {
+    return await handleOf(pc, phaseId).query(planQuery);
+  } catch (err) {
+    throw await explainMissing(pc, phaseId, err);
+  }
+}
+
+/** Polls until the phase reaches `target` (or any terminal state, which then is an error unless it is the target). */
+export async function waitForStatus(pc: PhaseClient, phaseId: string, target: PhaseStatus, timeoutSeconds: number, onTick?: (s: PhaseState) => void): Promise<PhaseState> {
+  const deadline = Date.now() + timeoutSeconds * 1000;
+  for (;;) {
+    const state = await getState(pc, phaseId);
+    onTick?.(state);
+    if (state.status === target) return state;
+    if (isTerminal(state.status)) throw new PhaseError(`phase ${phaseId} ended as ${state.status}, not ${target}${state.failure ? `: ${state.failure}` : ''}`, 1);
+    if (Date.now() > deadline) throw new PhaseError(`timed out after ${timeoutSeconds}s waiting for ${target}; phase is ${state.status}`, 1);
+    await new Promise((r) => setTimeout(r, 1000));
+  }
+}
+
+export async function cancelPhase(pc: PhaseClient, phaseId: string): Promise<void> {
+  try {
+    await handleOf(pc, phaseId).cancel();
+  } catch (err) {
+    throw await explainMissing(pc, phaseId, err);
+  }
+}
+
+export interface PhaseSummary {
+  phaseId: string;
+  phase: string;
+  status: string;
+  workflowStatus: string;
+  startTime: string;
+}
+
+export async function listPhases(pc: PhaseClient, limit = 100): Promise<PhaseSummary[]> {
+  const out: PhaseSummary[] = [];
+  for await (const wf of pc.client.workflow.list({ query: `WorkflowType = 'phaseWorkflow'` })) {
+    out.push({
+      phaseId: wf.workflowId,
+      phase: String(wf.typedSearchAttributes.get(searchAttributes.phaseName) ?? ''),
+      status: String(wf.typedSearchAttributes.get(searchAttributes.phaseStatus) ?? ''),
+      workflowStatus: wf.status.name,
+      startTime: wf.startTime.toISOString(),
+    });
+    if (out.length >= limit) break;
+  }
+  return out;
+}
+
+// ---- reopen and verify --------------------------------------------------------------------------------------------
+/** Starts a new phase linked to a frozen one, from the same protocol file; the frozen artifacts are never touched. */
+export async function reopenPhase(pc: PhaseClient, phaseId: string, defect: string): Promise<StartResult> {
+  if (defect.trim() === '') throw new PhaseError('--defect must describe the defect that justifies a rerun', 2);
+  const state = await getState(pc, phaseId);
+  if (state.status !== 'FROZEN') throw new PhaseError(`refused: only a FROZEN phase can be reopened; ${phaseId} is ${state.status}`, 2);
+  const described = await handleOf(pc, phaseId).describe();
+  const input = (await pc.client.workflowService.getWorkflowExecutionHistory({ namespace: pc.client.options.namespace, execution: { workflowId: phaseId, runId: described.runId }, maximumPageSize: 1 })).history?.events?.[0];
+  const payload = input?.workflowExecutionStartedEventAttributes?.input?.payloads?.[0]?.data;
+  if (!payload) throw new PhaseError(`cannot read the start input of ${phaseId}`, 1);
+  const original = JSON.parse(Buffer.from(payload).toString('utf8')) as PhaseInput;
+  const loaded = readProtocolOrThrow(original.protocolPath);
+  const newId = `${phaseId}-reopen-${createHash('sha256').update(defect.trim()).digest('hex').slice(0, 8)}`;
+  return startPhase(pc, loaded, { phaseId: newId, reopenOf: { phaseId, defect: defect.trim() } });
+}
+
+export async function verifyPhase(pc: PhaseClient, phaseId: string): Promise<VerifyReport & { dir: string }> {
+  const state = await getState(pc, phaseId);
+  if (state.freeze === null) throw new PhaseError(`phase ${phaseId} is ${state.status}: nothing frozen to verify`, 2);
+  return { ...verifyManifest(state.freeze.dir), dir: path.resolve(state.freeze.dir) };
+}

@@ -1,0 +1,64 @@
+/**
+ * `phasegate server`: the embedded stack in one foreground process. Starts the Temporal dev server (SQLite in the
+ * state folder) unless TEMPORAL_ADDRESS points at a cluster, registers the search attributes, and runs the worker.
+ * SIGINT/SIGTERM stop the worker (letting a running attempt stop cleanly) and then the server.
+ */
+import { NativeConnection } from '@temporalio/worker';
+import type { Logger } from 'pino';
+import { connectClient, ensureSearchAttributes } from '../client/connection';
+import { resolvePaths, type Env } from '../common/config';
+import { connectionSettings } from '../common/temporal-connection';
+import { startDevServer, type DevServer } from './dev-server';
+import { forwardTemporalLogs } from './temporal-logging';
+import { createPhaseWorker } from './worker';
+
+export async function runServer(env: Readonly<Env>, logger: Logger, options: { withDevServer: boolean }): Promise<void> {
+  const paths = resolvePaths(env);
+  const settings = connectionSettings(env);
+  forwardTemporalLogs(logger);
+
+  let devServer: DevServer | null = null;
+  if (options.withDevServer && !settings.external) {
+    logger.info({ stateDir: paths.stateDir }, 'starting the embedded Temporal dev server');
+    devServer = await startDevServer({
+      temporalBin: paths.temporalBin,
+      stateDir: paths.stateDir,
+      port: env.PHASEGATE_DEV_PORT,
+      uiPort: env.PHASEGATE_UI_PORT,
+      namespace: settings.namespace,
+    });
+    process.stdout.write(`Temporal dev server at ${devServer.address}, state in ${devServer.dbFile}\nTemporal UI: ${devServer.uiUrl}\n`);
+  } else {
+    process.stdout.write(`Using Temporal at ${settings.address} (namespace ${settings.namespace})\n`);
+  }
+
+  const client = await connectClient(settings);
+  const added = await ensureSearchAttributes(client, settings.namespace);
+  if (added.length > 0) logger.info({ added }, 'registered search attributes');
+  await client.connection.close();
+
+  const connection = await NativeConnection.connect({
+    address: settings.address,
+    ...(settings.tls !== undefined ? { tls: settings.tls } : {}),
+    ...(settings.apiKey !== undefined ? { apiKey: settings.apiKey } : {}),
+  });
+  const worker = await createPhaseWorker({ connection, namespace: settings.namespace, taskQueue: env.PHASEGATE_TASK_QUEUE, paths, logger });
+
+  const stop = (signal: string): void => {
+    logger.info({ signal }, 'stopping worker');
+    // The SDK's runtime also shuts workers down on these signals; whichever comes second finds it stopping.
+    if (worker.getState() === 'RUNNING') worker.shutdown();
+  };
+  process.once('SIGINT', () => stop('SIGINT'));
+  process.once('SIGTERM', () => stop('SIGTERM'));
+  process.stdout.write(`phasegate worker on task queue "${env.PHASEGATE_TASK_QUEUE}"; Ctrl-C stops it\n`);
+  try {
+    await worker.run();
+  } finally {
+    await connection.close();
+    if (devServer !== null) {
+      logger.info('stopping the Temporal dev server');
+      await devServer.stop();
+    }
+  }
+}

@@ -1,0 +1,18 @@
+/** Forwards the Temporal SDK's own logs (worker, workflow `log`, activity context logs) into the pino root logger. */
+import { DefaultLogger, Runtime, type LogEntry } from '@temporalio/worker';
+import type { Logger } from 'pino';
+
+const levels = { TRACE: 'trace', DEBUG: 'debug', INFO: 'info', WARN: 'warn', ERROR: 'error' } as const;
+let installed = false;
+
+export function forwardTemporalLogs(logger: Logger): void {
+  if (installed) return; // The SDK runtime is process-wide and can be installed once.
+  installed = true;
+  const temporal = logger.child({ source: 'temporal' });
+  Runtime.install({
+    logger: new DefaultLogger('INFO', (entry: LogEntry) => {
+      // Metadata is the SDK's own (workflow id, activity type, ...), never an untrusted object.
+      temporal[levels[entry.level]]({ ...entry.meta }, entry.message);
+    }),
+  });
+}

@@ -1,0 +1,48 @@
+/**
+ * Builds the phasegate worker: the phase workflow and its activities on one task queue, with the compute backends
+ * this machine has. Used by the embedded server, the standalone worker process and the tests.
+ */
+import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { createActivities } from '../activities';
+import type { ComputeBackend } from '../activities/backends/backend';
+import { LocalBackend } from '../activities/backends/local';
+import { repoRoot, type Paths } from '../common/config';
+
+export interface PhaseWorkerOptions {
+  connection: NativeConnection;
+  namespace: string;
+  taskQueue: string;
+  paths: Paths;
+  logger: Logger;
+  /** Prebuilt workflow bundle (tests build it once per file); otherwise built from workflows/ at start. */
+  workflowBundle?: WorkerOptions['workflowBundle'];
+  backends?: Partial<Record<'local' | 'modal', ComputeBackend>>;
+}
+
+export const workflowsPath = path.join(repoRoot, 'workflows', 'index.ts');
+
+export async function createPhaseWorker(o: PhaseWorkerOptions): Promise<Worker> {
+  const backends = o.backends ?? { local: new LocalBackend({ python: o.paths.python, runtimeSrc: o.paths.runtimeSrc }) };
+  return Worker.create({
+    connection: o.connection,
+    namespace: o.namespace,
+    taskQueue: o.taskQueue,
+    ...(o.workflowBundle ? { workflowBundle: o.workflowBundle } : { workflowsPath }),
+    activities: createActivities({
+      artifactsDir: o.paths.artifactsDir,
+      workDir: o.paths.workDir,
+      modelCacheDir: path.join(o.paths.stateDir, 'models'),
+      repoRoot,
+      python: o.paths.python,
+      runtimeSrc: o.paths.runtimeSrc,
+      backends,
+      logger: o.logger,
+    }),
+    // Two cores: one model run at a time is all this machine can do; the workflow tasks stay responsive.
+    maxConcurrentActivityTaskExecutions: 4,
+    // Let a running model attempt finish or stop cleanly on shutdown.
+    shutdownGraceTime: '20 seconds',
+  });
+}

@@ -1,0 +1,282 @@
+/**
+ * Every message of the phase workflow, defined once: updates (the human gates), queries, search-attribute keys
+ * and the shapes they carry. The workflow, the worker, the CLI, the HTTP API and the tests all import these;
+ * no message is ever sent by a bare string.
+ *
+ * This module is part of the workflow bundle, so it holds types and Temporal definitions only (no zod, no Node).
+ */
+import { defineQuery, defineUpdate } from '@temporalio/workflow';
+import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
+import type { Protocol } from '../protocols/schema';
+
+export const PHASE_WORKFLOW_TYPE = 'phaseWorkflow';
+
+/** Waiting states, the run states, and the terminal states of a phase. */
+export const ACTIVE_STATUSES = [
+  'AWAITING_BUDGET',
+  'AWAITING_REVIEW',
+  'RUNNING',
+  'BUDGET_HOLD',
+  'SCORING',
+  'FREEZING',
+] as const;
+export const TERMINAL_STATUSES = ['FROZEN', 'REJECTED', 'CHANGES_REQUESTED', 'CANCELLED', 'FAILED'] as const;
+export type ActiveStatus = (typeof ACTIVE_STATUSES)[number];
+export type TerminalStatus = (typeof TERMINAL_STATUSES)[number];
+export type PhaseStatus = ActiveStatus | TerminalStatus;
+
+export function isTerminal(status: PhaseStatus): status is TerminalStatus {
+  return (TERMINAL_STATUSES as readonly string[]).includes(status);
+}
+
+// ---- Search attributes: make phases filterable in the Temporal UI ------------------------------------------------
+export const searchAttributes = {
+  phaseName: defineSearchAttributeKey('PhaseName', SearchAttributeType.KEYWORD),
+  phaseStatus: defineSearchAttributeKey('PhaseStatus', SearchAttributeType.KEYWORD),
+  protocolHash: defineSearchAttributeKey('ProtocolHash', SearchAttributeType.KEYWORD),
+} as const;
+
+// ---- Workflow input ---------------------------------------------------------------------------------------------
+/** A prompt file as locked at start: its absolute path and the sha256 of its content. */
+export interface LockedFile {
+  path: string;
+  sha256: string;
+}
+
+export interface LockedPrompts {
+  harmful: LockedFile;
+  harmless: LockedFile;
+  eval: LockedFile;
+}
+
+/** The pricing table snapshot taken at start, so cost arithmetic in the workflow is deterministic. */
+export interface PricingSnapshot {
+  source: string;
+  readOn: string;
+  usdPerSecond: Record<string, number>;
+  sha256: string;
+}
+
+export interface PhaseInput {
+  phaseId: string;
+  protocol: Protocol;
+  protocolHash: string;
+  protocolPath: string;
+  prompts: LockedPrompts;
+  pricing: PricingSnapshot;
+  /** Set when this phase reopens a frozen one; its artifacts are never touched. */
+  reopenOf?: { phaseId: string; defect: string };
+  /** Carried through continue-as-new: the state the next run resumes from. */
+  resume?: PhaseState;
+  /** Tests lower this to exercise continue-as-new; production relies on the server's suggestion. */
+  continueAsNewAfterEvents?: number;
+}
+
+// ---- State ------------------------------------------------------------------------------------------------------
+export interface BudgetApproval {
+  by: string;
+  usd: number;
+  note: string;
+  at: string;
+}
+
+export interface BudgetRejection {
+  by: string;
+  reason: string;
+  at: string;
+}
+
+export type ReviewVerdict = 'APPROVED' | 'ADVISED' | 'CHANGES_REQUESTED';
+
+export interface ReviewDecision {
+  by: string;
+  verdict: ReviewVerdict;
+  ref: string;
+  notes: string;
+  at: string;
+}
+
+export interface ModelEstimate {
+  modelKey: string;
+  gpu: string;
+  gpuSeconds: number;
+  usdPerSecond: number;
+  usd: number;
+  /** 'protocol' when the protocol's prior was used, 'calibrated' when earlier frozen runs were. */
+  basis: 'protocol' | 'calibrated';
+  basisDetail: string;
+}
+
+export interface Estimate {
+  models: ModelEstimate[];
+  totalUsd: number;
+}
+
+export type AttemptOutcome = 'succeeded' | 'failed' | 'cancelled' | 'timed_out';
+
+/** One ledger line per real attempt; failed attempts are charged too, as they are on a real bill. */
+export interface LedgerEntry {
+  modelKey: string;
+  attempt: number;
+  gpu: string;
+  seconds: number;
+  usd: number;
+  outcome: AttemptOutcome;
+  /** 'measured' when the backend measured the seconds; 'observed' when only the workflow's clock saw them. */
+  secondsBasis: 'measured' | 'observed';
+  startedAt: string;
+  endedAt: string;
+  backendIds: Record<string, string>;
+  error?: string;
+}
+
+export type ModelRunStatus = 'pending' | 'running' | 'succeeded' | 'failed';
+
+export interface ModelProgress {
+  modelKey: string;
+  status: ModelRunStatus;
+  attempts: number;
+  resultPath?: string;
+  lastError?: string;
+  backendIds: Record<string, string>;
+}
+
+export interface PhaseEvent {
+  at: string;
+  kind: 'transition' | 'reminder' | 'decision' | 'attempt' | 'note';
+  message: string;
+}
+
+/** Numbers are null where nothing could be measured (e.g. a method with no successful repeat). */
+export interface PairParity {
+  a: string;
+  b: string;
+  cosine: number | null;
+  l2: number | null;
+}
+
+export interface RateStat {
+  mean: number | null;
+  std: number | null;
+}
+
+export interface MethodScore {
+  nOk: number;
+  coherent: RateStat;
+  garbled: RateStat;
+  normal: RateStat;
+  withinMethodCosineMin: number | null;
+}
+
+export interface ModelScore {
+  modelKey: string;
+  methods: Record<string, MethodScore>;
+  pairs: PairParity[];
+  outputsIdentical: boolean;
+  parityPass: boolean;
+  /** Methods with every repeat ok, every pair they are in within thresholds and identical outputs. */
+  methodsPassing: string[];
+}
+
+export interface ScoreSummary {
+  models: ModelScore[];
+  parityPass: boolean;
+  scorePath: string;
+}
+
+export interface FreezeRecord {
+  dir: string;
+  manifestPath: string;
+  reportPath: string;
+  fileCount: number;
+  gitCommit: string;
+  gitDirty: boolean;
+}
+
+export interface PhaseState {
+  phaseId: string;
+  phaseName: string;
+  protocolHash: string;
+  status: PhaseStatus;
+  startedAt: string;
+  estimate: Estimate | null;
+  budget: { approvedUsd: number; approvals: BudgetApproval[]; rejection: BudgetRejection | null };
+  review: ReviewDecision | null;
+  models: ModelProgress[];
+  ledger: LedgerEntry[];
+  score: ScoreSummary | null;
+  freeze: FreezeRecord | null;
+  events: PhaseEvent[];
+  /** Keys of decisions already applied, so that a resent decision is acknowledged but applied once. */
+  appliedDecisions: string[];
+  failure: string | null;
+  reopenOf: { phaseId: string; defect: string } | null;
+  continuedAsNew: number;
+}
+
+// ---- Run plan: what the reviewer reads before deciding ------------------------------------------------------------
+export interface RunPlan {
+  phaseId: string;
+  protocolHash: string;
+  commands: string[];
+  expectedArtifacts: string[];
+  stopConditions: string[];
+  estimate: Estimate | null;
+}
+
+// ---- Updates (human gates) -------------------------------------------------------------------------------------------
+export interface ApproveBudgetInput {
+  by: string;
+  usd: number;
+  note?: string;
+}
+
+export interface RejectBudgetInput {
+  by: string;
+  reason: string;
+}
+
+export interface SubmitReviewInput {
+  by: string;
+  verdict: ReviewVerdict;
+  ref?: string;
+  notes?: string;
+}
+
+export interface DecisionResult {
+  /** false when the same decision had already been applied: it is acknowledged, not applied again. */
+  applied: boolean;
+  status: PhaseStatus;
+  approvedUsd: number;
+}
+
+export const approveBudgetUpdate = defineUpdate<DecisionResult, [ApproveBudgetInput]>('approveBudget');
+export const rejectBudgetUpdate = defineUpdate<DecisionResult, [RejectBudgetInput]>('rejectBudget');
+export const submitReviewUpdate = defineUpdate<DecisionResult, [SubmitReviewInput]>('submitReview');
+
+// ---- Queries --------------------------------------------------------------------------------------------------------
+export const stateQuery = defineQuery<PhaseState>('state');
+export const planQuery = defineQuery<RunPlan>('plan');
+
+// ---- Errors the caller sees (ApplicationFailure types) ------------------------------------------------------------
+export const ErrorTypes = {
+  /** An input the runtime or an activity refused: retrying cannot help. */
+  invalidInput: 'InvalidInput',
+  /** A file locked by the protocol hash changed after the phase started. */
+  lockViolation: 'LockViolation',
+  /** Credentials for a compute backend are missing. */
+  missingCredentials: 'MissingCredentials',
+  /** A failure worth retrying (a crashed runtime, a lost GPU). */
+  runtimeFailure: 'RuntimeFailure',
+  /** The artifact folder of a frozen phase would be touched. */
+  alreadyFrozen: 'AlreadyFrozen',
+} as const;
+
+/** Heartbeat details of a model run, read by `status` from the pending activity. */
+export interface RunProgress {
+  stage: 'launching' | 'loading' | 'running' | 'finishing';
+  unitsDone: number;
+  unitsTotal: number;
+  lastUnit: string | null;
+  backendIds: Record<string, string>;
+}

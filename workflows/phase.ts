@@ -1,0 +1,315 @@
+/**
+ * The phase workflow: budget gate, review gate, one GPU run per model under a budget check, scoring, freeze.
+ *
+ * The workflow is a resumable state machine: everything it knows lives in `PhaseState`, which continue-as-new
+ * carries into the next run, so the main loop can pick up from any state. Pure transitions live in
+ * phase-logic.ts; this file wires them to Temporal (handlers, timers, activities).
+ */
+import {
+  ActivityCancellationType,
+  ActivityFailure,
+  allHandlersFinished,
+  ApplicationFailure,
+  CancellationScope,
+  CancelledFailure,
+  condition,
+  continueAsNew,
+  isCancellation,
+  log,
+  proxyActivities,
+  setCurrentDetails,
+  setHandler,
+  sleep,
+  TimeoutFailure,
+  upsertSearchAttributes,
+  workflowInfo,
+} from '@temporalio/workflow';
+import type { PhaseActivities, ModelRunResult } from '../activities/types';
+import {
+  approveBudgetUpdate,
+  ErrorTypes,
+  isTerminal,
+  planQuery,
+  rejectBudgetUpdate,
+  searchAttributes,
+  stateQuery,
+  submitReviewUpdate,
+  type ApproveBudgetInput,
+  type AttemptOutcome,
+  type PhaseInput,
+  type PhaseState,
+  type PhaseStatus,
+  type RejectBudgetInput,
+  type SubmitReviewInput,
+} from './definitions';
+import {
+  applyApproveBudget,
+  applyRejectBudget,
+  applySubmitReview,
+  checkBudget,
+  initialState,
+  ledgerEntryFor,
+  retryDelaySeconds,
+  runPlan,
+  spentUsd,
+  transition,
+  validateApproveBudget,
+  validateRejectBudget,
+  validateSubmitReview,
+} from './phase-logic';
+
+// Every durability decision in one place. The model run's timeout comes from the protocol (per model), so that
+// activity is proxied per model below; its retries are driven by the workflow (see runModelWithRetries).
+const { estimatePhase } = proxyActivities<PhaseActivities>({
+  startToCloseTimeout: '2 minutes',
+  retry: { maximumAttempts: 5, initialInterval: '2s', nonRetryableErrorTypes: [ErrorTypes.invalidInput, ErrorTypes.lockViolation] },
+});
+const { scorePhase, freezePhase } = proxyActivities<PhaseActivities>({
+  startToCloseTimeout: '10 minutes',
+  heartbeatTimeout: '2 minutes',
+  retry: {
+    maximumAttempts: 5,
+    initialInterval: '5s',
+    nonRetryableErrorTypes: [ErrorTypes.invalidInput, ErrorTypes.lockViolation, ErrorTypes.alreadyFrozen],
+  },
+});
+
+function modelRunner(timeoutMinutes: number): PhaseActivities['runModel'] {
+  return proxyActivities<PhaseActivities>({
+    startToCloseTimeout: `${timeoutMinutes} minutes`,
+    // The runner heartbeats every few seconds; a dead worker is noticed within this window.
+    heartbeatTimeout: '45 seconds',
+    // One Temporal attempt per workflow attempt: the workflow retries, so that every attempt gets a ledger line
+    // and a budget check before it is dispatched.
+    retry: { maximumAttempts: 1 },
+    // Wait for the runner to stop its process, so that a cancelled attempt's seconds are measured and charged.
+    cancellationType: ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+  }).runModel;
+}
+
+const nowIso = (): string => new Date(Date.now()).toISOString();
+
+export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
+  const protocol = input.protocol;
+  const state: PhaseState = input.resume ?? initialState(input, nowIso());
+
+  // ---- Handlers: validators refuse before anything enters history; handlers apply pure transitions ----------------
+  setHandler(stateQuery, () => state);
+  setHandler(planQuery, () => runPlan(input, state));
+  setHandler(approveBudgetUpdate, (i) => applyApproveBudget(state, i, nowIso()), {
+    validator: (i: ApproveBudgetInput) => refuseIf(validateApproveBudget(state, protocol, i)),
+  });
+  setHandler(rejectBudgetUpdate, (i) => applyRejectBudget(state, i, nowIso()), {
+    validator: (i: RejectBudgetInput) => refuseIf(validateRejectBudget(state, protocol, i)),
+  });
+  setHandler(submitReviewUpdate, (i) => applySubmitReview(state, i, nowIso()), {
+    validator: (i: SubmitReviewInput) => refuseIf(validateSubmitReview(state, protocol, i)),
+  });
+
+  const moveTo = (status: PhaseStatus, why: string): void => {
+    transition(state, status, nowIso(), why);
+    publish(state);
+  };
+  publish(state);
+
+  try {
+    while (!isTerminal(state.status)) {
+      await maybeContinueAsNew(input, state);
+      switch (state.status) {
+        case 'AWAITING_BUDGET':
+          if (state.estimate === null) state.estimate = await estimatePhase({ phaseId: input.phaseId, protocol, pricing: input.pricing });
+          await waitForGate(state, 'budget', protocol.budget.deadline_hours, () => state.budget.approvedUsd > 0 || state.budget.rejection !== null);
+          if (state.budget.rejection !== null) moveTo('REJECTED', `budget rejected by ${state.budget.rejection.by}`);
+          else moveTo('AWAITING_REVIEW', `budget approved: $${state.budget.approvedUsd.toFixed(2)}`);
+          break;
+        case 'AWAITING_REVIEW':
+          await waitForGate(state, 'review', protocol.review.deadline_hours, () => state.review !== null);
+          if (state.review?.verdict === 'CHANGES_REQUESTED') moveTo('CHANGES_REQUESTED', `review by ${state.review.by}`);
+          else moveTo('RUNNING', `review ${state.review?.verdict ?? ''} by ${state.review?.by ?? ''}`);
+          break;
+        case 'RUNNING':
+        case 'BUDGET_HOLD':
+          await runModels(input, state, moveTo);
+          if (!isTerminal(state.status)) moveTo('SCORING', 'every model ran');
+          break;
+        case 'SCORING': {
+          const results: Record<string, string> = {};
+          for (const m of state.models) if (m.resultPath !== undefined) results[m.modelKey] = m.resultPath;
+          state.score = await scorePhase({ phaseId: input.phaseId, protocol, results });
+          moveTo('FREEZING', `parity_pass ${String(state.score.parityPass)}`);
+          break;
+        }
+        case 'FREEZING':
+          state.freeze = await freezePhase({ input: { ...input, resume: undefined }, state });
+          moveTo('FROZEN', `artifacts frozen in ${state.freeze.dir}`);
+          break;
+      }
+    }
+  } catch (err) {
+    if (isCancellation(err)) {
+      // Recording the outcome must not itself be cancelled.
+      await CancellationScope.nonCancellable(async () => {
+        for (const m of state.models) if (m.status === 'running') m.status = 'failed';
+        moveTo('CANCELLED', 'cancelled by a user');
+        await condition(allHandlersFinished);
+      });
+      throw err;
+    }
+    state.failure = errorMessage(err);
+    moveTo('FAILED', state.failure);
+    throw ApplicationFailure.create({ type: 'PhaseFailed', message: state.failure, details: [state], nonRetryable: true });
+  }
+  await condition(allHandlersFinished);
+  if (state.status === 'FAILED') {
+    throw ApplicationFailure.create({ type: 'PhaseFailed', message: state.failure ?? 'failed', details: [state], nonRetryable: true });
+  }
+  return state;
+}
+
+function refuseIf(reason: string | null): void {
+  if (reason !== null) throw ApplicationFailure.create({ type: 'DecisionRefused', message: reason, nonRetryable: true });
+}
+
+/** Waits for a gate; each time its deadline passes, records a reminder and keeps waiting. */
+async function waitForGate(
+  state: PhaseState,
+  gate: 'budget' | 'review',
+  deadlineHours: number | null,
+  decided: () => boolean,
+): Promise<void> {
+  if (deadlineHours === null) {
+    await condition(decided);
+    return;
+  }
+  for (let reminder = 1; !(await condition(decided, `${deadlineHours} hours`)); reminder++) {
+    const message = `${gate} decision overdue: no decision ${deadlineHours * reminder} h after the gate opened (reminder ${reminder})`;
+    state.events.push({ at: nowIso(), kind: 'reminder', message });
+    log.warn(message, { phaseId: state.phaseId, gate });
+  }
+}
+
+/** Runs every model that has not succeeded yet, one after the other, each attempt behind a budget check. */
+async function runModels(input: PhaseInput, state: PhaseState, moveTo: (s: PhaseStatus, why: string) => void): Promise<void> {
+  const protocol = input.protocol;
+  for (const model of protocol.models) {
+    const progress = state.models.find((m) => m.modelKey === model.key);
+    if (progress === undefined || progress.status === 'succeeded') continue;
+    const estimate = state.estimate?.models.find((e) => e.modelKey === model.key);
+    const attemptUsd = estimate?.usd ?? 0;
+    const usdPerSecond = input.pricing.usdPerSecond[model.gpu] ?? 0;
+    const runModel = modelRunner(model.timeout_minutes);
+
+    while (progress.status !== 'succeeded') {
+      const attempt = progress.attempts + 1;
+      if (attempt > protocol.retry.max_attempts) {
+        progress.status = 'failed';
+        moveTo('FAILED', `${model.key}: ${protocol.retry.max_attempts} attempts failed; last error: ${progress.lastError ?? 'unknown'}`);
+        state.failure = progress.lastError ?? 'attempts exhausted';
+        return;
+      }
+      // The budget gate before every dispatch: overspending can no longer happen silently.
+      for (let check = checkBudget(state, attemptUsd); !check.ok; check = checkBudget(state, attemptUsd)) {
+        moveTo('BUDGET_HOLD', `${model.key} attempt ${attempt} needs $${check.neededUsd.toFixed(4)} (spent $${check.spentUsd.toFixed(4)} + estimate $${check.nextUsd.toFixed(4)}), approved $${check.approvedUsd.toFixed(4)}`);
+        const approvedBefore = state.budget.approvedUsd;
+        await waitForGate(state, 'budget', protocol.budget.deadline_hours, () => state.budget.approvedUsd > approvedBefore || state.budget.rejection !== null);
+        if (state.budget.rejection !== null) {
+          moveTo('REJECTED', `budget rejected during hold by ${state.budget.rejection.by}`);
+          return;
+        }
+      }
+      moveTo('RUNNING', `${model.key} attempt ${attempt}`);
+      progress.status = 'running';
+      progress.attempts = attempt;
+      const startedAtMs = Date.now();
+      let outcome: AttemptOutcome = 'succeeded';
+      let measured: number | null = null;
+      let result: ModelRunResult | null = null;
+      let failure: unknown = null;
+      try {
+        result = await runModel({ phaseId: input.phaseId, protocol, protocolHash: input.protocolHash, prompts: input.prompts, modelKey: model.key, attempt });
+        measured = result.measuredSeconds;
+      } catch (err) {
+        failure = err;
+        outcome = isCancellation(err) ? 'cancelled' : err instanceof ActivityFailure && err.cause instanceof TimeoutFailure ? 'timed_out' : 'failed';
+        measured = measuredSecondsOf(err);
+      }
+      const error = failure === null ? undefined : errorMessage(failure);
+      const backendIds = result?.backendIds ?? backendIdsOf(failure);
+      state.ledger.push(
+        ledgerEntryFor({ modelKey: model.key, attempt, gpu: model.gpu, usdPerSecond, outcome, measuredSeconds: measured, startedAtMs, endedAtMs: Date.now(), backendIds, error }),
+      );
+      Object.assign(progress.backendIds, backendIds);
+      state.events.push({ at: nowIso(), kind: 'attempt', message: `${model.key} attempt ${attempt}: ${outcome}${error ? ` (${error})` : ''}` });
+      if (result !== null) {
+        progress.status = 'succeeded';
+        progress.resultPath = result.resultPath;
+        continue;
+      }
+      progress.lastError = error;
+      if (outcome === 'cancelled') throw failure;
+      if (isNonRetryable(failure)) {
+        progress.status = 'failed';
+        state.failure = `${model.key}: ${error ?? 'failed'}`;
+        moveTo('FAILED', state.failure);
+        return;
+      }
+      progress.status = 'pending';
+      publish(state);
+      await sleep(`${retryDelaySeconds(protocol.retry, attempt + 1)} seconds`);
+    }
+  }
+}
+
+/** Makes the state visible outside: search attributes for filtering, current details for the Temporal UI. */
+function publish(state: PhaseState): void {
+  upsertSearchAttributes([
+    { key: searchAttributes.phaseName, value: state.phaseName },
+    { key: searchAttributes.phaseStatus, value: state.status },
+    { key: searchAttributes.protocolHash, value: state.protocolHash },
+  ]);
+  setCurrentDetails(`**${state.status}** · spent $${spentUsd(state.ledger).toFixed(4)} of $${state.budget.approvedUsd.toFixed(2)} approved`);
+}
+
+/** Continue-as-new at a stable point, before history grows large; the state travels in the input. */
+async function maybeContinueAsNew(input: PhaseInput, state: PhaseState): Promise<void> {
+  const info = workflowInfo();
+  const limit = input.continueAsNewAfterEvents;
+  if (!info.continueAsNewSuggested && !(limit !== undefined && info.historyLength >= limit)) return;
+  await condition(allHandlersFinished);
+  state.continuedAsNew += 1;
+  state.events.push({ at: nowIso(), kind: 'note', message: `continued as new after ${info.historyLength} history events` });
+  await continueAsNew<typeof phaseWorkflow>({ ...input, resume: state });
+}
+
+function causeOf(err: unknown): unknown {
+  return err instanceof ActivityFailure ? err.cause : err;
+}
+
+function isNonRetryable(err: unknown): boolean {
+  const cause = causeOf(err);
+  return cause instanceof ApplicationFailure && (cause.nonRetryable || cause.type === ErrorTypes.invalidInput || cause.type === ErrorTypes.lockViolation || cause.type === ErrorTypes.missingCredentials);
+}
+
+/** Runners attach `{ measuredSeconds, backendIds }` as the first detail of their failures and cancellations. */
+function firstDetail(err: unknown): Record<string, unknown> | null {
+  const cause = causeOf(err);
+  const details = cause instanceof ApplicationFailure || cause instanceof CancelledFailure ? cause.details : undefined;
+  const first: unknown = details?.[0];
+  return first !== null && typeof first === 'object' ? (first as Record<string, unknown>) : null;
+}
+
+function measuredSecondsOf(err: unknown): number | null {
+  const v = firstDetail(err)?.measuredSeconds;
+  return typeof v === 'number' && Number.isFinite(v) ? v : null;
+}
+
+function backendIdsOf(err: unknown): Record<string, string> {
+  const v = firstDetail(err)?.backendIds;
+  return v !== null && typeof v === 'object' ? (v as Record<string, string>) : {};
+}
+
+function errorMessage(err: unknown): string {
+  const cause = causeOf(err);
+  if (cause instanceof Error) return cause.message;
+  return String(cause);
+}
