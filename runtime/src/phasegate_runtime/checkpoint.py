@@ -1,0 +1,85 @@
+"""Atomic files and per-unit checkpoints of a run directory.
+
+Layout: ``units/baseline.json``, ``units/<method>_r<k>.json``, ``directions/<method>_r<k>.npy``.
+A unit's JSON is written last and is its commit marker: a unit counts as done only when its JSON
+exists and carries this spec's hash. Every write goes to a temp file in the same directory and is
+renamed into place, so a kill at any instant leaves either the old state or the complete new file.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .spec import SpecError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        # BaseException too: a SIGTERM arrives as an exception and must not leave temp files behind.
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True) + "\n").encode())
+
+
+def atomic_write_npy(path: Path, array: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, np.asarray(array, dtype=np.float32), allow_pickle=False)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def unit_name(method: str, repeat: int) -> str:
+    """The unit id used in events: ``hooks/r0``; ``baseline`` for the baseline."""
+    return f"{method}/r{repeat}"
+
+
+def unit_file(out: Path, method: str, repeat: int) -> Path:
+    return out / "units" / f"{method}_r{repeat}.json"
+
+
+def direction_file(out: Path, method: str, repeat: int) -> Path:
+    return out / "directions" / f"{method}_r{repeat}.npy"
+
+
+def baseline_file(out: Path) -> Path:
+    return out / "units" / "baseline.json"
+
+
+def load_checkpoint(path: Path, spec_hash: str) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` if complete and for this spec; None if absent or unreadable.
+
+    A checkpoint from a different spec is refused (SpecError) rather than overwritten: the output
+    directory belongs to one spec, and silently mixing two would corrupt the parity comparison.
+    """
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(data, dict):
+        return None
+    if data.get("spec_hash") != spec_hash:
+        raise SpecError(
+            "out",
+            f"{path} was written for a different spec (hash {data.get('spec_hash')}); "
+            "use a fresh output directory or delete it",
+        )
+    return data

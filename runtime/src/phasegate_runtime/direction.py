@@ -1,0 +1,53 @@
+"""The steering direction: mean site activation over harmful prompts minus over harmless, L2-normalised.
+
+Computed in float32 whatever the model dtype. The per-row activations come from the method under test;
+only this arithmetic is shared, so each method's direction depends on its own reads alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .backend import Backend
+from .generation import Batch
+
+
+@dataclass(frozen=True)
+class Direction:
+    unit: np.ndarray  # float32 [hidden], L2 norm 1
+    norm_before_normalisation: float
+
+
+def mean_activation(backend: Backend, batches: list[Batch], layer: int, position: int) -> torch.Tensor:
+    total: torch.Tensor | None = None
+    count = 0
+    for batch in batches:
+        acts = backend.activations(batch, layer, position).to(torch.float32)
+        part = acts.sum(dim=0)
+        total = part if total is None else total + part
+        count += acts.shape[0]
+    if total is None:
+        raise ValueError("no prompts")
+    return total / count
+
+
+def compute_direction(
+    backend: Backend, harmful: list[Batch], harmless: list[Batch], layer: int, position: int
+) -> Direction:
+    diff = mean_activation(backend, harmful, layer, position) - mean_activation(
+        backend, harmless, layer, position
+    )
+    norm = float(torch.linalg.vector_norm(diff))
+    if not norm > 0.0:
+        raise ValueError("harmful and harmless means coincide: direction is undefined")
+    return Direction(unit=(diff / norm).numpy().astype(np.float32), norm_before_normalisation=norm)
+
+
+def steering_delta(
+    direction: Direction, alpha: float, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """alpha * direction, formed in float32 and cast once, so every method adds the identical tensor."""
+    return (alpha * torch.from_numpy(direction.unit)).to(dtype=dtype, device=device)

@@ -1,0 +1,51 @@
+"""The steering site, defined once.
+
+"Layer L" is the output of decoder block L, i.e. ``hidden_states[L + 1]`` of a forward pass with
+``output_hidden_states=True`` (``hidden_states[0]`` is the embedding output). This is the residual stream
+after block L; every method reads and writes exactly this tensor.
+
+Decoder blocks return either a tuple ``(hidden, ...)`` (transformers 4) or the hidden tensor itself
+(transformers 5). ``output[0]`` on a tensor silently selects batch row 0 instead of the hidden states, so
+all access goes through :func:`block_hidden` / :func:`replace_block_hidden`, which branch on the type.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder blocks of a causal LM (``model.model.layers`` for llama-family models)."""
+    get_decoder = getattr(model, "get_decoder", None)
+    decoder = get_decoder() if callable(get_decoder) else getattr(model, "model", None)
+    layers = getattr(decoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise TypeError(f"cannot find decoder layers on {type(model).__name__}")
+    return layers
+
+
+def layer_module_path(model: nn.Module, layer: int) -> str:
+    """Dotted path of block ``layer`` inside ``model`` (for libraries that address modules by name)."""
+    target = decoder_layers(model)[layer]
+    for name, module in model.named_modules():
+        if module is target:
+            return str(name)
+    raise LookupError(f"decoder layer {layer} not found in module tree")
+
+
+def block_hidden(output: Any) -> torch.Tensor:
+    """The hidden-state tensor ``[batch, seq, hidden]`` from a decoder block's output."""
+    hidden = output if isinstance(output, torch.Tensor) else output[0]
+    if not isinstance(hidden, torch.Tensor) or hidden.dim() != 3:
+        raise TypeError(f"unexpected decoder block output: {type(output).__name__}")
+    return hidden
+
+
+def replace_block_hidden(output: Any, hidden: torch.Tensor) -> Any:
+    """The block output with its hidden states replaced, in the same container type."""
+    if isinstance(output, torch.Tensor):
+        return hidden
+    return (hidden, *output[1:])

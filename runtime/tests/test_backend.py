@@ -1,0 +1,134 @@
+"""Parity of the three methods on tiny qwen2, gemma2 and llama, against an independent reference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from phasegate_runtime.backend import make_backend
+from phasegate_runtime.direction import compute_direction, steering_delta
+from phasegate_runtime.generation import Batch, generate_ids, greedy_config, make_batches
+
+from _data import ARCHS, EVAL, HARMFUL, HARMLESS
+
+METHODS = ("hooks", "nnsight", "pyvene")
+LAYER = 1
+
+
+def reference_direction(loaded: Any, batch_size: int) -> torch.Tensor:
+    """From output_hidden_states, independent of any hook: hidden_states[L + 1] at the last token."""
+
+    def mean(prompts: list[str]) -> torch.Tensor:
+        rows = []
+        for batch in make_batches(loaded.tokenizer, prompts, batch_size, loaded.device):
+            with torch.no_grad():
+                out = loaded.model(**batch.model_inputs(), output_hidden_states=True)
+            rows.append(out.hidden_states[LAYER + 1][:, -1, :].float())
+        return torch.cat(rows).mean(dim=0)
+
+    diff = mean(HARMFUL) - mean(HARMLESS)
+    return diff / diff.norm()
+
+
+def no_eos_config(loaded: Any, max_new_tokens: int = 6) -> Any:
+    # Without EOS every row runs the full length, so the comparison covers every step's tokens.
+    config = greedy_config(loaded.tokenizer, max_new_tokens)
+    config.eos_token_id = None
+    return config
+
+
+def eval_batches(loaded: Any) -> list[Batch]:
+    return make_batches(loaded.tokenizer, EVAL, 2, loaded.device)
+
+
+@pytest.fixture(scope="module", params=ARCHS)
+def arch_setup(request: pytest.FixtureRequest, load_tiny: Any) -> dict[str, Any]:
+    loaded = load_tiny(request.param)
+    harmful = make_batches(loaded.tokenizer, HARMFUL, 3, loaded.device)
+    harmless = make_batches(loaded.tokenizer, HARMLESS, 3, loaded.device)
+    directions = {
+        m: compute_direction(make_backend(m, loaded), harmful, harmless, LAYER, -1) for m in METHODS
+    }
+    return {"loaded": loaded, "directions": directions}
+
+
+def test_directions_agree_with_each_other_and_reference(arch_setup: dict[str, Any]) -> None:
+    ref = reference_direction(arch_setup["loaded"], 3)
+    for method, direction in arch_setup["directions"].items():
+        got = torch.from_numpy(direction.unit)
+        assert abs(float(got.norm()) - 1.0) < 1e-6
+        assert float((got - ref).norm()) <= 1e-6, method
+    h = torch.from_numpy(arch_setup["directions"]["hooks"].unit)
+    for method in ("nnsight", "pyvene"):
+        assert float((torch.from_numpy(arch_setup["directions"][method].unit) - h).norm()) <= 1e-6
+
+
+def test_direction_is_not_another_layer(arch_setup: dict[str, Any]) -> None:
+    # Guards the test itself: the reference must distinguish layers, or the parity check is vacuous.
+    loaded = arch_setup["loaded"]
+    batch = make_batches(loaded.tokenizer, HARMFUL, 4, loaded.device)[0]
+    with torch.no_grad():
+        hs = loaded.model(**batch.model_inputs(), output_hidden_states=True).hidden_states
+    acts = make_backend("hooks", loaded).activations(batch, LAYER, -1)
+    assert torch.allclose(acts, hs[LAYER + 1][:, -1].float(), atol=1e-6)
+    assert not torch.allclose(acts, hs[LAYER][:, -1].float(), atol=1e-3)
+
+
+def _generate_all(loaded: Any, delta: torch.Tensor) -> dict[str, list[list[int]]]:
+    config = no_eos_config(loaded)
+    out: dict[str, list[list[int]]] = {}
+    for method in METHODS:
+        backend = make_backend(method, loaded)
+        out[method] = [
+            row
+            for b in eval_batches(loaded)
+            for row in backend.steered_generate(b, LAYER, delta, config).tolist()
+        ]
+    return out
+
+
+def _baseline(loaded: Any) -> list[list[int]]:
+    config = no_eos_config(loaded)
+    return [row for b in eval_batches(loaded) for row in generate_ids(loaded.model, b, config).tolist()]
+
+
+def test_steered_outputs_identical_across_methods_and_change_baseline(arch_setup: dict[str, Any]) -> None:
+    loaded = arch_setup["loaded"]
+    delta = steering_delta(arch_setup["directions"]["hooks"], 12.0, loaded.dtype, loaded.device)
+    outs = _generate_all(loaded, delta)
+    assert outs["nnsight"] == outs["hooks"] == outs["pyvene"]
+    baseline = _baseline(loaded)
+    assert outs["hooks"] != baseline
+    # Steering must act on decode steps too, not only the prompt: steering the prompt alone
+    # (one forward) would give a different continuation after the first new token.
+    prompt_only = []
+    block = loaded.model.model.layers[LAYER]
+    calls = {"n": 0}
+
+    def first_forward_only(_m: Any, _a: Any, output: Any) -> Any:
+        calls["n"] += 1
+        return output + delta if calls["n"] == 1 else output
+
+    handle = block.register_forward_hook(first_forward_only)
+    try:
+        prompt_only = generate_ids(loaded.model, eval_batches(loaded)[0], no_eos_config(loaded)).tolist()
+    finally:
+        handle.remove()
+    assert prompt_only != outs["hooks"][: len(prompt_only)]
+
+
+def test_alpha_zero_leaves_outputs_unchanged(arch_setup: dict[str, Any]) -> None:
+    loaded = arch_setup["loaded"]
+    delta = steering_delta(arch_setup["directions"]["hooks"], 0.0, loaded.dtype, loaded.device)
+    outs = _generate_all(loaded, delta)
+    baseline = _baseline(loaded)
+    for method in METHODS:
+        assert outs[method] == baseline, method
+
+
+def test_no_hook_left_behind(arch_setup: dict[str, Any]) -> None:
+    loaded = arch_setup["loaded"]
+    block = loaded.model.model.layers[LAYER]
+    assert not block._forward_hooks

@@ -1,0 +1,35 @@
+from __future__ import annotations
+
+import torch
+
+from phasegate_runtime.generation import decode, greedy_config, make_batches, new_token_ids
+from phasegate_runtime.tiny import build_tokenizer
+
+
+def test_batches_are_left_padded_and_sized() -> None:
+    tok = build_tokenizer()
+    batches = make_batches(tok, ["a", "abcd", "xy"], 2, torch.device("cpu"))
+    assert [b.prompts for b in batches] == [("a", "abcd"), ("xy",)]
+    first = batches[0]
+    assert first.input_ids.shape == (2, 4)
+    assert first.input_ids[0, :3].tolist() == [tok.pad_token_id] * 3
+    assert first.attention_mask[0].tolist() == [0, 0, 0, 1]
+
+
+def test_greedy_config_is_fresh_and_greedy() -> None:
+    config = greedy_config(build_tokenizer(), 5)
+    assert (config.do_sample, config.num_beams, config.repetition_penalty) == (False, 1, 1.0)
+    assert config.max_new_tokens == 5
+    # No checkpoint sampling defaults can be present: nothing was inherited.
+    assert config.temperature in (None, 1.0)
+    assert config.top_k in (None, 50)
+    assert config.top_p in (None, 1.0)
+
+
+def test_new_tokens_stop_at_eos() -> None:
+    tok = build_tokenizer()
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    ids = torch.tensor([[pad, 65, 66, 67, eos, pad], [65, 65, 68, 69, 70, 71]])
+    rows = new_token_ids(ids, 2, tok)
+    assert rows == [[66, 67], [68, 69, 70, 71]]
+    assert decode(tok, rows) == [tok.decode([66, 67]), tok.decode([68, 69, 70, 71])]
