@@ -88,9 +88,10 @@ export async function unmetPrerequisites(pc: PhaseClient, required: string[]): P
 export async function startPhase(
   pc: PhaseClient,
   loaded: LoadedProtocol,
-  extra: Pick<PhaseInput, 'reopenOf' | 'continueAsNewAfterEvents'> & { phaseId?: string } = {},
+  extra: Pick<PhaseInput, 'reopenOf' | 'continueAsNewAfterEvents' | 'publishSearchAttributes'> & { phaseId?: string } = {},
 ): Promise<StartResult> {
   const phaseId = extra.phaseId ?? loaded.phaseId;
+  const searchable = extra.publishSearchAttributes !== false;
   const unmet = await unmetPrerequisites(pc, loaded.protocol.requires_frozen);
   if (unmet.length > 0) {
     throw new PhaseError(`refused: requires_frozen: phase(s) ${unmet.join(', ')} must be FROZEN before ${loaded.protocol.phase} may start`, 2);
@@ -104,6 +105,7 @@ export async function startPhase(
     pricing: loaded.pricing,
     ...(extra.reopenOf ? { reopenOf: extra.reopenOf } : {}),
     ...(extra.continueAsNewAfterEvents ? { continueAsNewAfterEvents: extra.continueAsNewAfterEvents } : {}),
+    ...(searchable ? {} : { publishSearchAttributes: false }),
   };
   try {
     await pc.client.workflow.start(phaseWorkflow, {
@@ -113,11 +115,13 @@ export async function startPhase(
       // A phase that failed or was cancelled may be started again (its checkpoints make it resume); one that
       // completed (FROZEN, REJECTED, CHANGES_REQUESTED) may not: a changed protocol is a new phase.
       workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-      typedSearchAttributes: [
-        { key: searchAttributes.phaseName, value: loaded.protocol.phase },
-        { key: searchAttributes.phaseStatus, value: 'AWAITING_BUDGET' },
-        { key: searchAttributes.protocolHash, value: loaded.protocolHash },
-      ],
+      typedSearchAttributes: searchable
+        ? [
+            { key: searchAttributes.phaseName, value: loaded.protocol.phase },
+            { key: searchAttributes.phaseStatus, value: 'AWAITING_BUDGET' },
+            { key: searchAttributes.protocolHash, value: loaded.protocolHash },
+          ]
+        : [],
     });
     return { phaseId, started: true, protocolHash: loaded.protocolHash };
   } catch (err) {
@@ -171,8 +175,8 @@ export const rejectBudget = (pc: PhaseClient, phaseId: string, i: RejectBudgetIn
 export const submitReview = (pc: PhaseClient, phaseId: string, i: SubmitReviewInput): Promise<DecisionResult> =>
   decide(pc, phaseId, 'review', submitReviewUpdate, i);
 
+/** Turns "not found" and "already completed" into messages that say which one it is. */
 async function explainMissing(pc: PhaseClient, phaseId: string, err: unknown): Promise<unknown> {
-  if (err instanceof WorkflowNotFoundError) return new PhaseError(`no phase with id ${phaseId}`, 2);
   try {
     const d = await handleOf(pc, phaseId).describe();
     if (d.status.name !== 'RUNNING') return new PhaseError(`refused: phase ${phaseId} has ended (${d.status.name}); it takes no decisions`, 2);

@@ -42,6 +42,10 @@ export async function createPhaseWorker(o: PhaseWorkerOptions): Promise<Worker> 
     }),
     // Two cores: one model run at a time is all this machine can do; the workflow tasks stay responsive.
     maxConcurrentActivityTaskExecutions: 4,
+    // Cancellation reaches an activity only in the reply to a heartbeat the SDK actually sends; its default
+    // throttle (up to 60 s) would let a cancelled GPU run go on, and be paid for, for a minute.
+    maxHeartbeatThrottleInterval: '3 seconds',
+    defaultHeartbeatThrottleInterval: '3 seconds',
     // Let a running model attempt finish or stop cleanly on shutdown.
     shutdownGraceTime: '20 seconds',
   });

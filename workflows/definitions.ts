@@ -68,6 +68,11 @@ export interface PhaseInput {
   reopenOf?: { phaseId: string; defect: string };
   /** Carried through continue-as-new: the state the next run resumes from. */
   resume?: PhaseState;
+  /**
+   * false only on a server that cannot register custom search attributes (the time-skipping test server);
+   * the phase then skips upserting PhaseName/PhaseStatus/ProtocolHash. Default true.
+   */
+  publishSearchAttributes?: boolean;
   /** Tests lower this to exercise continue-as-new; production relies on the server's suggestion. */
   continueAsNewAfterEvents?: number;
 }

@@ -161,6 +161,9 @@ export function applyApproveBudget(state: PhaseState, i: ApproveBudgetInput, now
   state.budget.approvals.push({ by: i.by.trim(), usd: i.usd, note: i.note ?? '', at: now });
   state.budget.approvedUsd = i.usd;
   state.events.push({ at: now, kind: 'decision', message: `budget approved by ${i.by.trim()}: ${money(i.usd)}` });
+  // The gate opens at once, so a review sent right after the approval is accepted. (A hold is released by the
+  // workflow's run loop, which re-checks the budget before moving back to RUNNING.)
+  if (state.status === 'AWAITING_BUDGET') transition(state, 'AWAITING_REVIEW', now, `budget approved: ${money(i.usd)}`);
   return { applied: true, status: state.status, approvedUsd: state.budget.approvedUsd };
 }
 
@@ -182,6 +185,7 @@ export function applyRejectBudget(state: PhaseState, i: RejectBudgetInput, now: 
   state.appliedDecisions.push(key);
   state.budget.rejection = { by: i.by.trim(), reason: i.reason, at: now };
   state.events.push({ at: now, kind: 'decision', message: `budget rejected by ${i.by.trim()}: ${i.reason}` });
+  transition(state, 'REJECTED', now, `budget rejected by ${i.by.trim()}`);
   return { applied: true, status: state.status, approvedUsd: state.budget.approvedUsd };
 }
 
@@ -205,6 +209,7 @@ export function applySubmitReview(state: PhaseState, i: SubmitReviewInput, now: 
   state.appliedDecisions.push(key);
   state.review = { by: i.by.trim(), verdict: i.verdict, ref: i.ref ?? '', notes: i.notes ?? '', at: now };
   state.events.push({ at: now, kind: 'decision', message: `review by ${i.by.trim()}: ${i.verdict}${i.ref ? ` (${i.ref})` : ''}` });
+  transition(state, i.verdict === 'CHANGES_REQUESTED' ? 'CHANGES_REQUESTED' : 'RUNNING', now, `review ${i.verdict} by ${i.by.trim()}`);
   return { applied: true, status: state.status, approvedUsd: state.budget.approvedUsd };
 }
 

@@ -13,6 +13,7 @@ import {
   CancellationScope,
   CancelledFailure,
   condition,
+  ContinueAsNew,
   continueAsNew,
   isCancellation,
   log,
@@ -106,26 +107,27 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
     validator: (i: SubmitReviewInput) => refuseIf(validateSubmitReview(state, protocol, i)),
   });
 
+  const searchable = input.publishSearchAttributes !== false;
   const moveTo = (status: PhaseStatus, why: string): void => {
     transition(state, status, nowIso(), why);
-    publish(state);
+    publish(state, searchable);
   };
-  publish(state);
+  publish(state, searchable);
 
   try {
+    // The estimate first, whatever the state: a decision may already have arrived with the start.
+    if (state.estimate === null) state.estimate = await estimatePhase({ phaseId: input.phaseId, protocol, pricing: input.pricing });
     while (!isTerminal(state.status)) {
       await maybeContinueAsNew(input, state);
       switch (state.status) {
         case 'AWAITING_BUDGET':
-          if (state.estimate === null) state.estimate = await estimatePhase({ phaseId: input.phaseId, protocol, pricing: input.pricing });
-          await waitForGate(state, 'budget', protocol.budget.deadline_hours, () => state.budget.approvedUsd > 0 || state.budget.rejection !== null);
-          if (state.budget.rejection !== null) moveTo('REJECTED', `budget rejected by ${state.budget.rejection.by}`);
-          else moveTo('AWAITING_REVIEW', `budget approved: $${state.budget.approvedUsd.toFixed(2)}`);
+          // The decision handlers make the transition (see phase-logic); here the loop waits, then publishes it.
+          await waitForGate(state, 'budget', protocol.budget.deadline_hours, () => state.status !== 'AWAITING_BUDGET');
+          publish(state, searchable);
           break;
         case 'AWAITING_REVIEW':
-          await waitForGate(state, 'review', protocol.review.deadline_hours, () => state.review !== null);
-          if (state.review?.verdict === 'CHANGES_REQUESTED') moveTo('CHANGES_REQUESTED', `review by ${state.review.by}`);
-          else moveTo('RUNNING', `review ${state.review?.verdict ?? ''} by ${state.review?.by ?? ''}`);
+          await waitForGate(state, 'review', protocol.review.deadline_hours, () => state.status !== 'AWAITING_REVIEW');
+          publish(state, searchable);
           break;
         case 'RUNNING':
         case 'BUDGET_HOLD':
@@ -146,6 +148,7 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
       }
     }
   } catch (err) {
+    if (err instanceof ContinueAsNew) throw err;
     if (isCancellation(err)) {
       // Recording the outcome must not itself be cancelled.
       await CancellationScope.nonCancellable(async () => {
@@ -254,19 +257,21 @@ async function runModels(input: PhaseInput, state: PhaseState, moveTo: (s: Phase
         return;
       }
       progress.status = 'pending';
-      publish(state);
+      publish(state, input.publishSearchAttributes !== false);
       await sleep(`${retryDelaySeconds(protocol.retry, attempt + 1)} seconds`);
     }
   }
 }
 
 /** Makes the state visible outside: search attributes for filtering, current details for the Temporal UI. */
-function publish(state: PhaseState): void {
-  upsertSearchAttributes([
-    { key: searchAttributes.phaseName, value: state.phaseName },
-    { key: searchAttributes.phaseStatus, value: state.status },
-    { key: searchAttributes.protocolHash, value: state.protocolHash },
-  ]);
+function publish(state: PhaseState, searchable: boolean): void {
+  if (searchable) {
+    upsertSearchAttributes([
+      { key: searchAttributes.phaseName, value: state.phaseName },
+      { key: searchAttributes.phaseStatus, value: state.status },
+      { key: searchAttributes.protocolHash, value: state.protocolHash },
+    ]);
+  }
   setCurrentDetails(`**${state.status}** · spent $${spentUsd(state.ledger).toFixed(4)} of $${state.budget.approvedUsd.toFixed(2)} approved`);
 }
 

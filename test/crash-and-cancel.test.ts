@@ -1,0 +1,129 @@
+/**
+ * Durability under failure, with real processes: cancelling a phase mid-run stops the runtime process and
+ * charges the attempt; a worker process killed mid-run is replaced, the phase completes, checkpointed units
+ * are not recomputed and the ledger has one line per real attempt.
+ */
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { WorkflowFailedError } from '@temporalio/client';
+import { spawn } from 'node:child_process';
+import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
+import path from 'node:path';
+import { approveBudget, cancelPhase, getState, startPhase, submitReview, waitForStatus } from '../client/phases';
+import { repoRoot } from '../common/config';
+import { bundle, makeWorker, phaseClient, phaseResult, startDevServerEnv, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+
+let env: TestWorkflowEnvironment;
+let workflowBundle: WorkflowBundleWithSourceMap;
+
+beforeAll(async () => {
+  env = await startDevServerEnv();
+  workflowBundle = await bundle();
+});
+
+afterAll(async () => {
+  await env?.teardown();
+});
+
+/** One model, two repeats and longer generations: a run that lasts long enough to be interrupted. */
+const slowOverrides = {
+  models: [{ key: 'tiny-qwen2', id: 'tiny:qwen2', gpu: 'cpu', dtype: 'float32', expected_gpu_seconds: 100, timeout_minutes: 10, tiny_seed: 0 }],
+  repeats: 2,
+  sampling: { decode: 'greedy', max_new_tokens: 300, batch_size: 8 },
+};
+
+/** Processes whose command line mentions `needle` (the runtime is started with its spec path). */
+function processesMentioning(needle: string): number[] {
+  const pids: number[] = [];
+  for (const entry of readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'utf8');
+      if (cmdline.includes(needle) && cmdline.includes('phasegate_runtime')) pids.push(Number(entry));
+    } catch {
+      // The process ended while we looked.
+    }
+  }
+  return pids;
+}
+
+function unitFiles(dir: string): Map<string, number> {
+  const units = path.join(dir, 'units');
+  const out = new Map<string, number>();
+  if (!existsSync(units)) return out;
+  for (const f of readdirSync(units)) if (f.endsWith('.json')) out.set(f, statSync(path.join(units, f)).mtimeMs);
+  return out;
+}
+
+async function until(check: () => boolean, timeoutMs: number, what: string): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!check()) {
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 200));
+  }
+}
+
+test('cancelling a phase mid-run stops the runtime process and leaves a correct ledger', async () => {
+  const taskQueue = uniqueQueue('cancel');
+  const paths = testPaths('cancel');
+  const worker = await makeWorker(env, workflowBundle, paths, taskQueue);
+  const pc = phaseClient(env, taskQueue);
+  await worker.runUntil(async () => {
+    const { phaseId } = await startPhase(pc, testProtocol('cancel', slowOverrides));
+    await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 1 });
+    await submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
+    const runDir = path.join(paths.workDir, phaseId, 'tiny-qwen2');
+    await until(() => unitFiles(runDir).size >= 2, 180_000, 'the first checkpointed units');
+    expect(processesMentioning(runDir)).toHaveLength(1);
+
+    await cancelPhase(pc, phaseId);
+    const outcome = await phaseResult(env.client, phaseId).catch((e: unknown) => e);
+    expect(outcome).toBeInstanceOf(WorkflowFailedError);
+    expect(processesMentioning(runDir)).toEqual([]);
+
+    const state = await getState(pc, phaseId);
+    expect(state.status).toBe('CANCELLED');
+    expect(state.ledger).toHaveLength(1);
+    expect(state.ledger[0]).toMatchObject({ modelKey: 'tiny-qwen2', attempt: 1, outcome: 'cancelled', secondsBasis: 'measured' });
+    expect(state.ledger[0]!.seconds).toBeGreaterThan(0);
+    expect(state.ledger[0]!.usd).toBeGreaterThan(0);
+  });
+});
+
+test('a worker killed mid-run is replaced: the phase completes without recomputing checkpointed units', async () => {
+  const taskQueue = uniqueQueue('crash');
+  const paths = testPaths('crash');
+  const pc = phaseClient(env, taskQueue);
+  // The first worker is a separate OS process (`phasegate worker`), so that it can really be killed.
+  const child = spawn(process.execPath, [path.join(repoRoot, 'lib', 'client', 'cli.js'), 'worker'], {
+    env: { ...process.env, TEMPORAL_ADDRESS: env.address, PHASEGATE_TASK_QUEUE: taskQueue, PHASEGATE_STATE_DIR: paths.stateDir, LOG_LEVEL: 'warn', LOG_FORMAT: 'json' },
+    stdio: 'ignore',
+  });
+  let before: Map<string, number>;
+  let runDir = '';
+  let phaseId = '';
+  try {
+    phaseId = (await startPhase(pc, testProtocol('crash', slowOverrides))).phaseId;
+    runDir = path.join(paths.workDir, phaseId, 'tiny-qwen2');
+    await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 1 });
+    await submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
+    await until(() => unitFiles(runDir).size >= 2, 180_000, 'the first checkpointed units');
+    before = unitFiles(runDir);
+  } finally {
+    child.kill('SIGKILL');
+  }
+  // The runtime dies with its worker (parent-death signal), so no orphan races the retry over the same folder.
+  await until(() => processesMentioning(runDir).length === 0, 15_000, 'the orphaned runtime to exit');
+
+  const worker = await makeWorker(env, workflowBundle, paths, taskQueue);
+  const state = await worker.runUntil(waitForStatus(pc, phaseId, 'FROZEN', 300));
+
+  expect(state.ledger.map((e) => [e.attempt, e.outcome, e.secondsBasis])).toEqual([
+    [1, 'timed_out', 'observed'],
+    [2, 'succeeded', 'measured'],
+  ]);
+  const after = unitFiles(runDir);
+  expect(after.size).toBe(1 + 3 * 2);
+  for (const [file, mtime] of before) expect(after.get(file)).toBe(mtime);
+  expect(state.score?.models[0]?.outputsIdentical).toBe(true);
+});

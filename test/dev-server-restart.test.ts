@@ -1,0 +1,80 @@
+/**
+ * The embedded server keeps its state in SQLite: a phase started before a dev-server restart is still there
+ * after it, takes decisions and completes. Uses phasegate's own launcher (worker/dev-server.ts), as
+ * `phasegate server` does.
+ */
+import { Client, Connection } from '@temporalio/client';
+import { NativeConnection } from '@temporalio/worker';
+import { mkdtempSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { approveBudget, getState, rejectBudget, startPhase, submitReview } from '../client/phases';
+import { startDevServer, type DevServer } from '../worker/dev-server';
+import { createPhaseWorker } from '../worker/worker';
+import { bundle, phaseResult, quietLogger, quietTemporalRuntime, repoPaths, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+    srv.on('error', reject);
+  });
+}
+
+test('a phase started before a dev-server restart completes after it', async () => {
+  quietTemporalRuntime();
+  const stateDir = mkdtempSync(path.join(os.tmpdir(), 'phasegate-restart-'));
+  const port = await freePort();
+  const uiPort = await freePort();
+  const start = (): Promise<DevServer> => startDevServer({ temporalBin: repoPaths.temporalBin, stateDir, port, uiPort, namespace: 'default' });
+  const taskQueue = uniqueQueue('restart');
+  const workflowBundle = await bundle();
+  const paths = testPaths('restart');
+
+  const runWorkerDuring = async <T>(server: DevServer, fn: (client: Client) => Promise<T>): Promise<T> => {
+    const connection = await Connection.connect({ address: server.address });
+    const nativeConnection = await NativeConnection.connect({ address: server.address });
+    const client = new Client({ connection });
+    const worker = await createPhaseWorker({ connection: nativeConnection, namespace: 'default', taskQueue, paths, logger: quietLogger, workflowBundle });
+    try {
+      return await worker.runUntil(fn(client));
+    } finally {
+      await nativeConnection.close();
+      await connection.close();
+    }
+  };
+
+  let server = await start();
+  let phaseId = '';
+  try {
+    phaseId = await runWorkerDuring(server, async (client) => {
+      const pc = { client, taskQueue };
+      const started = await startPhase(pc, testProtocol('restart'));
+      await approveBudget(pc, started.phaseId, { by: 'demo-approver', usd: 0.3 });
+      return started.phaseId;
+    });
+  } finally {
+    await server.stop();
+  }
+
+  server = await start();
+  try {
+    await runWorkerDuring(server, async (client) => {
+      const pc = { client, taskQueue };
+      const before = await getState(pc, phaseId);
+      expect(before.status).toBe('AWAITING_REVIEW');
+      expect(before.budget.approvedUsd).toBe(0.3);
+      // The gate in AWAITING_REVIEW is the review; a rejection now is refused, and the phase is still waiting.
+      await expect(rejectBudget(pc, phaseId, { by: 'demo-approver', reason: 'too late' })).rejects.toThrow('accepted only in AWAITING_BUDGET or BUDGET_HOLD');
+      await submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED', ref: 'after-restart' });
+      const final = await phaseResult(client, phaseId);
+      expect(final).toMatchObject({ status: 'CHANGES_REQUESTED', review: { ref: 'after-restart' } });
+    });
+  } finally {
+    await server.stop();
+  }
+});

@@ -1,0 +1,163 @@
+/**
+ * The human gates on a real dev server: validators refuse bad decisions with reasons before they enter
+ * history, a resent decision is applied once, rejection and CHANGES_REQUESTED end the phase, and the state
+ * survives continue-as-new. None of these reach the GPU step, so they run no model.
+ */
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import {
+  approveBudget,
+  getPlan,
+  getState,
+  PhaseError,
+  rejectBudget,
+  startPhase,
+  submitReview,
+  waitForStatus,
+} from '../client/phases';
+import { bundle, makeWorker, phaseClient, phaseResult, startDevServerEnv, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
+
+let env: TestWorkflowEnvironment;
+let workflowBundle: WorkflowBundleWithSourceMap;
+
+beforeAll(async () => {
+  env = await startDevServerEnv();
+  workflowBundle = await bundle();
+});
+
+afterAll(async () => {
+  await env?.teardown();
+});
+
+async function refusal(p: Promise<unknown>): Promise<PhaseError> {
+  try {
+    await p;
+  } catch (err) {
+    if (err instanceof PhaseError) return err;
+    throw err;
+  }
+  throw new Error('expected the decision to be refused');
+}
+
+test('refuses an approval from an unlisted approver, and non-positive or non-finite amounts, with reasons', async () => {
+  const taskQueue = uniqueQueue('refuse');
+  const worker = await makeWorker(env, workflowBundle, testPaths('refuse'), taskQueue);
+  const pc = phaseClient(env, taskQueue);
+  const loaded = testProtocol('refuse');
+  await worker.runUntil(async () => {
+    const { phaseId } = await startPhase(pc, loaded);
+    const unlisted = await refusal(approveBudget(pc, phaseId, { by: 'mallory', usd: 1 }));
+    expect(unlisted.exitCode).toBe(2);
+    expect(unlisted.message).toContain('approver "mallory" is not listed');
+    for (const usd of [0, -5, Number.POSITIVE_INFINITY, Number.NaN]) {
+      const bad = await refusal(approveBudget(pc, phaseId, { by: 'demo-approver', usd }));
+      expect(bad.message).toContain('usd must be a positive, finite amount');
+    }
+    const early = await refusal(submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' }));
+    expect(early.message).toContain('accepted only in AWAITING_REVIEW');
+
+    const state = await getState(pc, phaseId);
+    expect(state.status).toBe('AWAITING_BUDGET');
+    expect(state.budget.approvals).toHaveLength(0);
+    // Refused updates never enter history.
+    expect(updateAcceptedEvents(await historyEvents(env.client, phaseId), 'approveBudget')).toHaveLength(0);
+  });
+});
+
+test('applies a duplicate approval once, whether resent with the same update id or as a new request', async () => {
+  const taskQueue = uniqueQueue('dup');
+  const worker = await makeWorker(env, workflowBundle, testPaths('dup'), taskQueue);
+  const pc = phaseClient(env, taskQueue);
+  const loaded = testProtocol('dup');
+  await worker.runUntil(async () => {
+    const { phaseId } = await startPhase(pc, loaded);
+    const first = await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.5, note: 'ok' });
+    expect(first.applied).toBe(true);
+    // Same content: the CLI derives the same update id, and Temporal returns the first result.
+    const again = await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.5, note: 'ok' });
+    expect(again.approvedUsd).toBe(0.5);
+    // A different note gives a different update id; the workflow recognises the same decision and does not reapply it.
+    const resent = await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.5, note: 'resent from another terminal' });
+    expect(resent.applied).toBe(false);
+
+    const state = await waitForStatus(pc, phaseId, 'AWAITING_REVIEW', 30);
+    expect(state.budget.approvals).toHaveLength(1);
+    expect(state.events.filter((e) => e.kind === 'decision')).toHaveLength(1);
+    // Starting the same protocol again is idempotent: same phase, not a second workflow.
+    const restart = await startPhase(pc, loaded);
+    expect(restart).toEqual({ phaseId, started: false, protocolHash: loaded.protocolHash });
+  });
+});
+
+test('a budget rejection ends the phase REJECTED and nothing runs', async () => {
+  const taskQueue = uniqueQueue('reject');
+  const worker = await makeWorker(env, workflowBundle, testPaths('reject'), taskQueue);
+  const pc = phaseClient(env, taskQueue);
+  await worker.runUntil(async () => {
+    const { phaseId } = await startPhase(pc, testProtocol('reject'));
+    const missingReason = await refusal(rejectBudget(pc, phaseId, { by: 'demo-approver', reason: ' ' }));
+    expect(missingReason.message).toContain('reason must say why');
+    await rejectBudget(pc, phaseId, { by: 'demo-approver', reason: 'Phase-1 already overspent' });
+    const state = await phaseResult(env.client, phaseId);
+    expect(state.status).toBe('REJECTED');
+    expect(state.budget.rejection?.reason).toBe('Phase-1 already overspent');
+    expect(scheduledActivities(await historyEvents(env.client, phaseId), 'runModel')).toHaveLength(0);
+    // A completed phase refuses further decisions and a restart of the same protocol.
+    const late = await refusal(approveBudget(pc, phaseId, { by: 'demo-approver', usd: 1 }));
+    expect(late.message).toMatch(/has ended|accepted only/);
+    const rerun = await refusal(startPhase(pc, testProtocol('reject')));
+    expect(rerun.message).toContain('already ended as REJECTED');
+  });
+});
+
+test('CHANGES_REQUESTED ends the phase after the reviewer has read the run plan', async () => {
+  const taskQueue = uniqueQueue('changes');
+  const worker = await makeWorker(env, workflowBundle, testPaths('changes'), taskQueue);
+  const pc = phaseClient(env, taskQueue);
+  await worker.runUntil(async () => {
+    const { phaseId } = await startPhase(pc, testProtocol('changes'));
+    await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 1 });
+    await waitForStatus(pc, phaseId, 'AWAITING_REVIEW', 30);
+    const plan = await getPlan(pc, phaseId);
+    expect(plan.commands).toHaveLength(2);
+    expect(plan.stopConditions.join(' ')).toContain('BUDGET_HOLD');
+    expect(plan.estimate?.totalUsd).toBeCloseTo(2 * 100 * 0.0000262, 8);
+    const stranger = await refusal(submitReview(pc, phaseId, { by: 'someone', verdict: 'APPROVED' }));
+    expect(stranger.message).toContain('reviewer "someone" is not listed');
+    await submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED', ref: 'thread-42', notes: 'add a second layer' });
+    const state = await phaseResult(env.client, phaseId);
+    expect(state.status).toBe('CHANGES_REQUESTED');
+    expect(state.review).toMatchObject({ by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED', ref: 'thread-42' });
+    expect(scheduledActivities(await historyEvents(env.client, phaseId), 'runModel')).toHaveLength(0);
+  });
+});
+
+test('state and applied decisions survive continue-as-new', async () => {
+  const taskQueue = uniqueQueue('can');
+  const worker = await makeWorker(env, workflowBundle, testPaths('can'), taskQueue);
+  const pc = phaseClient(env, taskQueue);
+  await worker.runUntil(async () => {
+    const { phaseId } = await startPhase(pc, testProtocol('can'), { continueAsNewAfterEvents: 5 });
+    const firstRun = (await env.client.workflow.getHandle(phaseId).describe()).runId;
+    await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.25 });
+    const state = await waitForStatus(pc, phaseId, 'AWAITING_REVIEW', 30);
+    await waitFor(async () => (await env.client.workflow.getHandle(phaseId).describe()).runId !== firstRun);
+    // The same decision sent to the new run is recognised as already applied.
+    const resent = await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.25, note: 'resent after continue-as-new' });
+    expect(resent.applied).toBe(false);
+    const after = await getState(pc, phaseId);
+    expect(after.continuedAsNew).toBeGreaterThanOrEqual(1);
+    expect(after.budget).toEqual(state.budget);
+    await submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED' });
+    expect((await phaseResult(env.client, phaseId)).status).toBe('CHANGES_REQUESTED');
+  });
+});
+
+async function waitFor(check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}

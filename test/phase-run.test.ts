@@ -1,0 +1,130 @@
+/**
+ * A whole phase on a real dev server with the real Python runtime on tiny models: a budget hold that dispatches
+ * nothing until re-approval, the freeze with its manifest, `verify`, a frozen phase refusing reruns, reopen.
+ * The history of this run is what test/histories/ holds for the replay test (RECORD_HISTORIES=1 rewrites it).
+ */
+import type { TestWorkflowEnvironment } from '@temporalio/testing';
+import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
+import { execFileSync } from 'node:child_process';
+import { chmodSync, existsSync, readFileSync, writeFileSync, mkdirSync, statSync } from 'node:fs';
+import path from 'node:path';
+import {
+  approveBudget,
+  getState,
+  PhaseError,
+  reopenPhase,
+  startPhase,
+  submitReview,
+  verifyPhase,
+  waitForStatus,
+} from '../client/phases';
+import { spentUsd } from '../workflows/phase-logic';
+import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
+import { bundle, makeWorker, phaseClient, repoPaths, startDevServerEnv, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+
+let env: TestWorkflowEnvironment;
+let workflowBundle: WorkflowBundleWithSourceMap;
+
+beforeAll(async () => {
+  env = await startDevServerEnv();
+  workflowBundle = await bundle();
+});
+
+afterAll(async () => {
+  await env?.teardown();
+});
+
+test('holds a GPU attempt that would exceed the approval, dispatches nothing while held, then runs to FROZEN', async () => {
+  const taskQueue = uniqueQueue('run');
+  const paths = testPaths('run');
+  const worker = await makeWorker(env, workflowBundle, paths, taskQueue);
+  const pc = phaseClient(env, taskQueue);
+  const loaded = testProtocol('run');
+  const perModelEstimate = 100 * 0.0000262;
+
+  await worker.runUntil(async () => {
+    const { phaseId } = await startPhase(pc, loaded);
+    // Enough for the first model's estimate, not for the first model's real cost plus the second's estimate.
+    await approveBudget(pc, phaseId, { by: 'demo-approver', usd: perModelEstimate + 0.00005 });
+    await submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED', ref: 'thread-1' });
+
+    const held = await waitForStatus(pc, phaseId, 'BUDGET_HOLD', 180);
+    expect(held.models.map((m) => m.status)).toEqual(['succeeded', 'pending']);
+    expect(held.ledger).toHaveLength(1);
+    expect(held.ledger[0]).toMatchObject({ modelKey: 'tiny-qwen2', attempt: 1, outcome: 'succeeded', secondsBasis: 'measured' });
+    // While held, nothing is dispatched: still one runModel in history, a few seconds later too.
+    expect(scheduledActivities(await historyEvents(env.client, phaseId), 'runModel')).toHaveLength(1);
+    await new Promise((r) => setTimeout(r, 3000));
+    expect(scheduledActivities(await historyEvents(env.client, phaseId), 'runModel')).toHaveLength(1);
+
+    // A re-approval must raise the amount; then the second model runs.
+    const low = await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.001 }).catch((e: unknown) => e);
+    expect(low).toBeInstanceOf(PhaseError);
+    expect((low as PhaseError).message).toContain('must exceed the approved');
+    await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.05, note: 'second model' });
+    const frozen = await waitForStatus(pc, phaseId, 'FROZEN', 240);
+
+    const events = await historyEvents(env.client, phaseId);
+    const runs = scheduledActivities(events, 'runModel');
+    const approvals = updateAcceptedEvents(events, 'approveBudget');
+    expect(runs).toHaveLength(2);
+    expect(approvals).toHaveLength(2);
+    expect(runs[1]!.eventId).toBeGreaterThan(approvals[1]!);
+
+    // The ledger: one entry per real attempt, totals consistent with the approvals.
+    expect(frozen.ledger.map((e) => [e.modelKey, e.attempt, e.outcome])).toEqual([
+      ['tiny-qwen2', 1, 'succeeded'],
+      ['tiny-llama', 1, 'succeeded'],
+    ]);
+    expect(spentUsd(frozen.ledger)).toBeLessThanOrEqual(0.05);
+    expect(frozen.events.some((e) => e.message.includes('BUDGET_HOLD'))).toBe(true);
+
+    // Scoring and the freeze: real parity of the three libraries on two architectures.
+    expect(frozen.score?.models.map((m) => m.modelKey)).toEqual(['tiny-llama', 'tiny-qwen2']);
+    for (const m of frozen.score!.models) {
+      expect(Object.keys(m.methods).sort()).toEqual(['hooks', 'nnsight', 'pyvene']);
+      expect(m.outputsIdentical).toBe(true);
+    }
+    const dir = frozen.freeze!.dir;
+    for (const f of ['MANIFEST.sha256', 'closeout.md', 'parity.svg', 'cost.svg', 'score.json', 'phase.json', 'models/tiny-qwen2.json', 'directions/tiny-qwen2/hooks_r0.npy']) {
+      expect(existsSync(path.join(dir, f))).toBe(true);
+    }
+    expect(statSync(path.join(dir, 'closeout.md')).mode & 0o222).toBe(0);
+    const artifact = JSON.parse(readFileSync(path.join(dir, 'models', 'tiny-qwen2.json'), 'utf8')) as { provenance: Record<string, unknown>; ledger: unknown[] };
+    expect(artifact.provenance.git_commit).toMatch(/^[0-9a-f]{40}$|^unknown/);
+    expect(typeof artifact.provenance.git_dirty).toBe('boolean');
+    expect(artifact.provenance.protocol_hash).toBe(loaded.protocolHash);
+    expect(artifact.ledger).toHaveLength(1);
+    const report = readFileSync(frozen.freeze!.reportPath, 'utf8');
+    for (const heading of ['## 1. Scope Statement', '## 2. Protocol Lock', '## 4. Canonical Artifacts', '### Cross-Model Closure', '## 7. Provenance', '## 8. Limitations', '## 9. Next-Phase Handoff']) {
+      expect(report).toContain(heading);
+    }
+
+    // verify: intact, then a changed artifact is named.
+    expect((await verifyPhase(pc, phaseId)).ok).toBe(true);
+    const tampered = path.join(dir, 'models', 'tiny-llama.json');
+    chmodSync(tampered, 0o644);
+    writeFileSync(tampered, readFileSync(tampered, 'utf8').replace('"succeeded"', '"failed"'));
+    const check = await verifyPhase(pc, phaseId);
+    expect(check.ok).toBe(false);
+    expect(check.changed).toEqual(['models/tiny-llama.json']);
+
+    // A frozen phase refuses a rerun; reopen needs a defect and starts a new, linked phase.
+    const rerun = await startPhase(pc, loaded).catch((e: unknown) => e);
+    expect((rerun as PhaseError).message).toContain('is FROZEN');
+    await expect(reopenPhase(pc, phaseId, '  ')).rejects.toThrow('--defect must describe');
+    const reopened = await reopenPhase(pc, phaseId, 'tokenizer padding bug in v1');
+    expect(reopened.phaseId).toMatch(new RegExp(`^${phaseId}-reopen-[0-9a-f]{8}$`));
+    const linked = await getState(pc, reopened.phaseId);
+    expect(linked.reopenOf).toEqual({ phaseId, defect: 'tokenizer padding bug in v1' });
+    expect(linked.status).toBe('AWAITING_BUDGET');
+
+    if (process.env.RECORD_HISTORIES === '1') {
+      // The Temporal CLI writes the standard JSON history format that replay reads.
+      const json = execFileSync(repoPaths.temporalBin, ['workflow', 'show', '--workflow-id', phaseId, '--address', env.address, '--output', 'json'], { encoding: 'utf8' });
+      const out = path.join(__dirname, 'histories');
+      mkdirSync(out, { recursive: true });
+      writeFileSync(path.join(out, 'budget-hold-to-frozen.json'), json);
+    }
+  });
+});
