@@ -7,13 +7,14 @@ import type { LedgerEntry, ModelScore } from '../workflows/definitions';
 
 const esc = (s: string): string => s.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;');
 const FONT = 'font-family="Helvetica,Arial,sans-serif" font-size="12"';
+const TITLE = 'font-family="Helvetica,Arial,sans-serif" font-size="14" font-weight="bold"';
 
 /** Cosine distance 1 - cos on a log10 axis from 1e-16 ("identical in float64") to 1. */
 export function parityChart(models: ModelScore[], minCosine: number): string {
   // A pair with nothing measured is drawn at the far end, in red: missing parity is not parity.
   const rows = models.flatMap((m) => m.pairs.map((p) => ({ label: `${m.modelKey}: ${p.a} ↔ ${p.b}`, distance: p.cosine === null ? 1 : 1 - p.cosine, l2: p.l2 ?? Number.NaN })));
   const left = 260;
-  const width = 720;
+  const width = 860;
   const plot = width - left - 40;
   const rowH = 26;
   const top = 50;
@@ -38,11 +39,11 @@ export function parityChart(models: ModelScore[], minCosine: number): string {
     );
   });
   return svg(width, height, [
-    `<text x="${left}" y="22" ${FONT} font-size="14" font-weight="bold">Parity between methods: cosine distance (log scale, shorter is closer)</text>`,
+    `<text x="10" y="22" ${TITLE}>Parity between methods: cosine distance 1 − cos, log scale (shorter is closer)</text>`,
     ...ticks,
     ...bars,
     `<line x1="${threshold}" y1="${top - 10}" x2="${threshold}" y2="${top + rows.length * rowH}" stroke="#c62828" stroke-dasharray="4 3"/>`,
-    `<text x="${threshold + 4}" y="${top - 12}" ${FONT} fill="#c62828">threshold 1−${minCosine}</text>`,
+    `<text x="${threshold - 4}" y="${top - 12}" text-anchor="end" ${FONT} fill="#c62828">threshold: cosine ≥ ${minCosine}</text>`,
     `<text x="${left}" y="${height - 10}" ${FONT} fill="#555">${rows.length === 0 ? 'no method pairs (one method)' : 'values at 1e-16 are identical to float64 precision'}</text>`,
   ]);
 }
@@ -56,7 +57,7 @@ export interface CostRow {
 /** Per model: the estimate (outline) against charged attempts stacked (green succeeded, red otherwise). */
 export function costChart(rows: CostRow[], approvedUsd: number): string {
   const left = 140;
-  const width = 720;
+  const width = 860;
   const plot = width - left - 120;
   const rowH = 44;
   const top = 50;
@@ -82,11 +83,11 @@ export function costChart(rows: CostRow[], approvedUsd: number): string {
   });
   const total = spent.reduce((a, b) => a + b, 0);
   return svg(width, height, [
-    `<text x="${left}" y="22" ${FONT} font-size="14" font-weight="bold">Cost: charged attempts (solid) against the estimate (dashed) and the approved budget</text>`,
+    `<text x="10" y="22" ${TITLE}>Cost: charged attempts (solid) against the estimate (dashed) and the approved budget</text>`,
     ...bars,
     `<line x1="${x(approvedUsd)}" y1="${top}" x2="${x(approvedUsd)}" y2="${top + rows.length * rowH}" stroke="#ef6c00" stroke-width="2"/>`,
     `<text x="${x(approvedUsd)}" y="${top + rows.length * rowH + 16}" text-anchor="middle" ${FONT} fill="#ef6c00">approved $${approvedUsd.toFixed(2)}</text>`,
-    `<text x="${left}" y="${height - 10}" ${FONT} fill="#555">total charged $${total.toFixed(4)} · green: succeeded attempt · red: failed, timed-out or cancelled attempt (charged too)</text>`,
+    `<text x="10" y="${height - 10}" ${FONT} fill="#555">total charged $${total.toFixed(4)} · green: succeeded attempt · red: failed, timed-out or cancelled attempt (charged too)</text>`,
   ]);
 }
 

@@ -35,6 +35,7 @@ const USAGE = `usage: phasegate <command> [options]
   worker                                        worker only, against TEMPORAL_ADDRESS
   http [--port N]                               HTTP API
   start --protocol FILE [--json]                start a phase (idempotent); prints the phase id last
+  id --protocol FILE                            the phase id a protocol file gives (validates it; no server)
   approve-budget ID --usd N --by NAME [--note T]
   reject-budget ID --by NAME --reason T
   review ID --verdict approved|advised|changes-requested --by NAME [--ref T] [--notes T]
@@ -153,6 +154,10 @@ export async function main(argv: string[]): Promise<number> {
         print(result.started ? `started phase ${result.phaseId} (protocol ${result.protocolHash.slice(0, 12)})` : `phase already running: ${result.phaseId}`);
         print(result.phaseId);
       }
+      return 0;
+    }
+    case 'id': {
+      print(readProtocolOrThrow(required(values, 'protocol')).phaseId);
       return 0;
     }
     case 'approve-budget': {

@@ -222,7 +222,8 @@ export async function getState(pc: PhaseClient, phaseId: string): Promise<PhaseS
 
 export async function getStatus(pc: PhaseClient, phaseId: string): Promise<StatusView> {
   const handle = handleOf(pc, phaseId);
-  const [state, description] = await Promise.all([getState(pc, phaseId), handle.describe()]);
+  const state = await getState(pc, phaseId);
+  const description = await handle.describe();
   // Live progress is read from the pending activity's last heartbeat, so it costs no workflow history.
   let progress: RunProgress | null = null;
   const pending = description.raw.pendingActivities?.find((p) => p.activityType?.name === 'runModel');
