@@ -2,8 +2,6 @@
  * The CLI as a user runs it (bin/phasegate, a real subprocess) against a real dev server: exit codes 0 / 2 / 1,
  * errors that name the field, idempotent start, the documented `status --json` shape. Also the HTTP routes.
  */
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { execFile } from 'node:child_process';
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import os from 'node:os';
@@ -11,19 +9,9 @@ import path from 'node:path';
 import { route } from '../client/http';
 import { PhaseError } from '../client/phases';
 import { repoRoot } from '../common/config';
-import { bundle, makeWorker, phaseClient, startDevServerEnv, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+import { makeWorker, phaseClient, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
 
-let env: TestWorkflowEnvironment;
-let workflowBundle: WorkflowBundleWithSourceMap;
-
-beforeAll(async () => {
-  env = await startDevServerEnv();
-  workflowBundle = await bundle();
-});
-
-afterAll(async () => {
-  await env?.teardown();
-});
+const server = serverPerFile();
 
 interface Run {
   code: number;
@@ -41,8 +29,8 @@ function cli(args: string[], extraEnv: Record<string, string>): Promise<Run> {
 
 test('start, decide and query through bin/phasegate with the documented exit codes', async () => {
   const taskQueue = uniqueQueue('cli');
-  const worker = await makeWorker(env, workflowBundle, testPaths('cli'), taskQueue);
-  const vars = { TEMPORAL_ADDRESS: env.address, PHASEGATE_TASK_QUEUE: taskQueue };
+  const worker = await makeWorker(server.env, server.workflowBundle, testPaths('cli'), taskQueue);
+  const vars = { TEMPORAL_ADDRESS: server.env.address, PHASEGATE_TASK_QUEUE: taskQueue };
   const loaded = testProtocol('cli');
   await worker.runUntil(async () => {
     const badDir = mkdtempSync(path.join(os.tmpdir(), 'phasegate-bad-'));
@@ -92,8 +80,8 @@ test('an unreachable server is exit 1 with a hint, not a hang', async () => {
 
 test('the HTTP routes validate bodies and map to the same operations', async () => {
   const taskQueue = uniqueQueue('http');
-  const worker = await makeWorker(env, workflowBundle, testPaths('http'), taskQueue);
-  const pc = phaseClient(env, taskQueue);
+  const worker = await makeWorker(server.env, server.workflowBundle, testPaths('http'), taskQueue);
+  const pc = phaseClient(server.env, taskQueue);
   const loaded = testProtocol('http');
   await worker.runUntil(async () => {
     const started = (await route(pc, 'POST', '/phases', () => Promise.resolve({ protocol: loaded.protocolPath }))) as { phaseId: string };

@@ -3,27 +3,15 @@
  * charges the attempt; a worker process killed mid-run is replaced, the phase completes, checkpointed units
  * are not recomputed and the ledger has one line per real attempt.
  */
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { WorkflowFailedError } from '@temporalio/client';
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { approveBudget, cancelPhase, getState, startPhase, submitReview, waitForStatus } from '../client/phases';
 import { repoRoot } from '../common/config';
-import { bundle, makeWorker, phaseClient, phaseResult, startDevServerEnv, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+import { makeWorker, phaseClient, phaseResult, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
 
-let env: TestWorkflowEnvironment;
-let workflowBundle: WorkflowBundleWithSourceMap;
-
-beforeAll(async () => {
-  env = await startDevServerEnv();
-  workflowBundle = await bundle();
-});
-
-afterAll(async () => {
-  await env?.teardown();
-});
+const server = serverPerFile();
 
 /** One model, two repeats and longer generations: a run that lasts long enough to be interrupted. */
 const slowOverrides = {
@@ -66,8 +54,8 @@ async function until(check: () => boolean, timeoutMs: number, what: string): Pro
 test('cancelling a phase mid-run stops the runtime process and leaves a correct ledger', async () => {
   const taskQueue = uniqueQueue('cancel');
   const paths = testPaths('cancel');
-  const worker = await makeWorker(env, workflowBundle, paths, taskQueue);
-  const pc = phaseClient(env, taskQueue);
+  const worker = await makeWorker(server.env, server.workflowBundle, paths, taskQueue);
+  const pc = phaseClient(server.env, taskQueue);
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, testProtocol('cancel', slowOverrides));
     await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 1 });
@@ -77,7 +65,7 @@ test('cancelling a phase mid-run stops the runtime process and leaves a correct 
     expect(processesMentioning(runDir)).toHaveLength(1);
 
     await cancelPhase(pc, phaseId);
-    const outcome = await phaseResult(env.client, phaseId).catch((e: unknown) => e);
+    const outcome = await phaseResult(server.env.client, phaseId).catch((e: unknown) => e);
     expect(outcome).toBeInstanceOf(WorkflowFailedError);
     expect(processesMentioning(runDir)).toEqual([]);
 
@@ -93,10 +81,10 @@ test('cancelling a phase mid-run stops the runtime process and leaves a correct 
 test('a worker killed mid-run is replaced: the phase completes without recomputing checkpointed units', async () => {
   const taskQueue = uniqueQueue('crash');
   const paths = testPaths('crash');
-  const pc = phaseClient(env, taskQueue);
+  const pc = phaseClient(server.env, taskQueue);
   // The first worker is a separate OS process (`phasegate worker`), so that it can really be killed.
   const child = spawn(process.execPath, [path.join(repoRoot, 'lib', 'client', 'cli.js'), 'worker'], {
-    env: { ...process.env, TEMPORAL_ADDRESS: env.address, PHASEGATE_TASK_QUEUE: taskQueue, PHASEGATE_STATE_DIR: paths.stateDir, LOG_LEVEL: 'warn', LOG_FORMAT: 'json' },
+    env: { ...process.env, TEMPORAL_ADDRESS: server.env.address, PHASEGATE_TASK_QUEUE: taskQueue, PHASEGATE_STATE_DIR: paths.stateDir, LOG_LEVEL: 'warn', LOG_FORMAT: 'json' },
     stdio: 'ignore',
   });
   let before: Map<string, number>;
@@ -115,7 +103,7 @@ test('a worker killed mid-run is replaced: the phase completes without recomputi
   // The runtime dies with its worker (parent-death signal), so no orphan races the retry over the same folder.
   await until(() => processesMentioning(runDir).length === 0, 15_000, 'the orphaned runtime to exit');
 
-  const worker = await makeWorker(env, workflowBundle, paths, taskQueue);
+  const worker = await makeWorker(server.env, server.workflowBundle, paths, taskQueue);
   const state = await worker.runUntil(waitForStatus(pc, phaseId, 'FROZEN', 300));
 
   expect(state.ledger.map((e) => [e.attempt, e.outcome, e.secondsBasis])).toEqual([

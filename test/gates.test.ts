@@ -3,8 +3,6 @@
  * history, a resent decision is applied once, rejection and CHANGES_REQUESTED end the phase, and the state
  * survives continue-as-new. None of these reach the GPU step, so they run no model.
  */
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import {
   approveBudget,
   getPlan,
@@ -15,20 +13,10 @@ import {
   submitReview,
   waitForStatus,
 } from '../client/phases';
-import { bundle, makeWorker, phaseClient, phaseResult, startDevServerEnv, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+import { makeWorker, phaseClient, phaseResult, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
 import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
 
-let env: TestWorkflowEnvironment;
-let workflowBundle: WorkflowBundleWithSourceMap;
-
-beforeAll(async () => {
-  env = await startDevServerEnv();
-  workflowBundle = await bundle();
-});
-
-afterAll(async () => {
-  await env?.teardown();
-});
+const server = serverPerFile();
 
 async function refusal(p: Promise<unknown>): Promise<PhaseError> {
   try {
@@ -42,8 +30,8 @@ async function refusal(p: Promise<unknown>): Promise<PhaseError> {
 
 test('refuses an approval from an unlisted approver, and non-positive or non-finite amounts, with reasons', async () => {
   const taskQueue = uniqueQueue('refuse');
-  const worker = await makeWorker(env, workflowBundle, testPaths('refuse'), taskQueue);
-  const pc = phaseClient(env, taskQueue);
+  const worker = await makeWorker(server.env, server.workflowBundle, testPaths('refuse'), taskQueue);
+  const pc = phaseClient(server.env, taskQueue);
   const loaded = testProtocol('refuse');
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, loaded);
@@ -61,14 +49,14 @@ test('refuses an approval from an unlisted approver, and non-positive or non-fin
     expect(state.status).toBe('AWAITING_BUDGET');
     expect(state.budget.approvals).toHaveLength(0);
     // Refused updates never enter history.
-    expect(updateAcceptedEvents(await historyEvents(env.client, phaseId), 'approveBudget')).toHaveLength(0);
+    expect(updateAcceptedEvents(await historyEvents(server.env.client, phaseId), 'approveBudget')).toHaveLength(0);
   });
 });
 
 test('applies a duplicate approval once, whether resent with the same update id or as a new request', async () => {
   const taskQueue = uniqueQueue('dup');
-  const worker = await makeWorker(env, workflowBundle, testPaths('dup'), taskQueue);
-  const pc = phaseClient(env, taskQueue);
+  const worker = await makeWorker(server.env, server.workflowBundle, testPaths('dup'), taskQueue);
+  const pc = phaseClient(server.env, taskQueue);
   const loaded = testProtocol('dup');
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, loaded);
@@ -92,17 +80,17 @@ test('applies a duplicate approval once, whether resent with the same update id 
 
 test('a budget rejection ends the phase REJECTED and nothing runs', async () => {
   const taskQueue = uniqueQueue('reject');
-  const worker = await makeWorker(env, workflowBundle, testPaths('reject'), taskQueue);
-  const pc = phaseClient(env, taskQueue);
+  const worker = await makeWorker(server.env, server.workflowBundle, testPaths('reject'), taskQueue);
+  const pc = phaseClient(server.env, taskQueue);
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, testProtocol('reject'));
     const missingReason = await refusal(rejectBudget(pc, phaseId, { by: 'demo-approver', reason: ' ' }));
     expect(missingReason.message).toContain('reason must say why');
     await rejectBudget(pc, phaseId, { by: 'demo-approver', reason: 'Phase-1 already overspent' });
-    const state = await phaseResult(env.client, phaseId);
+    const state = await phaseResult(server.env.client, phaseId);
     expect(state.status).toBe('REJECTED');
     expect(state.budget.rejection?.reason).toBe('Phase-1 already overspent');
-    expect(scheduledActivities(await historyEvents(env.client, phaseId), 'runModel')).toHaveLength(0);
+    expect(scheduledActivities(await historyEvents(server.env.client, phaseId), 'runModel')).toHaveLength(0);
     // A completed phase refuses further decisions and a restart of the same protocol.
     const late = await refusal(approveBudget(pc, phaseId, { by: 'demo-approver', usd: 1 }));
     expect(late.message).toMatch(/has ended|accepted only/);
@@ -113,8 +101,8 @@ test('a budget rejection ends the phase REJECTED and nothing runs', async () => 
 
 test('CHANGES_REQUESTED ends the phase after the reviewer has read the run plan', async () => {
   const taskQueue = uniqueQueue('changes');
-  const worker = await makeWorker(env, workflowBundle, testPaths('changes'), taskQueue);
-  const pc = phaseClient(env, taskQueue);
+  const worker = await makeWorker(server.env, server.workflowBundle, testPaths('changes'), taskQueue);
+  const pc = phaseClient(server.env, taskQueue);
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, testProtocol('changes'));
     await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 1 });
@@ -126,23 +114,23 @@ test('CHANGES_REQUESTED ends the phase after the reviewer has read the run plan'
     const stranger = await refusal(submitReview(pc, phaseId, { by: 'someone', verdict: 'APPROVED' }));
     expect(stranger.message).toContain('reviewer "someone" is not listed');
     await submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED', ref: 'thread-42', notes: 'add a second layer' });
-    const state = await phaseResult(env.client, phaseId);
+    const state = await phaseResult(server.env.client, phaseId);
     expect(state.status).toBe('CHANGES_REQUESTED');
     expect(state.review).toMatchObject({ by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED', ref: 'thread-42' });
-    expect(scheduledActivities(await historyEvents(env.client, phaseId), 'runModel')).toHaveLength(0);
+    expect(scheduledActivities(await historyEvents(server.env.client, phaseId), 'runModel')).toHaveLength(0);
   });
 });
 
 test('state and applied decisions survive continue-as-new', async () => {
   const taskQueue = uniqueQueue('can');
-  const worker = await makeWorker(env, workflowBundle, testPaths('can'), taskQueue);
-  const pc = phaseClient(env, taskQueue);
+  const worker = await makeWorker(server.env, server.workflowBundle, testPaths('can'), taskQueue);
+  const pc = phaseClient(server.env, taskQueue);
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, testProtocol('can'), { continueAsNewAfterEvents: 5 });
-    const firstRun = (await env.client.workflow.getHandle(phaseId).describe()).runId;
+    const firstRun = (await server.env.client.workflow.getHandle(phaseId).describe()).runId;
     await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.25 });
     const state = await waitForStatus(pc, phaseId, 'AWAITING_REVIEW', 30);
-    await waitFor(async () => (await env.client.workflow.getHandle(phaseId).describe()).runId !== firstRun);
+    await waitFor(async () => (await server.env.client.workflow.getHandle(phaseId).describe()).runId !== firstRun);
     // The same decision sent to the new run is recognised as already applied.
     const resent = await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.25, note: 'resent after continue-as-new' });
     expect(resent.applied).toBe(false);
@@ -150,7 +138,7 @@ test('state and applied decisions survive continue-as-new', async () => {
     expect(after.continuedAsNew).toBeGreaterThanOrEqual(1);
     expect(after.budget).toEqual(state.budget);
     await submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED' });
-    expect((await phaseResult(env.client, phaseId)).status).toBe('CHANGES_REQUESTED');
+    expect((await phaseResult(server.env.client, phaseId)).status).toBe('CHANGES_REQUESTED');
   });
 });
 

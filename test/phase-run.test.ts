@@ -3,8 +3,6 @@
  * nothing until re-approval, the freeze with its manifest, `verify`, a frozen phase refusing reruns, reopen.
  * The history of this run is what test/histories/ holds for the replay test (RECORD_HISTORIES=1 rewrites it).
  */
-import type { TestWorkflowEnvironment } from '@temporalio/testing';
-import type { WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import { execFileSync } from 'node:child_process';
 import { chmodSync, existsSync, readFileSync, writeFileSync, mkdirSync, statSync } from 'node:fs';
 import path from 'node:path';
@@ -20,25 +18,15 @@ import {
 } from '../client/phases';
 import { spentUsd } from '../workflows/phase-logic';
 import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
-import { bundle, makeWorker, phaseClient, repoPaths, startDevServerEnv, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+import { makeWorker, phaseClient, repoPaths, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
 
-let env: TestWorkflowEnvironment;
-let workflowBundle: WorkflowBundleWithSourceMap;
-
-beforeAll(async () => {
-  env = await startDevServerEnv();
-  workflowBundle = await bundle();
-});
-
-afterAll(async () => {
-  await env?.teardown();
-});
+const server = serverPerFile();
 
 test('holds a GPU attempt that would exceed the approval, dispatches nothing while held, then runs to FROZEN', async () => {
   const taskQueue = uniqueQueue('run');
   const paths = testPaths('run');
-  const worker = await makeWorker(env, workflowBundle, paths, taskQueue);
-  const pc = phaseClient(env, taskQueue);
+  const worker = await makeWorker(server.env, server.workflowBundle, paths, taskQueue);
+  const pc = phaseClient(server.env, taskQueue);
   const loaded = testProtocol('run');
   const perModelEstimate = 100 * 0.0000262;
 
@@ -53,9 +41,9 @@ test('holds a GPU attempt that would exceed the approval, dispatches nothing whi
     expect(held.ledger).toHaveLength(1);
     expect(held.ledger[0]).toMatchObject({ modelKey: 'tiny-qwen2', attempt: 1, outcome: 'succeeded', secondsBasis: 'measured' });
     // While held, nothing is dispatched: still one runModel in history, a few seconds later too.
-    expect(scheduledActivities(await historyEvents(env.client, phaseId), 'runModel')).toHaveLength(1);
+    expect(scheduledActivities(await historyEvents(server.env.client, phaseId), 'runModel')).toHaveLength(1);
     await new Promise((r) => setTimeout(r, 3000));
-    expect(scheduledActivities(await historyEvents(env.client, phaseId), 'runModel')).toHaveLength(1);
+    expect(scheduledActivities(await historyEvents(server.env.client, phaseId), 'runModel')).toHaveLength(1);
 
     // A re-approval must raise the amount; then the second model runs.
     const low = await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.001 }).catch((e: unknown) => e);
@@ -64,7 +52,7 @@ test('holds a GPU attempt that would exceed the approval, dispatches nothing whi
     await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.05, note: 'second model' });
     const frozen = await waitForStatus(pc, phaseId, 'FROZEN', 240);
 
-    const events = await historyEvents(env.client, phaseId);
+    const events = await historyEvents(server.env.client, phaseId);
     const runs = scheduledActivities(events, 'runModel');
     const approvals = updateAcceptedEvents(events, 'approveBudget');
     expect(runs).toHaveLength(2);
@@ -121,7 +109,7 @@ test('holds a GPU attempt that would exceed the approval, dispatches nothing whi
 
     if (process.env.RECORD_HISTORIES === '1') {
       // The Temporal CLI writes the standard JSON history format that replay reads.
-      const json = execFileSync(repoPaths.temporalBin, ['workflow', 'show', '--workflow-id', phaseId, '--address', env.address, '--output', 'json'], { encoding: 'utf8' });
+      const json = execFileSync(repoPaths.temporalBin, ['workflow', 'show', '--workflow-id', phaseId, '--address', server.env.address, '--output', 'json'], { encoding: 'utf8' });
       const out = path.join(__dirname, 'histories');
       mkdirSync(out, { recursive: true });
       writeFileSync(path.join(out, 'budget-hold-to-frozen.json'), json);

@@ -47,6 +47,24 @@ export async function startTimeSkippingEnv(): Promise<TestWorkflowEnvironment> {
   });
 }
 
+export interface FileServer {
+  env: TestWorkflowEnvironment;
+  workflowBundle: WorkflowBundleWithSourceMap;
+}
+
+/** One server and one workflow bundle for the whole test file, torn down after it. */
+export function serverPerFile(kind: 'dev-server' | 'time-skipping' = 'dev-server'): FileServer {
+  const server = {} as FileServer;
+  beforeAll(async () => {
+    server.env = kind === 'dev-server' ? await startDevServerEnv() : await startTimeSkippingEnv();
+    server.workflowBundle = await bundle();
+  });
+  afterAll(async () => {
+    await server.env?.teardown();
+  });
+  return server;
+}
+
 export function bundle(): Promise<WorkflowBundleWithSourceMap> {
   return bundleWorkflowCode({ workflowsPath, logger: new DefaultLogger('WARN') });
 }
