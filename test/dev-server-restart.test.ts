@@ -55,6 +55,9 @@ test('a phase started before a dev-server restart completes after it', async () 
       const pc = { client, taskQueue };
       const started = await startPhase(pc, testProtocol('restart'));
       await approveBudget(pc, started.phaseId, { by: 'demo-approver', usd: 0.3 });
+      // Stop only once the estimate activity has completed: an activity task handed to a worker that is shutting
+      // down is re-dispatched by the server only after minutes, which would make this test slow, not wrong.
+      while ((await getState(pc, started.phaseId)).estimate === null) await new Promise((r) => setTimeout(r, 100));
       return started.phaseId;
     });
   } finally {
