@@ -19,6 +19,8 @@ export interface RuntimeCommand {
   python: string;
   runtimeSrc: string;
   args: string[];
+  /** The Python module run with `-m`: the runtime itself, or a sibling entry point such as its Modal launcher. */
+  module?: string;
   env?: NodeJS.ProcessEnv;
   signal?: AbortSignal;
   onEvent?: (event: RuntimeEvent) => void;
@@ -42,7 +44,7 @@ export const RuntimeExitCode = { ok: 0, failure: 1, invalidSpec: 2 } as const;
 const SETPRIV = '/usr/bin/setpriv';
 
 export function runRuntime(cmd: RuntimeCommand): Promise<RuntimeExit> {
-  const argv = ['-m', 'phasegate_runtime', ...cmd.args];
+  const argv = ['-m', cmd.module ?? 'phasegate_runtime', ...cmd.args];
   const usePdeathsig = process.platform === 'linux' && existsSync(SETPRIV);
   const [file, args] = usePdeathsig ? [SETPRIV, ['--pdeathsig', 'TERM', '--', cmd.python, ...argv]] : [cmd.python, argv];
   const started = process.hrtime.bigint();

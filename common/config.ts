@@ -26,6 +26,8 @@ export const envSchema = z.object({
   PHASEGATE_DEV_PORT: portFromEnv.default(7233),
   PHASEGATE_UI_PORT: portFromEnv.default(8233),
   PHASEGATE_HTTP_PORT: portFromEnv.default(8787),
+  /** Seconds the Modal launcher waits on a remote call per poll (each poll is a heartbeat of progress). */
+  PHASEGATE_MODAL_POLL_SECONDS: z.coerce.number().positive().default(30),
   PHASEGATE_TEMPORAL_BIN: z.string().min(1).optional(),
   PHASEGATE_PYTHON: z.string().min(1).optional(),
   LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),

@@ -42,7 +42,14 @@ export async function runServer(env: Readonly<Env>, logger: Logger, options: { w
     ...(settings.tls !== undefined ? { tls: settings.tls } : {}),
     ...(settings.apiKey !== undefined ? { apiKey: settings.apiKey } : {}),
   });
-  const worker = await createPhaseWorker({ connection, namespace: settings.namespace, taskQueue: env.PHASEGATE_TASK_QUEUE, paths, logger });
+  const worker = await createPhaseWorker({
+    connection,
+    namespace: settings.namespace,
+    taskQueue: env.PHASEGATE_TASK_QUEUE,
+    paths,
+    logger,
+    modalPollSeconds: env.PHASEGATE_MODAL_POLL_SECONDS,
+  });
 
   const stop = (signal: string): void => {
     logger.info({ signal }, 'stopping worker');

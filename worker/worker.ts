@@ -8,6 +8,7 @@ import type { Logger } from 'pino';
 import { createActivities } from '../activities';
 import type { ComputeBackend } from '../activities/backends/backend';
 import { LocalBackend } from '../activities/backends/local';
+import { modalBackendFromEnv } from '../activities/backends/modal';
 import { repoRoot, type Paths } from '../common/config';
 
 export interface PhaseWorkerOptions {
@@ -19,12 +20,16 @@ export interface PhaseWorkerOptions {
   /** Prebuilt workflow bundle (tests build it once per file); otherwise built from workflows/ at start. */
   workflowBundle?: WorkerOptions['workflowBundle'];
   backends?: Partial<Record<'local' | 'modal', ComputeBackend>>;
+  modalPollSeconds?: number;
 }
 
 export const workflowsPath = path.join(repoRoot, 'workflows', 'index.ts');
 
 export async function createPhaseWorker(o: PhaseWorkerOptions): Promise<Worker> {
-  const backends = o.backends ?? { local: new LocalBackend({ python: o.paths.python, runtimeSrc: o.paths.runtimeSrc }) };
+  const runtime = { python: o.paths.python, runtimeSrc: o.paths.runtimeSrc };
+  // Modal credentials are checked per run, so a worker without them still serves local phases, and a Modal phase
+  // fails at once (not retried) with a message saying how to set them.
+  const backends = o.backends ?? { local: new LocalBackend(runtime), modal: modalBackendFromEnv(runtime, o.modalPollSeconds) };
   return Worker.create({
     connection: o.connection,
     namespace: o.namespace,

@@ -1,0 +1,83 @@
+"""The Modal app: one GPU function that runs a per-model job (``modal_job.run_model_body``) in a container.
+
+Deploy once per code change (``modal deploy -m phasegate_runtime.modal_app`` from runtime/, with
+``PYTHONPATH=src``); the launcher looks the function up by name and picks the GPU type and the timeout per
+call with ``Function.with_options`` (each GPU type gets its own container pool).
+
+- Image: Debian slim + Python 3.11 + ``uv sync --frozen`` of runtime/uv.lock without the dev/tools/modal
+  groups, i.e. exactly the locked runtime dependencies of the local backend; the package source is added last.
+- Volume ``phasegate-data``: ``/data/models`` is the Hugging Face download cache (``cache_dir``), and
+  ``/data/runs/<phase>/<model>`` the run's checkpoint folder, kept across attempts so a retry resumes.
+- Secret ``hf-secret``: must define ``HF_TOKEN`` (gated models such as Gemma need it).
+- Dict ``phasegate-launches``: the launcher's call records and the containers' run claims (modal_job).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import modal
+
+from .modal_job import (
+    APP_NAME,
+    APP_TAGS,
+    DICT_NAME,
+    SECRET_NAME,
+    VOLUME_NAME,
+    VolumePaths,
+    claim_key,
+    release_claim,
+    run_model_body,
+    take_claim,
+)
+
+VOLUME_ROOT = Path("/data")
+# The default per-call timeout; the launcher overrides it with the protocol's timeout_minutes.
+DEFAULT_TIMEOUT_S = 60 * 60
+
+_RUNTIME_DIR = Path(__file__).resolve().parents[2]
+
+image = (
+    modal.Image.debian_slim(python_version="3.11")
+    .uv_sync(str(_RUNTIME_DIR), frozen=True, extra_options="--no-default-groups", uv_version="0.13.8")
+    .env({"HF_HUB_DISABLE_TELEMETRY": "1", "TOKENIZERS_PARALLELISM": "false"})
+    .add_local_python_source("phasegate_runtime")
+)
+
+app = modal.App(APP_NAME, tags=APP_TAGS, image=image)
+volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
+launches = modal.Dict.from_name(DICT_NAME, create_if_missing=True)
+
+
+def _is_live(call_id: str) -> bool:
+    try:
+        modal.FunctionCall.from_id(call_id).get(timeout=0)
+    except TimeoutError:  # the builtin: no output yet, the call is queued or running
+        return True
+    except Exception:  # noqa: BLE001 - finished with an error, cancelled, expired or unknown: not live
+        return False
+    return False
+
+
+@app.function(
+    gpu="A10G",
+    timeout=DEFAULT_TIMEOUT_S,
+    volumes={str(VOLUME_ROOT): volume},
+    secrets=[modal.Secret.from_name(SECRET_NAME)],
+    # No platform retries: the workflow retries, and every attempt must get its own ledger line.
+    retries=0,
+)
+def run_model(spec: dict[str, Any]) -> dict[str, Any]:
+    call_id = modal.current_function_call_id() or "unknown"
+    key = claim_key(str(spec["phase_id"]), str(spec["model_key"]))
+    owner = take_claim(launches, key, call_id, is_live=_is_live)
+    if owner is not None:
+        return {"status": "duplicate", "owner": owner, "gpu_seconds": 0.0, "files": {}, "message": None}
+    try:
+        volume.reload()
+        return run_model_body(spec, VolumePaths(VOLUME_ROOT))
+    finally:
+        # Checkpoints must outlive this container for a retry to resume (Volumes also commit on exit).
+        volume.commit()
+        release_claim(launches, key, call_id)

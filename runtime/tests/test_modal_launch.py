@@ -1,0 +1,267 @@
+"""Launch / reattach / cancel against the double at the Modal SDK boundary (phasegate_runtime.modal_fake)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from phasegate_runtime import modal_launch
+from phasegate_runtime.modal_fake import FakeCall, FakeModal
+from phasegate_runtime.modal_job import claim_key, release_claim, take_claim
+from phasegate_runtime.modal_launch import RECORD_FILE, Emit, Job, cancel, launch, main
+
+from _data import run_spec_dict, write_json
+
+PROTOCOL = Path(__file__).resolve().parents[2] / "protocols" / "phase1-tooling-parity.json"
+
+
+class WorkerDied(BaseException):
+    """The worker process vanishing while the launcher waits (SIGKILL: no handler, no cleanup)."""
+
+
+def _events(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+@pytest.fixture
+def job(tmp_path: Path) -> Job:
+    spec = write_json(tmp_path / "spec.json", run_spec_dict(tmp_path / "models", repeats=1))
+    return Job(phase_id="demo-ab12cd34", model_key="tiny-qwen", attempt=1, gpu="A10G", timeout_s=600,
+               spec_path=spec, out_dir=tmp_path / "out")  # fmt: skip
+
+
+def _attempt(job: Job, n: int) -> Job:
+    return Job(**{**job.__dict__, "attempt": n})
+
+
+class BoundedEmit(Emit):
+    """Fails a test whose launcher would wait forever on a call that never finishes, instead of hanging."""
+
+    def __init__(self, stream: io.StringIO) -> None:
+        super().__init__(stream)
+        self.polls = 0
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        self.polls += event == "running"
+        if self.polls > 50:
+            raise AssertionError(f"the launcher is still waiting on {fields.get('call_id')}")
+        super().__call__(event, **fields)
+
+
+def _launch(job: Job, fake: FakeModal) -> tuple[int, list[dict[str, Any]]]:
+    stream = io.StringIO()
+    code = launch(job, fake, BoundedEmit(stream), poll_s=0.001)
+    return code, _events(stream)
+
+
+def test_launch_spawns_once_and_copies_results_and_ids(job: Job) -> None:
+    fake = FakeModal()
+    code, events = _launch(job, fake)
+    assert code == 0
+    assert fake.spawned == ["fc-fake-1"]
+    assert fake.call("fc-fake-1")["gpu"] == "A10G"
+    assert fake.call("fc-fake-1")["timeout_s"] == 600
+    result = json.loads((job.out_dir / "result.json").read_text())
+    assert result["fake_modal_call"] == "fc-fake-1"
+    directions = sorted(p.name for p in (job.out_dir / "directions").iterdir())
+    assert directions == ["hooks_r0.npy", "nnsight_r0.npy", "pyvene_r0.npy"]
+    record = json.loads((job.out_dir / RECORD_FILE).read_text())
+    assert (record["call_id"], record["app_id"], record["status"]) == ("fc-fake-1", "ap-fake", "finished")
+    assert fake.launches.get("demo-ab12cd34/tiny-qwen")["call_id"] == "fc-fake-1"
+    assert events[-1] == {"event": "finished", "result": str(job.out_dir / "result.json"),
+                          "gpu_seconds": 12.5, "call_id": "fc-fake-1", "app_id": "ap-fake",
+                          "reattached": False}  # fmt: skip
+
+
+@pytest.mark.parametrize("lost", ["launch record", "nothing"])
+def test_the_worker_died_after_spawn_no_second_spawn(job: Job, lost: str) -> None:
+    fake = FakeModal(outcome="hang")
+    fake.die_on_get = WorkerDied()
+    with pytest.raises(WorkerDied):
+        _launch(job, fake)
+    assert fake.spawned == ["fc-fake-1"]
+    if lost == "launch record":  # e.g. a fresh worker on another machine: only the Modal Dict knows the call
+        (job.out_dir / RECORD_FILE).unlink()
+    fake.die_on_get = None
+    fake.set_outcome("fc-fake-1", "ok")
+    code, events = _launch(_attempt(job, 2), fake)
+    assert code == 0
+    assert fake.spawned == ["fc-fake-1"]
+    assert {"event": "launched", "call_id": "fc-fake-1", "app_id": "ap-fake", "reattached": True,
+            "attempt": 2} in events  # fmt: skip
+    assert json.loads((job.out_dir / "result.json").read_text())["fake_modal_call"] == "fc-fake-1"
+
+
+def test_reattaches_to_a_call_that_is_still_running(job: Job, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeModal(outcome="hang")
+    fake.die_on_get = WorkerDied()
+    with pytest.raises(WorkerDied):
+        _launch(job, fake)
+    fake.die_on_get = None
+    polls = {"n": 0}
+    original_get = FakeCall.get
+
+    def get(call: FakeCall, timeout: float | None = None) -> Any:
+        polls["n"] += 1
+        if polls["n"] == 3:  # the probe, one "running" poll, then the call finishes
+            fake.set_outcome("fc-fake-1", "ok")
+        return original_get(call, timeout)
+
+    monkeypatch.setattr(FakeCall, "get", get)
+    code, events = _launch(_attempt(job, 2), fake)
+    assert code == 0
+    assert fake.spawned == ["fc-fake-1"]
+    assert [e["event"] for e in events][:3] == ["launching", "launched", "running"]
+
+
+@pytest.mark.parametrize("outcome", ["fail", "crash"])
+def test_retry_after_a_failed_call_spawns_a_new_one(job: Job, outcome: str) -> None:
+    fake = FakeModal(outcome=outcome)
+    code, events = _launch(job, fake)
+    assert code == 1
+    assert events[-1]["event"] == "error"
+    assert events[-1]["kind"] == "failure"
+    assert events[-1]["call_id"] == "fc-fake-1"
+    fake.outcome = "ok"
+    code, events = _launch(_attempt(job, 2), fake)
+    assert code == 0
+    assert fake.spawned == ["fc-fake-1", "fc-fake-2"]
+    assert events[1]["event"] == "previous_call"
+    assert events[1]["state"] in {"done", "failed"}
+    record = json.loads((job.out_dir / RECORD_FILE).read_text())
+    assert [(c["call_id"], c["attempt"]) for c in record["calls"]] == [("fc-fake-1", 1), ("fc-fake-2", 2)]
+    assert fake.launches.get("demo-ab12cd34/tiny-qwen")["call_id"] == "fc-fake-2"
+
+
+def test_invalid_spec_exits_2(job: Job) -> None:
+    code, events = _launch(job, FakeModal(outcome="invalid"))
+    assert code == 2
+    assert events[-1]["kind"] == "invalid_spec"
+    assert events[-1]["gpu_seconds"] == 3.0
+
+
+def test_sigterm_detaches_and_cancel_cancels_the_remote_call(job: Job) -> None:
+    fake = FakeModal(outcome="hang")
+    fake.die_on_get = WorkerDied()
+    with pytest.raises(WorkerDied):
+        _launch(job, fake)
+    fake.die_on_get = None
+    assert fake.call("fc-fake-1")["cancelled"] is False  # the launcher going away does not cancel
+    stream = io.StringIO()
+    assert cancel(job.phase_id, job.model_key, job.out_dir, fake, Emit(stream)) == 0
+    assert fake.call("fc-fake-1")["cancelled"] is True
+    assert _events(stream) == [{"event": "cancelled", "call_ids": ["fc-fake-1"]}]
+    assert json.loads((job.out_dir / RECORD_FILE).read_text())["status"] == "cancelled"
+    fake.outcome = "ok"  # a cancelled call is never reattached to
+    code, _ = _launch(_attempt(job, 2), fake)
+    assert code == 0
+    assert fake.spawned == ["fc-fake-1", "fc-fake-2"]
+
+
+def test_cancel_finds_an_unrecorded_call_through_its_container_claim(job: Job) -> None:
+    fake = FakeModal(outcome="hang")
+    fake.spawn({"phase_id": job.phase_id}, gpu="A10G", timeout_s=600)  # its launcher died before recording it
+    fake.launches.put(claim_key(job.phase_id, job.model_key), "fc-fake-1")  # its container started
+    stream = io.StringIO()
+    assert cancel(job.phase_id, job.model_key, job.out_dir, fake, Emit(stream)) == 0
+    assert fake.call("fc-fake-1")["cancelled"] is True
+
+
+def test_a_duplicate_call_reattaches_to_the_orphan_that_owns_the_run(job: Job) -> None:
+    # The worker died between spawn and any record: the orphan fc-fake-1 is invisible to the retry, which
+    # spawns fc-fake-2; fc-fake-2's container finds fc-fake-1's claim and returns "duplicate".
+    fake = FakeModal(outcome="ok")
+    fake.spawn({"phase_id": "demo-ab12cd34", "model_key": "tiny-qwen", "methods": ["hooks"], "repeats": 1},
+               gpu="A10G", timeout_s=600)  # fmt: skip
+    fake.outcome = "duplicate:fc-fake-1"
+    code, events = _launch(job, fake)
+    assert code == 0
+    assert fake.spawned == ["fc-fake-1", "fc-fake-2"]
+    assert json.loads((job.out_dir / "result.json").read_text())["fake_modal_call"] == "fc-fake-1"
+    assert fake.launches.get("demo-ab12cd34/tiny-qwen")["call_id"] == "fc-fake-1"
+    assert events[-1]["call_id"] == "fc-fake-1"
+
+
+def test_a_finished_record_needs_no_modal_call(job: Job) -> None:
+    fake = FakeModal()
+    assert _launch(job, fake)[0] == 0
+    fake.launches.pop("demo-ab12cd34/tiny-qwen")
+    code, events = _launch(_attempt(job, 2), fake)
+    assert code == 0
+    assert fake.spawned == ["fc-fake-1"]
+    assert events[-1]["reattached"] is True
+
+
+def test_missing_credentials_one_attempt_clear_error(
+    job: Job, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
+    monkeypatch.delenv("MODAL_TOKEN_SECRET", raising=False)
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "no-such.toml"))
+
+    def port() -> FakeModal:
+        raise AssertionError("nothing may reach Modal without credentials")
+
+    argv = ["launch", "--phase", job.phase_id, "--model", job.model_key, "--attempt", "1", "--gpu", "A10G",
+            "--timeout-minutes", "10", "--spec", str(job.spec_path), "--out", str(job.out_dir)]  # fmt: skip
+    assert main(argv, port_factory=port) == modal_launch.EXIT_MISSING_CREDENTIALS == 3
+    event = json.loads(capsys.readouterr().out.splitlines()[-1])
+    assert event["event"] == "error"
+    assert event["kind"] == "missing_credentials"
+    assert "MODAL_TOKEN_ID" in event["message"]
+    assert "modal token" in event["message"]
+
+
+def test_credentials_from_env_or_modal_toml(tmp_path: Path) -> None:
+    toml = tmp_path / ".modal.toml"
+    assert not modal_launch.has_credentials({"MODAL_CONFIG_PATH": str(toml)})
+    assert not modal_launch.has_credentials({"MODAL_TOKEN_ID": "ak-1", "MODAL_CONFIG_PATH": str(toml)})
+    assert modal_launch.has_credentials({"MODAL_TOKEN_ID": "ak-1", "MODAL_TOKEN_SECRET": "as-1"})
+    toml.write_text('[default]\ntoken_id = "ak-1"\ntoken_secret = "as-1"\n')
+    assert modal_launch.has_credentials({"MODAL_CONFIG_PATH": str(toml)})
+
+
+def test_claims_let_one_container_run(tmp_path: Path) -> None:
+    store = FakeModal().launches
+    key = claim_key("p", "m")
+    live = {"fc-a"}
+    assert take_claim(store, key, "fc-a", is_live=live.__contains__) is None
+    assert take_claim(store, key, "fc-b", is_live=live.__contains__) == "fc-a"  # live owner: newcomer yields
+    assert take_claim(store, key, "fc-a", is_live=live.__contains__) is None  # re-entry by the owner
+    live.clear()  # fc-a was killed outright and never released: its claim is stale
+    assert take_claim(store, key, "fc-b", is_live=live.__contains__, sleep=lambda _: None) is None
+    assert store.get(key) == "fc-b"
+    # Two takers of a stale claim: the one overwritten during its settle yields to the last writer.
+    live.clear()
+    assert take_claim(store, key, "fc-c", is_live=live.__contains__,
+                      sleep=lambda _: store.put(key, "fc-d")) == "fc-d"  # fmt: skip
+    release_claim(store, key, "fc-c")  # not the holder: no effect
+    assert store.get(key) == "fc-d"
+    release_claim(store, key, "fc-d")
+    assert store.get(key) is None
+
+
+def test_reconcile_without_an_account_says_billing_could_not_be_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
+    monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "none.toml"))
+    (tmp_path / "qwen-7b").mkdir()
+    write_json(tmp_path / "qwen-7b" / RECORD_FILE, {
+        "calls": [{"call_id": "fc-1", "at": "2026-11-28T08:00:00+00:00", "gpu_seconds": 500.0},
+                  {"call_id": "fc-2", "at": "2026-11-28T09:00:00+00:00", "gpu_seconds": 100.0}]})  # fmt: skip
+    assert main(["reconcile", "--phase-dir", str(tmp_path), "--protocol", str(PROTOCOL)]) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out.splitlines()[-1])
+    qwen, gemma = report["models"]
+    assert qwen["estimate_usd"] == round(600 * 0.000306, 4)
+    assert (qwen["measured_seconds"], qwen["measured_usd"]) == (600.0, round(600 * 0.000306, 4))
+    assert gemma["measured_usd"] is None
+    assert report["total"]["billed_usd"] is None
+    assert report["billing_note"].startswith("billing could not be read: no Modal credentials")
+    assert "billing could not be read" in out.err
+    assert "estimate $" in out.err
