@@ -77,7 +77,8 @@ export class ModalBackend implements ComputeBackend {
       return { resultPath: seen.resultPath ?? path.join(job.outDir, 'result.json'), measuredSeconds: seen.gpuSeconds ?? exit.seconds, backendIds };
     }
     const why = seen.error ?? (exit.stderrTail.trim().split('\n').pop() || `exit ${exit.code ?? exit.signal}`);
-    if (exit.code === LauncherExitCode.missingCredentials) throw new BackendError('missing_credentials', why, null, backendIds);
+    // Nothing was launched, so nothing is charged.
+    if (exit.code === LauncherExitCode.missingCredentials) throw new BackendError('missing_credentials', why, 0, backendIds);
     if (exit.code === LauncherExitCode.invalidSpec) throw new BackendError('invalid_input', why, seen.gpuSeconds, backendIds);
     throw new BackendError('failure', `Modal launcher exited ${exit.code ?? exit.signal}: ${why}`, seen.gpuSeconds, backendIds);
   }
