@@ -29,7 +29,8 @@ jest: build
 	node_modules/.bin/jest --ci
 
 py-lint: setup
-	cd runtime && .venv/bin/ruff check . && .venv/bin/ruff format --check . && .venv/bin/mypy src
+	cd runtime && .venv/bin/ruff check . ../bench && .venv/bin/ruff format --check . ../bench && .venv/bin/mypy src
+	cd runtime && MYPYPATH=src .venv/bin/mypy --config-file pyproject.toml ../bench/*.py
 
 py-test: setup
 	cd runtime && .venv/bin/python -m pytest -q

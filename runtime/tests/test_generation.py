@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import torch
 
-from phasegate_runtime.generation import decode, greedy_config, make_batches, new_token_ids
+from phasegate_runtime.generation import decode, greedy_config, make_batches, new_token_ids, prompt_positions
 from phasegate_runtime.tiny import build_tokenizer
 
 
@@ -33,3 +33,10 @@ def test_new_tokens_stop_at_eos() -> None:
     rows = new_token_ids(ids, 2, tok)
     assert rows == [[66, 67], [68, 69, 70, 71]]
     assert decode(tok, rows) == [tok.decode([66, 67]), tok.decode([68, 69, 70, 71])]
+
+
+def test_forward_inputs_count_positions_from_each_rows_first_token() -> None:
+    tok = build_tokenizer()
+    (batch,) = make_batches(tok, ["a", "abcd"], 2, torch.device("cpu"))
+    assert batch.forward_inputs()["position_ids"].tolist() == [[1, 1, 1, 0], [0, 1, 2, 3]]
+    assert prompt_positions(torch.tensor([[1, 1]])).tolist() == [[0, 1]]

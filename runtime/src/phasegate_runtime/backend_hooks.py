@@ -42,7 +42,7 @@ class HooksBackend:
 
         block = decoder_layers(self._loaded.model)[layer]
         with forward_hook(block, capture), torch.inference_mode():
-            self._loaded.model(**batch.model_inputs())
+            self._loaded.model(**batch.forward_inputs())
         (acts,) = captured
         return acts
 

@@ -32,7 +32,7 @@ class NnsightBackend:
 
     def activations(self, batch: Batch, layer: int, position: int) -> torch.Tensor:
         block = self._block(layer)
-        with torch.no_grad(), self._wrapped.trace(batch.model_inputs()):
+        with torch.no_grad(), self._wrapped.trace(batch.forward_inputs()):
             acts = nnsight.save(block_hidden(block.output)[:, position, :].float())
         return torch.as_tensor(acts).cpu().clone()
 

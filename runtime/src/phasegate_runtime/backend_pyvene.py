@@ -53,7 +53,7 @@ class PyveneBackend:
         rows = batch.input_ids.shape[0]
         index = batch.prompt_len + position
         with torch.no_grad():
-            (_, collected), _ = wrapped(batch.model_inputs(), unit_locations={"base": [[[index]] * rows]})
+            (_, collected), _ = wrapped(batch.forward_inputs(), unit_locations={"base": [[[index]] * rows]})
         (acts,) = collected  # one intervention -> one [batch, 1, hidden] tensor
         return torch.as_tensor(acts)[:, 0, :].float().cpu().clone()
 

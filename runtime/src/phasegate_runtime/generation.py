@@ -1,7 +1,10 @@
 """Batching, greedy generation config and the one plain ``generate`` call.
 
 Every method sees the same left-padded batches (:func:`make_batches`). :func:`generate_ids` is the only place
-the runtime calls ``model.generate`` itself, so a static-cache / compiled fast path can be added here.
+the runtime calls ``model.generate`` itself; nnsight and pyvene call ``model.generate`` from inside their own
+steering contexts. :func:`.decode.install_fast_generate` (run by ``load_model``) replaces that method on the
+loaded model with the static-cache greedy decoder, so every method and the baseline decode with the very same
+kernels (method parity) and, on CUDA, through a captured CUDA graph (speed).
 """
 
 from __future__ import annotations
@@ -25,6 +28,22 @@ class Batch:
 
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
+
+    def forward_inputs(self) -> dict[str, torch.Tensor]:
+        """Inputs of a plain forward pass (the activation reads), with explicit ``position_ids``.
+
+        Left padding would otherwise shift a short prompt's positions in some libraries and not in others
+        (nnsight derives positions from the mask, a plain call counts from the first pad): equal in exact
+        arithmetic under RoPE, but not in bf16, so the methods' directions drifted apart on GPU. Every
+        method now reads the site with the positions generation uses (:func:`prompt_positions`).
+        """
+        return {**self.model_inputs(), "position_ids": prompt_positions(self.attention_mask)}
+
+
+def prompt_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Per row, 0 at its first real token; padding gets 1 (both as ``generate`` counts them)."""
+    positions = attention_mask.long().cumsum(-1) - 1
+    return positions.masked_fill(attention_mask == 0, 1)
 
 
 def make_batches(

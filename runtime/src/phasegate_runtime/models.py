@@ -16,6 +16,7 @@ from typing import Any, cast
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from .decode import install_fast_generate
 from .site import decoder_layers
 from .spec import ModelSpec, SpecError
 from .tiny import TINY_ARCHS, TinyArch, ensure_tiny_model
@@ -97,6 +98,8 @@ def load_model(spec: ModelSpec, cache_dir: str) -> LoadedModel:
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     model.to(device)  # type: ignore[arg-type]
     model.eval()
+    # Every method's generate (hooks, nnsight, pyvene) and the baseline then share one greedy decoder.
+    install_fast_generate(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     # Left padding puts every prompt's last token at index -1, which the site position relies on.
     tokenizer.padding_side = "left"

@@ -37,9 +37,11 @@ from .direction import compute_direction, steering_delta
 from .events import EventStream, log
 from .generation import decode, generate_ids, greedy_config, make_batches, new_token_ids
 from .models import LoadedModel, load_model
-from .spec import MethodName, RunSpec, SpecError
+from .spec import MethodName, ModelSpec, RunSpec, SpecError
 
 RESULT_VERSION = 1
+
+Loader = Callable[[ModelSpec, str], LoadedModel]
 
 
 @dataclass
@@ -107,8 +109,12 @@ def environment(spec: RunSpec, loaded: LoadedModel) -> dict[str, Any]:
 
 
 class Run:
-    def __init__(self, spec: RunSpec, out: Path, events: EventStream) -> None:
+    """``loader`` is :func:`.models.load_model` in every real run; the GPU benchmark passes one that builds
+    random weights from a config, so it times exactly this code without a multi-GB download."""
+
+    def __init__(self, spec: RunSpec, out: Path, events: EventStream, loader: Loader = load_model) -> None:
         self.spec = spec
+        self.loader = loader
         self.out = out
         self.events = events
         self.spec_hash = spec.hash()
@@ -151,7 +157,7 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_existing()
         started = time.perf_counter()
-        loaded = load_model(spec.model, spec.cache_dir)
+        loaded = self.loader(spec.model, spec.cache_dir)
         validate_against_model(spec, loaded)
         self.events.emit(
             "model_loaded",
@@ -266,5 +272,5 @@ class Run:
         return path
 
 
-def run(spec: RunSpec, out: Path, events: EventStream) -> Path:
-    return Run(spec, out, events).execute()
+def run(spec: RunSpec, out: Path, events: EventStream, loader: Loader = load_model) -> Path:
+    return Run(spec, out, events, loader).execute()

@@ -1,0 +1,103 @@
+"""The fast greedy decoder against transformers' own ``generate``, and its routing of every method."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import torch
+
+from phasegate_runtime.backend import make_backend
+from phasegate_runtime.backend_hooks import forward_hook
+from phasegate_runtime.decode import DECODE_COUNTS, additive_mask, hf_generate, is_plain_greedy
+from phasegate_runtime.generation import greedy_config, make_batches, new_token_ids
+from phasegate_runtime.site import block_hidden, decoder_layers, replace_block_hidden
+
+from _data import EVAL
+
+ARCHS = ("qwen2", "gemma2", "llama")
+# Long enough to run past gemma2's tiny sliding window (16) and to pass a stop check.
+NEW_TOKENS = 20
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_fast_path_equals_transformers_generate(load_tiny: Any, arch: str) -> None:
+    loaded = load_tiny(arch)
+    tok = loaded.tokenizer
+    (batch,) = make_batches(tok, EVAL, len(EVAL), loaded.device)
+    config = greedy_config(tok, NEW_TOKENS)
+    torch.manual_seed(0)
+    delta = torch.randn(loaded.hidden_size) * 3.0
+    block = decoder_layers(loaded.model)[1]
+
+    def steer(_m: Any, _a: Any, out: Any) -> Any:
+        return replace_block_hidden(out, block_hidden(out) + delta)
+
+    def rows(generate: Any) -> list[list[int]]:
+        with torch.no_grad():
+            ids = generate(**batch.model_inputs(), generation_config=config)
+        return new_token_ids(ids, batch.prompt_len, tok)
+
+    assert rows(loaded.model.generate) == rows(hf_generate(loaded.model))
+    with forward_hook(block, steer):
+        fast_steered = rows(loaded.model.generate)
+        assert fast_steered == rows(hf_generate(loaded.model))
+    assert fast_steered != rows(loaded.model.generate)
+
+
+def test_every_method_goes_through_the_fast_path(load_tiny: Any) -> None:
+    loaded = load_tiny("qwen2")
+    (batch,) = make_batches(loaded.tokenizer, EVAL[:2], 2, loaded.device)
+    config = greedy_config(loaded.tokenizer, 4)
+    for method in ("hooks", "nnsight", "pyvene"):
+        before = DECODE_COUNTS.copy()
+        make_backend(method, loaded).steered_generate(batch, 1, torch.zeros(loaded.hidden_size), config)
+        assert DECODE_COUNTS - before == {"eager": 1}, method
+
+
+def test_other_configs_and_the_switch_use_transformers(
+    load_tiny: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loaded = load_tiny("qwen2")
+    (batch,) = make_batches(loaded.tokenizer, EVAL[:2], 2, loaded.device)
+    sampling = greedy_config(loaded.tokenizer, 3)
+    sampling.do_sample = True
+    assert not is_plain_greedy(sampling)
+    before = DECODE_COUNTS.copy()
+    with torch.no_grad():
+        loaded.model.generate(**batch.model_inputs(), generation_config=sampling)
+        monkeypatch.setenv("PHASEGATE_DECODE", "hf")
+        loaded.model.generate(**batch.model_inputs(), generation_config=greedy_config(loaded.tokenizer, 3))
+    assert DECODE_COUNTS - before == {"hf_generate": 2}
+
+
+def test_additive_mask_padding_causality_and_window() -> None:
+    kv_valid = torch.tensor([[False, True, True, True, True]])
+    mask = additive_mask(kv_valid, torch.arange(5), window=2, dtype=torch.float32)
+    visible = (mask[0, 0] == 0).int().tolist()
+    assert visible == [
+        [1, 0, 0, 0, 0],  # a padding query sees only itself: no empty softmax row
+        [0, 1, 0, 0, 0],
+        [0, 1, 1, 0, 0],
+        [0, 0, 1, 1, 0],  # window 2: keys i-1 and i
+        [0, 0, 0, 1, 1],
+    ]
+    assert mask.shape == (1, 1, 5, 5)
+
+
+def test_grouped_eager_attention_matches_transformers_eager() -> None:
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    from phasegate_runtime.decode import grouped_eager_attention
+
+    torch.manual_seed(0)
+    module = torch.nn.Module()
+    module.num_key_value_groups = 3  # type: ignore[assignment]
+    module.head_dim = 8  # type: ignore[assignment]
+    query = torch.randn(2, 6, 5, 8, dtype=torch.float64).transpose(1, 2).contiguous().transpose(1, 2)
+    key, value = torch.randn(2, 2, 7, 8, dtype=torch.float64), torch.randn(2, 2, 7, 8, dtype=torch.float64)
+    mask = torch.zeros(2, 1, 5, 7, dtype=torch.float64).masked_fill(torch.rand(2, 1, 5, 7) < 0.3, -1e30)
+    kwargs: dict[str, Any] = {"attention_mask": mask, "scaling": 0.3, "softcap": 2.0}
+    ours, _ = grouped_eager_attention(module, query, key, value, **kwargs)
+    ref, _ = eager_attention_forward(module, query, key, value, **kwargs)
+    torch.testing.assert_close(ours, ref)
