@@ -208,8 +208,14 @@ export async function main(argv: string[]): Promise<number> {
       if (!Number.isFinite(timeout) || timeout <= 0) throw new PhaseError('--timeout: must be a positive number of seconds', 2);
       let last = '';
       await withClient(env, (pc) =>
-        waitForStatus(pc, id, target as PhaseStatus, timeout, (s) => {
-          const line = `${s.status}${s.models.some((m) => m.status === 'running') ? ` (${s.models.filter((m) => m.status === 'succeeded').length}/${s.models.length} models done)` : ''}`;
+        waitForStatus(pc, id, target as PhaseStatus, timeout, async (s) => {
+          // While a model runs, its units come from the attempt's heartbeat (status), one line per change.
+          const running = s.models.find((m) => m.status === 'running');
+          const progress = running ? (await getStatus(pc, id)).models.find((m) => m.modelKey === running.modelKey)?.progress : null;
+          const done = s.models.filter((m) => m.status === 'succeeded').length;
+          const line = running
+            ? `${s.status} ${running.modelKey} (model ${done + 1}/${s.models.length}, attempt ${running.attempts})${progress ? ` units ${progress.unitsDone}/${progress.unitsTotal}${progress.lastUnit ? ` ${progress.lastUnit}` : ''}` : ''}`
+            : s.status;
           if (line !== last) process.stderr.write(`${id}: ${line}\n`);
           last = line;
         }),

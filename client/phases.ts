@@ -266,11 +266,17 @@ export async function getPlan(pc: PhaseClient, phaseId: string): Promise<RunPlan
 }
 
 /** Polls until the phase reaches `target` (or any terminal state, which then is an error unless it is the target). */
-export async function waitForStatus(pc: PhaseClient, phaseId: string, target: PhaseStatus, timeoutSeconds: number, onTick?: (s: PhaseState) => void): Promise<PhaseState> {
+export async function waitForStatus(
+  pc: PhaseClient,
+  phaseId: string,
+  target: PhaseStatus,
+  timeoutSeconds: number,
+  onTick?: (s: PhaseState) => void | Promise<void>,
+): Promise<PhaseState> {
   const deadline = Date.now() + timeoutSeconds * 1000;
   for (;;) {
     const state = await getState(pc, phaseId);
-    onTick?.(state);
+    await onTick?.(state);
     if (state.status === target) return state;
     if (isTerminal(state.status)) throw new PhaseError(`phase ${phaseId} ended as ${state.status}, not ${target}${state.failure ? `: ${state.failure}` : ''}`, 1);
     if (Date.now() > deadline) throw new PhaseError(`timed out after ${timeoutSeconds}s waiting for ${target}; phase is ${state.status}`, 1);
