@@ -26,7 +26,7 @@ export default tseslint.config(
           patterns: [
             { group: ['node:*'], message: 'Workflow code must not use Node built-ins (determinism).' },
             { group: ['zod', 'zod/*'], allowTypeImports: true, message: 'Validate at the edges; zod stays out of the workflow bundle.' },
-            { group: ['../activities', '../activities/*', '../protocols/*', '!../protocols/schema'], allowTypeImports: true, message: 'Workflow code imports activities (and protocol loading) as types only.' },
+            { group: ['../activities', '../activities/*', '../protocols/*'], allowTypeImports: true, message: 'Workflow code imports activities and protocols as types only.' },
           ],
           paths: ['fs', 'path', 'child_process', 'crypto', 'os', 'http', 'https', 'net', 'process', 'pino'].map((name) => ({
             name,

@@ -29,6 +29,8 @@ const pct = (r: RateStat): string => (r.mean === null || r.std === null ? 'n/a' 
 const fixed = (v: number | null, digits: number): string => (v === null ? 'n/a' : v.toFixed(digits));
 const sci = (v: number | null): string => (v === null ? 'n/a' : v.toExponential(3));
 const usd = (v: number): string => `$${v.toFixed(4)}`;
+/** A table cell: pipes and line breaks in user text (notes, refs, errors) would break the Markdown table. */
+const cell = (text: string): string => text.replace(/\|/g, '\\|').replace(/\s*\n\s*/g, ' ');
 const table = (head: string[], rows: string[][]): string =>
   [`| ${head.join(' | ')} |`, `|${head.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
 
@@ -66,7 +68,7 @@ function ledgerTable(ledger: LedgerEntry[]): string {
   if (ledger.length === 0) return '_no attempts_';
   return table(
     ['Model', 'Attempt', 'GPU', 'Seconds', 'Basis', 'USD', 'Outcome'],
-    ledger.map((e) => [e.modelKey, String(e.attempt), e.gpu, e.seconds.toFixed(1), e.secondsBasis, usd(e.usd), e.outcome + (e.error ? ` (${e.error.slice(0, 80)})` : '')]),
+    ledger.map((e) => [e.modelKey, `${e.attempt}${e.earlierRun ? ' (earlier run)' : ''}`, e.gpu, e.seconds.toFixed(1), e.secondsBasis, usd(e.usd), cell(e.outcome + (e.error ? ` (${e.error.slice(0, 80)})` : ''))]),
   );
 }
 

@@ -11,7 +11,7 @@ import { ErrorTypes, type FreezeRecord } from '../workflows/definitions';
 import { costChart, parityChart } from './charts';
 import { renderCloseout, type ModelArtifactRef } from './closeout-report';
 import { workOf } from './estimate';
-import { MANIFEST, renderManifest, verifyManifest } from './manifest';
+import { fileSha256, MANIFEST, renderManifest, verifyManifest } from './manifest';
 import { parseRuntimeResult } from './runtime-json';
 import type { FreezeInput } from './types';
 
@@ -65,7 +65,9 @@ export function freezePhase(deps: { artifactsDir: string; repoRoot: string }, fr
     const report = verifyManifest(dir);
     const phase = JSON.parse(readFileSync(path.join(dir, 'phase.json'), 'utf8')) as { protocolHash?: string; git?: GitInfo };
     if (report.ok && phase.protocolHash === input.protocolHash && phase.git !== undefined) {
-      return { dir, manifestPath, reportPath, fileCount: report.checked, gitCommit: phase.git.commit, gitDirty: phase.git.dirty };
+      // The earlier attempt may have died between writing the manifest and making the files read-only.
+      makeReadOnly(dir);
+      return { dir, manifestPath, manifestSha256: fileSha256(manifestPath), reportPath, fileCount: report.checked, gitCommit: phase.git.commit, gitDirty: phase.git.dirty };
     }
     throw ApplicationFailure.create({
       type: ErrorTypes.alreadyFrozen,
@@ -146,5 +148,5 @@ export function freezePhase(deps: { artifactsDir: string; repoRoot: string }, fr
   write(reportPath, renderCloseout({ freeze, generatedAt: new Date().toISOString(), gitCommit: git.commit, gitDirty: git.dirty, models: refs }));
   write(manifestPath, renderManifest(dir));
   makeReadOnly(dir);
-  return { dir, manifestPath, reportPath, fileCount: verifyManifest(dir).checked, gitCommit: git.commit, gitDirty: git.dirty };
+  return { dir, manifestPath, manifestSha256: fileSha256(manifestPath), reportPath, fileCount: verifyManifest(dir).checked, gitCommit: git.commit, gitDirty: git.dirty };
 }

@@ -28,7 +28,10 @@ export function createActivities(deps: ActivityDeps): PhaseActivities {
   return {
     estimatePhase: (input) => Promise.resolve(estimateActivity(deps.artifactsDir, input)),
     runModel: (input) => runModel(deps, input),
-    scorePhase: (input) => scorePhase(deps, input, Context.current().cancellationSignal),
+    scorePhase: (input) => {
+      const ctx = Context.current();
+      return scorePhase(deps, input, ctx.cancellationSignal, () => ctx.heartbeat());
+    },
     freezePhase: (input) => Promise.resolve(freezePhase(deps, input)),
   };
 }

@@ -39,14 +39,18 @@ export function parseManifest(text: string): Map<string, string> {
 export interface VerifyReport {
   ok: boolean;
   checked: number;
+  /** false when MANIFEST.sha256 itself is not the one recorded at freeze time. */
+  manifestIntact: boolean;
   changed: string[];
   missing: string[];
   unexpected: string[];
 }
 
-export function verifyManifest(dir: string): VerifyReport {
+/** Checks every file against the manifest, and the manifest against the sha256 recorded at freeze, if given. */
+export function verifyManifest(dir: string, expectedManifestSha256?: string): VerifyReport {
   const manifestPath = path.join(dir, MANIFEST);
-  if (!existsSync(manifestPath)) return { ok: false, checked: 0, changed: [], missing: [MANIFEST], unexpected: [] };
+  if (!existsSync(manifestPath)) return { ok: false, checked: 0, manifestIntact: false, changed: [], missing: [MANIFEST], unexpected: [] };
+  const manifestIntact = expectedManifestSha256 === undefined || fileSha256(manifestPath) === expectedManifestSha256;
   const expected = parseManifest(readFileSync(manifestPath, 'utf8'));
   const present = new Set(listFiles(dir));
   const changed: string[] = [];
@@ -56,5 +60,6 @@ export function verifyManifest(dir: string): VerifyReport {
     else if (fileSha256(path.join(dir, rel)) !== sum) changed.push(rel);
   }
   const unexpected = [...present].filter((rel) => !expected.has(rel));
-  return { ok: changed.length + missing.length + unexpected.length === 0, checked: expected.size, changed, missing, unexpected };
+  if (!manifestIntact) changed.unshift(MANIFEST);
+  return { ok: manifestIntact && changed.length + missing.length + unexpected.length === 0, checked: expected.size, manifestIntact, changed, missing, unexpected };
 }

@@ -23,7 +23,16 @@ export interface RunModelDeps {
 
 /** Reads a locked file and refuses it if its content changed since the phase started. */
 export function readLocked(field: string, file: LockedFile): string {
-  const text = readFileSync(file.path, 'utf8');
+  let text: string;
+  try {
+    text = readFileSync(file.path, 'utf8');
+  } catch (err) {
+    throw ApplicationFailure.create({
+      type: ErrorTypes.lockViolation,
+      message: `${field}: ${file.path} is unreadable after the phase started (${(err as NodeJS.ErrnoException).code ?? String(err)})`,
+      nonRetryable: true,
+    });
+  }
   if (sha256(text) !== file.sha256) {
     throw ApplicationFailure.create({
       type: ErrorTypes.lockViolation,
@@ -79,6 +88,7 @@ export async function runModel(deps: RunModelDeps, input: RunModelInput): Promis
       { phaseId: input.phaseId, modelKey: model.key, attempt: input.attempt, gpu: model.gpu, timeoutMinutes: model.timeout_minutes, specPath, outDir },
       {
         signal: ctx.cancellationSignal,
+        cancelRequested: () => ctx.cancellationDetails?.cancelRequested === true,
         progress: (p) => {
           Object.assign(progress, p);
           beat();
@@ -86,7 +96,7 @@ export async function runModel(deps: RunModelDeps, input: RunModelInput): Promis
       },
     );
     log.info({ seconds: result.measuredSeconds }, 'model run finished');
-    return { ...result, unitsDone: progress.unitsTotal, unitsTotal: progress.unitsTotal };
+    return result;
   } catch (err) {
     if (!(err instanceof BackendError)) throw err;
     const details = [{ measuredSeconds: err.measuredSeconds, backendIds: err.backendIds }];

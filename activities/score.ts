@@ -4,7 +4,7 @@ import path from 'node:path';
 import { ErrorTypes, type ScoreSummary } from '../workflows/definitions';
 import { writeJsonAtomic } from './run-model';
 import { runRuntime, RuntimeExitCode } from './runtime-process';
-import { parseRuntimeScore, toModelScores } from './runtime-json';
+import { parseRuntimeScore, RuntimeOutputError, toModelScores } from './runtime-json';
 import type { ScoreInput } from './types';
 
 export interface ScoreDeps {
@@ -13,20 +13,29 @@ export interface ScoreDeps {
   runtimeSrc: string;
 }
 
-export async function scorePhase(deps: ScoreDeps, input: ScoreInput, signal?: AbortSignal): Promise<ScoreSummary> {
+export async function scorePhase(deps: ScoreDeps, input: ScoreInput, signal?: AbortSignal, heartbeat?: () => void): Promise<ScoreSummary> {
   const dir = path.join(deps.workDir, input.phaseId);
   const specPath = path.join(dir, 'score-spec.json');
   const scorePath = path.join(dir, 'score.json');
   writeJsonAtomic(specPath, { results: input.results, parity: input.protocol.parity });
-  const exit = await runRuntime({ python: deps.python, runtimeSrc: deps.runtimeSrc, args: ['score', '--spec', specPath, '--out', scorePath], signal });
+  // Heartbeats let a cancellation reach this activity (and stop the scoring process).
+  const timer = heartbeat === undefined ? undefined : setInterval(heartbeat, 5000);
+  const exit = await runRuntime({ python: deps.python, runtimeSrc: deps.runtimeSrc, args: ['score', '--spec', specPath, '--out', scorePath], signal }).finally(() => clearInterval(timer));
   if (exit.code !== RuntimeExitCode.ok) {
-    const why = exit.error?.message ?? exit.stderrTail.trim().split('\n').pop() ?? `exit ${exit.code ?? exit.signal}`;
+    const why = exit.error?.message ?? (exit.stderrTail.trim().split('\n').pop() || `exit ${exit.code ?? exit.signal}`);
     throw ApplicationFailure.create({
       type: exit.code === RuntimeExitCode.invalidSpec ? ErrorTypes.invalidInput : ErrorTypes.runtimeFailure,
       message: `scoring failed: ${why}`,
       nonRetryable: exit.code === RuntimeExitCode.invalidSpec,
     });
   }
-  const models = toModelScores(parseRuntimeScore(scorePath));
+  let models;
+  try {
+    models = toModelScores(parseRuntimeScore(scorePath));
+  } catch (err) {
+    // The runtime wrote a score that does not match its contract: the same input would do so again.
+    if (err instanceof RuntimeOutputError) throw ApplicationFailure.create({ type: ErrorTypes.invalidInput, message: err.message, nonRetryable: true });
+    throw err;
+  }
   return { models, parityPass: models.length > 0 && models.every((m) => m.parityPass), scorePath };
 }

@@ -33,8 +33,6 @@ export interface ModelRunResult {
   /** Seconds the backend measured for this attempt (process wall time locally, container GPU time on Modal). */
   measuredSeconds: number;
   backendIds: Record<string, string>;
-  unitsDone: number;
-  unitsTotal: number;
 }
 
 export interface ScoreInput {

@@ -17,6 +17,7 @@ import { loadProtocol, ProtocolError, type LoadedProtocol } from '../protocols/l
 import {
   approveBudgetUpdate,
   isTerminal,
+  PHASE_WORKFLOW_TYPE,
   planQuery,
   rejectBudgetUpdate,
   searchAttributes,
@@ -96,6 +97,7 @@ export async function startPhase(
   if (unmet.length > 0) {
     throw new PhaseError(`refused: requires_frozen: phase(s) ${unmet.join(', ')} must be FROZEN before ${loaded.protocol.phase} may start`, 2);
   }
+  const priorLedger = await ledgerOfEndedRun(pc, phaseId);
   const input: PhaseInput = {
     phaseId,
     protocol: loaded.protocol,
@@ -106,6 +108,7 @@ export async function startPhase(
     ...(extra.reopenOf ? { reopenOf: extra.reopenOf } : {}),
     ...(extra.continueAsNewAfterEvents ? { continueAsNewAfterEvents: extra.continueAsNewAfterEvents } : {}),
     ...(searchable ? {} : { publishSearchAttributes: false }),
+    ...(priorLedger.length > 0 ? { priorLedger } : {}),
   };
   try {
     await pc.client.workflow.start(phaseWorkflow, {
@@ -139,6 +142,23 @@ export async function startPhase(
   }
 }
 
+/**
+ * A phase that FAILED or was CANCELLED may be started again (its checkpoints make it resume). Its earlier spend
+ * must not vanish with it: the new run starts with the old ledger lines, so they count against the new approval.
+ */
+async function ledgerOfEndedRun(pc: PhaseClient, phaseId: string): Promise<PhaseState['ledger']> {
+  let status: string;
+  try {
+    status = (await handleOf(pc, phaseId).describe()).status.name;
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) return [];
+    throw err;
+  }
+  if (status === 'RUNNING' || status === 'COMPLETED') return [];
+  const state = await handleOf(pc, phaseId).query(stateQuery);
+  return state.ledger;
+}
+
 // ---- decisions --------------------------------------------------------------------------------------------------
 /**
  * The update id is derived from the decision, so a CLI retry after a lost reply is de-duplicated by Temporal;
@@ -168,8 +188,16 @@ async function decide<I extends object>(
   }
 }
 
-export const approveBudget = (pc: PhaseClient, phaseId: string, i: ApproveBudgetInput): Promise<DecisionResult> =>
-  decide(pc, phaseId, 'approve-budget', approveBudgetUpdate, i);
+/** An approval is given against an estimate: right after a start, wait (briefly) for the estimate to exist. */
+export async function approveBudget(pc: PhaseClient, phaseId: string, i: ApproveBudgetInput, waitSeconds = 60): Promise<DecisionResult> {
+  const deadline = Date.now() + waitSeconds * 1000;
+  for (;;) {
+    const state = await getState(pc, phaseId);
+    if (state.estimate !== null || state.status !== 'AWAITING_BUDGET' || Date.now() > deadline) break;
+    await new Promise((r) => setTimeout(r, 250));
+  }
+  return decide(pc, phaseId, 'approve-budget', approveBudgetUpdate, i);
+}
 export const rejectBudget = (pc: PhaseClient, phaseId: string, i: RejectBudgetInput): Promise<DecisionResult> =>
   decide(pc, phaseId, 'reject-budget', rejectBudgetUpdate, i);
 export const submitReview = (pc: PhaseClient, phaseId: string, i: SubmitReviewInput): Promise<DecisionResult> =>
@@ -302,7 +330,7 @@ export interface PhaseSummary {
 
 export async function listPhases(pc: PhaseClient, limit = 100): Promise<PhaseSummary[]> {
   const out: PhaseSummary[] = [];
-  for await (const wf of pc.client.workflow.list({ query: `WorkflowType = 'phaseWorkflow'` })) {
+  for await (const wf of pc.client.workflow.list({ query: `WorkflowType = '${PHASE_WORKFLOW_TYPE}'` })) {
     out.push({
       phaseId: wf.workflowId,
       phase: String(wf.typedSearchAttributes.get(searchAttributes.phaseName) ?? ''),
@@ -334,5 +362,5 @@ export async function reopenPhase(pc: PhaseClient, phaseId: string, defect: stri
 export async function verifyPhase(pc: PhaseClient, phaseId: string): Promise<VerifyReport & { dir: string }> {
   const state = await getState(pc, phaseId);
   if (state.freeze === null) throw new PhaseError(`phase ${phaseId} is ${state.status}: nothing frozen to verify`, 2);
-  return { ...verifyManifest(state.freeze.dir), dir: path.resolve(state.freeze.dir) };
+  return { ...verifyManifest(state.freeze.dir, state.freeze.manifestSha256), dir: path.resolve(state.freeze.dir) };
 }

@@ -57,7 +57,8 @@ test('cancelling a phase mid-run stops the runtime process and leaves a correct 
   const worker = await makeWorker(server.env, server.workflowBundle, paths, taskQueue);
   const pc = phaseClient(server.env, taskQueue);
   await worker.runUntil(async () => {
-    const { phaseId } = await startPhase(pc, testProtocol('cancel', slowOverrides));
+    const loaded = testProtocol('cancel', slowOverrides);
+    const { phaseId } = await startPhase(pc, loaded);
     await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 1 });
     await submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
     const runDir = path.join(paths.workDir, phaseId, 'tiny-qwen2');
@@ -75,6 +76,12 @@ test('cancelling a phase mid-run stops the runtime process and leaves a correct 
     expect(state.ledger[0]).toMatchObject({ modelKey: 'tiny-qwen2', attempt: 1, outcome: 'cancelled', secondsBasis: 'measured' });
     expect(state.ledger[0]!.seconds).toBeGreaterThan(0);
     expect(state.ledger[0]!.usd).toBeGreaterThan(0);
+
+    // Starting the cancelled phase again resumes it, and the cancelled attempt's cost stays on its ledger.
+    expect((await startPhase(pc, loaded)).started).toBe(true);
+    const restarted = await getState(pc, phaseId);
+    expect(restarted.status).toBe('AWAITING_BUDGET');
+    expect(restarted.ledger).toEqual([{ ...state.ledger[0], earlierRun: true }]);
   });
 });
 

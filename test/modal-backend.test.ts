@@ -9,9 +9,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { repoRoot } from '../common/config';
-import { BackendError, type BackendJob } from '../activities/backends/backend';
+import { BackendError, type BackendContext, type BackendJob } from '../activities/backends/backend';
 import { modalBackendFromEnv } from '../activities/backends/modal';
-import type { RunProgress } from '../workflows/definitions';
 
 /** Each launcher answers in well under a second here; a test that waits longer is a launcher polling forever. */
 const TEST_TIMEOUT_MS = 30_000;
@@ -42,16 +41,23 @@ function setup(outcome = 'ok'): { job: BackendJob; env: NodeJS.ProcessEnv; state
   return { job, env, statePath, state: () => JSON.parse(readFileSync(statePath, 'utf8')) as FakeState };
 }
 
-function recorder(): { ctx: { signal: AbortSignal; progress: (p: Partial<RunProgress>) => void }; stages: string[]; abort: () => void; onStage: (stage: string, f: () => void) => void } {
+/** `abort()` is a user's cancellation; `shutdown()` aborts the same signal the way a stopping worker does. */
+function recorder(): { ctx: BackendContext; stages: string[]; abort: () => void; shutdown: () => void; onStage: (stage: string, f: () => void) => void } {
   const controller = new AbortController();
   const stages: string[] = [];
   const hooks: Array<[string, () => void]> = [];
+  let requested = false;
   return {
     stages,
-    abort: () => controller.abort(),
+    abort: () => {
+      requested = true;
+      controller.abort();
+    },
+    shutdown: () => controller.abort(),
     onStage: (stage, f) => hooks.push([stage, f]),
     ctx: {
       signal: controller.signal,
+      cancelRequested: () => requested,
       progress: (p) => {
         if (p.stage === undefined) return;
         stages.push(p.stage);
@@ -128,6 +134,16 @@ describe('Modal backend (launcher with the Modal double)', () => {
     expect(err.kind).toBe('cancelled');
     expect(err.message).toContain('fc-fake-1 cancelled');
     expect(callOf(state(), 'fc-fake-1').cancelled).toBe(true);
+  }, TEST_TIMEOUT_MS);
+
+  test('a worker shutdown detaches from the remote call without cancelling it', async () => {
+    const { job, env, state } = setup('hang');
+    const rec = recorder();
+    rec.onStage('running', rec.shutdown);
+    const err = await failure(modalBackendFromEnv({ python, runtimeSrc }, undefined, env).run(job, rec.ctx));
+    expect(err.kind).toBe('failure');
+    expect(err.message).toContain('detached');
+    expect(callOf(state(), 'fc-fake-1').cancelled).toBeFalsy();
   }, TEST_TIMEOUT_MS);
 
   test('a failed call is a retryable failure with its GPU seconds, and the retry spawns a new call', async () => {

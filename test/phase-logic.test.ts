@@ -1,6 +1,7 @@
 /** The phase's pure state transitions, without a server: gates, de-duplication, ledger and budget arithmetic. */
 import type { PhaseInput, PhaseState } from '../workflows/definitions';
 import {
+  attemptTimeoutSeconds,
   applyApproveBudget,
   applyRejectBudget,
   checkBudget,
@@ -26,7 +27,9 @@ const input: PhaseInput = {
   prompts: loaded.prompts,
   pricing: loaded.pricing,
 };
-const fresh = (): PhaseState => initialState(input, '2026-01-01T00:00:00.000Z');
+const ESTIMATE = { models: [], totalUsd: 0.5 };
+/** A phase at its budget gate with its estimate computed. */
+const fresh = (): PhaseState => ({ ...initialState(input, '2026-01-01T00:00:00.000Z'), estimate: ESTIMATE });
 const NOW = '2026-01-01T01:00:00.000Z';
 
 describe('budget gate', () => {
@@ -38,6 +41,20 @@ describe('budget gate', () => {
     expect(validateApproveBudget(s, protocol, { by: 'demo-approver', usd: 1 })).toBeNull();
     s.status = 'RUNNING';
     expect(validateApproveBudget(s, protocol, { by: 'demo-approver', usd: 2 })).toMatch(/the phase is RUNNING/);
+  });
+
+  test('an approval waits for the estimate', () => {
+    const s = initialState(input, '2026-01-01T00:00:00.000Z');
+    expect(validateApproveBudget(s, protocol, { by: 'demo-approver', usd: 1 })).toMatch(/estimate is not ready/);
+  });
+
+  test('a restart carries the earlier run\'s ledger, so its spend counts against the new approval', () => {
+    const earlier = ledgerEntryFor({ modelKey: 'tiny-qwen2', attempt: 1, gpu: 'A10G', usdPerSecond: 0.001, outcome: 'cancelled', measuredSeconds: 100, startedAtMs: 0, endedAtMs: 0, backendIds: {} });
+    const s = initialState({ ...input, priorLedger: [earlier] }, NOW);
+    expect(s.ledger).toEqual([{ ...earlier, earlierRun: true }]);
+    expect(s.events[0]!.message).toContain('carried over');
+    s.budget.approvedUsd = 0.15;
+    expect(checkBudget(s, 0.06)).toMatchObject({ ok: false, spentUsd: 0.1 });
   });
 
   test('a hold is released only by a larger total', () => {
@@ -93,6 +110,13 @@ describe('ledger and budget check', () => {
     // The seed's overrun: $43 spent against a $15 cap cannot happen silently.
     s.ledger.push(entry(33, 'succeeded'));
     expect(checkBudget(s, 0.01).ok).toBe(false);
+  });
+
+  test('an attempt may not outlive the budget left, but gets at least a minute', () => {
+    expect(attemptTimeoutSeconds(60, 100, 0.001)).toBe(3600);
+    expect(attemptTimeoutSeconds(60, 1, 0.001)).toBe(1000);
+    expect(attemptTimeoutSeconds(60, 0.001, 0.001)).toBe(60);
+    expect(attemptTimeoutSeconds(10, 5, 0)).toBe(600);
   });
 
   test('cost and back-off arithmetic', () => {

@@ -16,6 +16,7 @@ import {
   verifyPhase,
   waitForStatus,
 } from '../client/phases';
+import { renderManifest } from '../activities/manifest';
 import { spentUsd } from '../workflows/phase-logic';
 import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
 import { makeWorker, phaseClient, repoPaths, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
@@ -96,6 +97,12 @@ test('holds a GPU attempt that would exceed the approval, dispatches nothing whi
     const check = await verifyPhase(pc, phaseId);
     expect(check.ok).toBe(false);
     expect(check.changed).toEqual(['models/tiny-llama.json']);
+    // Regenerating the manifest to match does not help: its own hash is in the workflow's history.
+    const manifest = path.join(dir, 'MANIFEST.sha256');
+    chmodSync(manifest, 0o644);
+    writeFileSync(manifest, renderManifest(dir));
+    const forged = await verifyPhase(pc, phaseId);
+    expect(forged).toMatchObject({ ok: false, manifestIntact: false, changed: ['MANIFEST.sha256'] });
 
     // A frozen phase refuses a rerun; reopen needs a defect and starts a new, linked phase.
     const rerun = await startPhase(pc, loaded).catch((e: unknown) => e);

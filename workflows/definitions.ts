@@ -64,6 +64,11 @@ export interface PhaseInput {
   protocolPath: string;
   prompts: LockedPrompts;
   pricing: PricingSnapshot;
+  /**
+   * The ledger of an earlier run of this phase that FAILED or was CANCELLED: a restart resumes from its
+   * checkpoints, so its spend counts against the new approval too.
+   */
+  priorLedger?: LedgerEntry[];
   /** Set when this phase reopens a frozen one; its artifacts are never touched. */
   reopenOf?: { phaseId: string; defect: string };
   /** Carried through continue-as-new: the state the next run resumes from. */
@@ -133,6 +138,8 @@ export interface LedgerEntry {
   endedAt: string;
   backendIds: Record<string, string>;
   error?: string;
+  /** true for lines carried over from an earlier run of the same phase (see PhaseInput.priorLedger). */
+  earlierRun?: boolean;
 }
 
 export type ModelRunStatus = 'pending' | 'running' | 'succeeded' | 'failed';
@@ -192,6 +199,8 @@ export interface ScoreSummary {
 export interface FreezeRecord {
   dir: string;
   manifestPath: string;
+  /** sha256 of MANIFEST.sha256 itself, kept in workflow history: a regenerated manifest does not pass `verify`. */
+  manifestSha256: string;
   reportPath: string;
   fileCount: number;
   gitCommit: string;
@@ -275,6 +284,10 @@ export const ErrorTypes = {
   runtimeFailure: 'RuntimeFailure',
   /** The artifact folder of a frozen phase would be touched. */
   alreadyFrozen: 'AlreadyFrozen',
+  /** An update validator refused a decision (the message says why). */
+  decisionRefused: 'DecisionRefused',
+  /** The phase ended FAILED (its final state is the failure's detail). */
+  phaseFailed: 'PhaseFailed',
 } as const;
 
 /** Heartbeat details of a model run, read by `status` from the pending activity. */

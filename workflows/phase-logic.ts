@@ -17,6 +17,11 @@ import type {
 import type { Protocol } from '../protocols/schema';
 
 export function initialState(input: PhaseInput, now: string): PhaseState {
+  const prior = (input.priorLedger ?? []).map((e) => ({ ...e, earlierRun: true }));
+  const events: PhaseState['events'] =
+    prior.length > 0
+      ? [{ at: now, kind: 'note', message: `restarted: ${prior.length} ledger line(s), $${spentUsd(prior).toFixed(4)}, carried over from the earlier run` }]
+      : [];
   return {
     phaseId: input.phaseId,
     phaseName: input.protocol.phase,
@@ -27,10 +32,10 @@ export function initialState(input: PhaseInput, now: string): PhaseState {
     budget: { approvedUsd: 0, approvals: [], rejection: null },
     review: null,
     models: input.protocol.models.map((m) => ({ modelKey: m.key, status: 'pending', attempts: 0, backendIds: {} })),
-    ledger: [],
+    ledger: prior,
     score: null,
     freeze: null,
-    events: [],
+    events,
     appliedDecisions: [],
     failure: null,
     reopenOf: input.reopenOf ?? null,
@@ -117,6 +122,16 @@ export function ledgerEntryFor(r: AttemptRecord): LedgerEntry {
   return entry;
 }
 
+/**
+ * An attempt's time limit: the protocol's per-model timeout, or less when the approved budget left would run out
+ * first (at least a minute, so a nearly spent budget still gets a clean stop rather than an instant timeout).
+ */
+export function attemptTimeoutSeconds(timeoutMinutes: number, budgetLeftUsd: number, usdPerSecond: number): number {
+  const protocolLimit = Math.round(timeoutMinutes * 60);
+  if (usdPerSecond <= 0) return protocolLimit;
+  return Math.max(60, Math.min(protocolLimit, Math.floor(budgetLeftUsd / usdPerSecond)));
+}
+
 /** Delay before attempt `attempt` (2, 3, ...) under the protocol's back-off. */
 export function retryDelaySeconds(retry: Protocol['retry'], attempt: number): number {
   return retry.initial_interval_seconds * retry.backoff_coefficient ** Math.max(0, attempt - 2);
@@ -148,6 +163,7 @@ export function validateApproveBudget(state: PhaseState, protocol: Protocol, i: 
   if (state.status !== 'AWAITING_BUDGET' && state.status !== 'BUDGET_HOLD') {
     return `the phase is ${state.status}: a budget approval is accepted only in AWAITING_BUDGET or BUDGET_HOLD`;
   }
+  if (state.estimate === null) return 'the cost estimate is not ready yet: an approval is given against an estimate (retry in a moment)';
   if (state.status === 'BUDGET_HOLD' && i.usd <= state.budget.approvedUsd) {
     return `usd ${money(i.usd)} must exceed the approved ${money(state.budget.approvedUsd)} to release the hold`;
   }
@@ -222,16 +238,18 @@ export function runPlan(input: PhaseInput, state: PhaseState): RunPlan {
     protocolHash: input.protocolHash,
     commands: p.models.map(
       (m) =>
-        `phasegate-runtime run --spec <work>/${input.phaseId}/${m.key}/spec.json --out <work>/${input.phaseId}/${m.key} ` +
+        `${p.backend === 'modal' ? `python -m phasegate_runtime.modal_launch launch --gpu ${m.gpu}` : 'python -m phasegate_runtime run'} ` +
+        `--spec <work>/${input.phaseId}/${m.key}/spec.json --out <work>/${input.phaseId}/${m.key} ` +
         `# ${m.id} on ${m.gpu} (${p.backend}), ${units} units: baseline + ${p.methods.join('/')} x ${p.repeats} repeats`,
     ),
     expectedArtifacts: [
-      ...p.models.map((m) => `<artifacts>/${input.phaseId}/${m.key}.json (canonical result with provenance and ledger)`),
+      ...p.models.map((m) => `<artifacts>/${input.phaseId}/models/${m.key}.json (canonical result with provenance and ledger)`),
       ...p.models.map((m) => `<artifacts>/${input.phaseId}/directions/${m.key}/<method>_r<k>.npy (${p.methods.length * p.repeats} vectors)`),
       `<artifacts>/${input.phaseId}/score.json, closeout.md, parity.svg, cost.svg, MANIFEST.sha256`,
     ],
     stopConditions: [
       `a GPU attempt is not dispatched if spent + its estimate would exceed the approved budget (BUDGET_HOLD)`,
+      `a running attempt is stopped when the approved budget left runs out (or after the model's timeout_minutes)`,
       `a model fails after ${p.retry.max_attempts} attempts, or at once on invalid input (FAILED)`,
       `a budget rejection (REJECTED), a CHANGES_REQUESTED review, or a cancel (CANCELLED)`,
       `parity below min_cosine ${p.parity.min_cosine} or above max_l2 ${p.parity.max_l2} is a result, not a stop: the phase freezes with parity_pass false`,

@@ -18,6 +18,7 @@ import {
   isCancellation,
   log,
   proxyActivities,
+  type RetryPolicy,
   setCurrentDetails,
   setHandler,
   sleep,
@@ -53,31 +54,32 @@ import {
   retryDelaySeconds,
   runPlan,
   spentUsd,
+  attemptTimeoutSeconds,
   transition,
   validateApproveBudget,
   validateRejectBudget,
   validateSubmitReview,
 } from './phase-logic';
 
-// Every durability decision in one place. The model run's timeout comes from the protocol (per model), so that
-// activity is proxied per model below; its retries are driven by the workflow (see runModelWithRetries).
+// Every durability decision in one place. The model run's timeout comes from the protocol and the budget left, so
+// that activity is proxied per attempt below; its retries are driven by the workflow (see runModels).
 const { estimatePhase } = proxyActivities<PhaseActivities>({
   startToCloseTimeout: '2 minutes',
   retry: { maximumAttempts: 5, initialInterval: '2s', nonRetryableErrorTypes: [ErrorTypes.invalidInput, ErrorTypes.lockViolation] },
 });
-const { scorePhase, freezePhase } = proxyActivities<PhaseActivities>({
-  startToCloseTimeout: '10 minutes',
-  heartbeatTimeout: '2 minutes',
-  retry: {
-    maximumAttempts: 5,
-    initialInterval: '5s',
-    nonRetryableErrorTypes: [ErrorTypes.invalidInput, ErrorTypes.lockViolation, ErrorTypes.alreadyFrozen],
-  },
-});
+const finalRetry: RetryPolicy = {
+  maximumAttempts: 5,
+  initialInterval: '5s',
+  nonRetryableErrorTypes: [ErrorTypes.invalidInput, ErrorTypes.lockViolation, ErrorTypes.alreadyFrozen],
+};
+// Scoring runs the runtime and heartbeats every few seconds, so a cancellation reaches its process.
+const { scorePhase } = proxyActivities<PhaseActivities>({ startToCloseTimeout: '10 minutes', heartbeatTimeout: '1 minute', retry: finalRetry });
+// The freeze writes files for a few seconds and never heartbeats; it runs to the end even if the phase is cancelled.
+const { freezePhase } = proxyActivities<PhaseActivities>({ startToCloseTimeout: '10 minutes', retry: finalRetry });
 
-function modelRunner(timeoutMinutes: number): PhaseActivities['runModel'] {
+function modelRunner(timeoutSeconds: number): PhaseActivities['runModel'] {
   return proxyActivities<PhaseActivities>({
-    startToCloseTimeout: `${timeoutMinutes} minutes`,
+    startToCloseTimeout: `${timeoutSeconds} seconds`,
     // The runner heartbeats every few seconds; a dead worker is noticed within this window.
     heartbeatTimeout: '45 seconds',
     // One Temporal attempt per workflow attempt: the workflow retries, so that every attempt gets a ledger line
@@ -107,12 +109,19 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
     validator: (i: SubmitReviewInput) => refuseIf(validateSubmitReview(state, protocol, i)),
   });
 
+  // Search attributes are upserted only when the status changes, so history does not grow with re-checks.
   const searchable = input.publishSearchAttributes !== false;
+  let published: PhaseStatus | null = null;
+  const publish = (): void => {
+    if (published === state.status) return;
+    published = state.status;
+    publishState(state, searchable);
+  };
   const moveTo = (status: PhaseStatus, why: string): void => {
     transition(state, status, nowIso(), why);
-    publish(state, searchable);
+    publish();
   };
-  publish(state, searchable);
+  publish();
 
   try {
     // The estimate first, whatever the state: a decision may already have arrived with the start.
@@ -123,15 +132,15 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
         case 'AWAITING_BUDGET':
           // The decision handlers make the transition (see phase-logic); here the loop waits, then publishes it.
           await waitForGate(state, 'budget', protocol.budget.deadline_hours, () => state.status !== 'AWAITING_BUDGET');
-          publish(state, searchable);
+          publish();
           break;
         case 'AWAITING_REVIEW':
           await waitForGate(state, 'review', protocol.review.deadline_hours, () => state.status !== 'AWAITING_REVIEW');
-          publish(state, searchable);
+          publish();
           break;
         case 'RUNNING':
         case 'BUDGET_HOLD':
-          await runModels(input, state, moveTo);
+          await runModels(input, state, moveTo, publish);
           if (!isTerminal(state.status)) moveTo('SCORING', 'every model ran');
           break;
         case 'SCORING': {
@@ -142,7 +151,8 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
           break;
         }
         case 'FREEZING':
-          state.freeze = await freezePhase({ input: { ...input, resume: undefined }, state });
+          // Not cancellable: a cancel arriving now must not leave a half-recorded freeze behind.
+          state.freeze = await CancellationScope.nonCancellable(() => freezePhase({ input: { ...input, resume: undefined }, state }));
           moveTo('FROZEN', `artifacts frozen in ${state.freeze.dir}`);
           break;
       }
@@ -158,19 +168,21 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
       });
       throw err;
     }
+    // A bug in workflow code (a TypeError, say) fails the workflow task instead, so a fixed deployment resumes.
+    if (!(err instanceof ActivityFailure || err instanceof ApplicationFailure)) throw err;
     state.failure = errorMessage(err);
     moveTo('FAILED', state.failure);
-    throw ApplicationFailure.create({ type: 'PhaseFailed', message: state.failure, details: [state], nonRetryable: true });
+    throw ApplicationFailure.create({ type: ErrorTypes.phaseFailed, message: state.failure, details: [state], nonRetryable: true });
   }
   await condition(allHandlersFinished);
   if (state.status === 'FAILED') {
-    throw ApplicationFailure.create({ type: 'PhaseFailed', message: state.failure ?? 'failed', details: [state], nonRetryable: true });
+    throw ApplicationFailure.create({ type: ErrorTypes.phaseFailed, message: state.failure ?? 'failed', details: [state], nonRetryable: true });
   }
   return state;
 }
 
 function refuseIf(reason: string | null): void {
-  if (reason !== null) throw ApplicationFailure.create({ type: 'DecisionRefused', message: reason, nonRetryable: true });
+  if (reason !== null) throw ApplicationFailure.create({ type: ErrorTypes.decisionRefused, message: reason, nonRetryable: true });
 }
 
 /** Waits for a gate; each time its deadline passes, records a reminder and keeps waiting. */
@@ -184,7 +196,7 @@ async function waitForGate(
     await condition(decided);
     return;
   }
-  for (let reminder = 1; !(await condition(decided, `${deadlineHours} hours`)); reminder++) {
+  for (let reminder = 1; !(await condition(decided, Math.round(deadlineHours * 3_600_000))); reminder++) {
     const message = `${gate} decision overdue: no decision ${deadlineHours * reminder} h after the gate opened (reminder ${reminder})`;
     state.events.push({ at: nowIso(), kind: 'reminder', message });
     log.warn(message, { phaseId: state.phaseId, gate });
@@ -192,7 +204,7 @@ async function waitForGate(
 }
 
 /** Runs every model that has not succeeded yet, one after the other, each attempt behind a budget check. */
-async function runModels(input: PhaseInput, state: PhaseState, moveTo: (s: PhaseStatus, why: string) => void): Promise<void> {
+async function runModels(input: PhaseInput, state: PhaseState, moveTo: (s: PhaseStatus, why: string) => void, publish: () => void): Promise<void> {
   const protocol = input.protocol;
   for (const model of protocol.models) {
     const progress = state.models.find((m) => m.modelKey === model.key);
@@ -200,7 +212,6 @@ async function runModels(input: PhaseInput, state: PhaseState, moveTo: (s: Phase
     const estimate = state.estimate?.models.find((e) => e.modelKey === model.key);
     const attemptUsd = estimate?.usd ?? 0;
     const usdPerSecond = input.pricing.usdPerSecond[model.gpu] ?? 0;
-    const runModel = modelRunner(model.timeout_minutes);
 
     while (progress.status !== 'succeeded') {
       const attempt = progress.attempts + 1;
@@ -221,6 +232,8 @@ async function runModels(input: PhaseInput, state: PhaseState, moveTo: (s: Phase
         }
       }
       moveTo('RUNNING', `${model.key} attempt ${attempt}`);
+      // The attempt may not outlive the budget left: it is stopped (and charged) when the approval runs out.
+      const runModel = modelRunner(attemptTimeoutSeconds(model.timeout_minutes, state.budget.approvedUsd - spentUsd(state.ledger), usdPerSecond));
       progress.status = 'running';
       progress.attempts = attempt;
       const startedAtMs = Date.now();
@@ -257,14 +270,14 @@ async function runModels(input: PhaseInput, state: PhaseState, moveTo: (s: Phase
         return;
       }
       progress.status = 'pending';
-      publish(state, input.publishSearchAttributes !== false);
+      publish();
       await sleep(`${retryDelaySeconds(protocol.retry, attempt + 1)} seconds`);
     }
   }
 }
 
 /** Makes the state visible outside: search attributes for filtering, current details for the Temporal UI. */
-function publish(state: PhaseState, searchable: boolean): void {
+function publishState(state: PhaseState, searchable: boolean): void {
   if (searchable) {
     upsertSearchAttributes([
       { key: searchAttributes.phaseName, value: state.phaseName },

@@ -17,7 +17,13 @@ export interface BackendJob {
 }
 
 export interface BackendContext {
+  /** Aborted when the attempt must stop: a requested cancellation, a timeout, or the worker shutting down. */
   signal: AbortSignal;
+  /**
+   * Whether the abort was a cancellation a user asked for (the phase was cancelled). A worker that shuts down or
+   * an attempt that timed out must not cancel a remote call that a retry can still reattach to.
+   */
+  cancelRequested(): boolean;
   progress(p: Partial<RunProgress>): void;
 }
 

@@ -70,6 +70,11 @@ export class ModalBackend implements ComputeBackend {
     });
 
     if (exit.cancelled) {
+      if (!ctx.cancelRequested()) {
+        // The worker is stopping or the attempt timed out: detach and leave the paid call running; the retry's
+        // launcher reattaches to it from the launch record.
+        throw new BackendError('failure', 'detached from the Modal call (worker stopping or attempt timed out); a retry reattaches', seen.gpuSeconds, backendIds);
+      }
       const why = await this.cancelRemote(job);
       throw new BackendError('cancelled', `the Modal run was cancelled${why}`, seen.gpuSeconds, backendIds);
     }
