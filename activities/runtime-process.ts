@@ -3,12 +3,12 @@
  *
  * Two guarantees matter for cost and correctness:
  * - cancellation (an AbortSignal) sends SIGTERM, then SIGKILL after a grace period, and waits for the exit;
- * - if the worker itself dies, the kernel sends the runtime SIGTERM (parent-death signal through `setpriv`), so
- *   a retry on a restarted worker never races an orphaned run over the same checkpoint folder.
+ * - if the worker itself dies, the kernel sends the runtime SIGTERM (parent-death signal, common/child-process.ts),
+ *   so a retry on a restarted worker never races an orphaned run over the same checkpoint folder.
  */
 import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
 import { createInterface } from 'node:readline';
+import { dieWithParent } from '../common/child-process';
 
 export interface RuntimeEvent {
   event: string;
@@ -41,12 +41,10 @@ export interface RuntimeExit {
 /** Exit codes of the runtime (runtime/SPEC.md). */
 export const RuntimeExitCode = { ok: 0, failure: 1, invalidSpec: 2 } as const;
 
-const SETPRIV = '/usr/bin/setpriv';
-
 export function runRuntime(cmd: RuntimeCommand): Promise<RuntimeExit> {
   const argv = ['-m', cmd.module ?? 'phasegate_runtime', ...cmd.args];
-  const usePdeathsig = process.platform === 'linux' && existsSync(SETPRIV);
-  const [file, args] = usePdeathsig ? [SETPRIV, ['--pdeathsig', 'TERM', '--', cmd.python, ...argv]] : [cmd.python, argv];
+  const { file, args, guarded } = dieWithParent(cmd.python, argv);
+  if (!guarded) warnUnguardedOnce();
   const started = process.hrtime.bigint();
   const child = spawn(file, args, {
     env: {
@@ -92,6 +90,13 @@ export function runRuntime(cmd: RuntimeCommand): Promise<RuntimeExit> {
       resolve({ code, signal, seconds, cancelled, error, stderrTail });
     });
   });
+}
+
+let warned = false;
+function warnUnguardedOnce(): void {
+  if (warned) return;
+  warned = true;
+  process.emitWarning('setpriv is not available: a runtime process will outlive a killed worker (no parent-death signal)');
 }
 
 function parseEvent(line: string): RuntimeEvent | null {

@@ -354,7 +354,16 @@ export async function reopenPhase(pc: PhaseClient, phaseId: string, defect: stri
   const payload = input?.workflowExecutionStartedEventAttributes?.input?.payloads?.[0]?.data;
   if (!payload) throw new PhaseError(`cannot read the start input of ${phaseId}`, 1);
   const original = JSON.parse(Buffer.from(payload).toString('utf8')) as PhaseInput;
-  const loaded = readProtocolOrThrow(original.protocolPath);
+  // The reopened phase runs the frozen phase's locked protocol, not whatever the file says now; its runs re-check
+  // the prompt files against the locked hashes and refuse if they changed.
+  const loaded: LoadedProtocol = {
+    protocol: original.protocol,
+    protocolPath: original.protocolPath,
+    protocolHash: original.protocolHash,
+    phaseId: original.phaseId,
+    prompts: original.prompts,
+    pricing: original.pricing,
+  };
   const newId = `${phaseId}-reopen-${createHash('sha256').update(defect.trim()).digest('hex').slice(0, 8)}`;
   return startPhase(pc, loaded, { phaseId: newId, reopenOf: { phaseId, defect: defect.trim() } });
 }

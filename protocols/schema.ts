@@ -32,8 +32,11 @@ export const modelSchema = z.strictObject({
 });
 export type ModelSpec = z.infer<typeof modelSchema>;
 
-/** After this many hours without a decision the phase records a reminder and keeps waiting. */
-const deadlineHours = positive.nullable().default(null);
+/**
+ * After this many hours without a decision the phase records a reminder and keeps waiting. At least a quarter
+ * of an hour, so reminders cannot flood the phase's history.
+ */
+const deadlineHours = positive.min(0.25, 'must be at least 0.25 hours').nullable().default(null);
 
 export const protocolSchema = z
   .strictObject({

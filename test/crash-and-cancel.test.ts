@@ -9,7 +9,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { approveBudget, cancelPhase, getState, startPhase, submitReview, waitForStatus } from '../client/phases';
 import { repoRoot } from '../common/config';
-import { makeWorker, phaseClient, phaseResult, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+import { makeWorker, phaseClient, phaseResult, recordHistory, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
 
 const server = serverPerFile();
 
@@ -77,6 +77,7 @@ test('cancelling a phase mid-run stops the runtime process and leaves a correct 
     expect(state.ledger[0]!.seconds).toBeGreaterThan(0);
     expect(state.ledger[0]!.usd).toBeGreaterThan(0);
 
+    recordHistory(server.env, phaseId, 'cancelled-mid-run');
     // Starting the cancelled phase again resumes it, and the cancelled attempt's cost stays on its ledger.
     expect((await startPhase(pc, loaded)).started).toBe(true);
     const restarted = await getState(pc, phaseId);

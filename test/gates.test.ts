@@ -13,7 +13,7 @@ import {
   submitReview,
   waitForStatus,
 } from '../client/phases';
-import { makeWorker, phaseClient, phaseResult, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+import { makeWorker, phaseClient, phaseResult, recordHistory, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
 import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
 
 const server = serverPerFile();
@@ -118,6 +118,7 @@ test('CHANGES_REQUESTED ends the phase after the reviewer has read the run plan'
     const state = await phaseResult(server.env.client, phaseId);
     expect(state.status).toBe('CHANGES_REQUESTED');
     expect(state.review).toMatchObject({ by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED', ref: 'thread-42' });
+    recordHistory(server.env, phaseId, 'changes-requested');
     expect(scheduledActivities(await historyEvents(server.env.client, phaseId), 'runModel')).toHaveLength(0);
   });
 });

@@ -3,8 +3,7 @@
  * nothing until re-approval, the freeze with its manifest, `verify`, a frozen phase refusing reruns, reopen.
  * The history of this run is what test/histories/ holds for the replay test (RECORD_HISTORIES=1 rewrites it).
  */
-import { execFileSync } from 'node:child_process';
-import { chmodSync, existsSync, readFileSync, writeFileSync, mkdirSync, statSync } from 'node:fs';
+import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import {
   approveBudget,
@@ -19,7 +18,7 @@ import {
 import { renderManifest } from '../activities/manifest';
 import { spentUsd } from '../workflows/phase-logic';
 import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
-import { makeWorker, phaseClient, repoPaths, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+import { makeWorker, phaseClient, recordHistory, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
 
 const server = serverPerFile();
 
@@ -114,12 +113,6 @@ test('holds a GPU attempt that would exceed the approval, dispatches nothing whi
     expect(linked.reopenOf).toEqual({ phaseId, defect: 'tokenizer padding bug in v1' });
     expect(linked.status).toBe('AWAITING_BUDGET');
 
-    if (process.env.RECORD_HISTORIES === '1') {
-      // The Temporal CLI writes the standard JSON history format that replay reads.
-      const json = execFileSync(repoPaths.temporalBin, ['workflow', 'show', '--workflow-id', phaseId, '--address', server.env.address, '--output', 'json'], { encoding: 'utf8' });
-      const out = path.join(__dirname, 'histories');
-      mkdirSync(out, { recursive: true });
-      writeFileSync(path.join(out, 'budget-hold-to-frozen.json'), json);
-    }
+    recordHistory(server.env, phaseId, 'budget-hold-to-frozen');
   });
 });

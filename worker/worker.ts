@@ -45,13 +45,15 @@ export async function createPhaseWorker(o: PhaseWorkerOptions): Promise<Worker> 
       backends,
       logger: o.logger,
     }),
-    // Two cores: one model run at a time is all this machine can do; the workflow tasks stay responsive.
+    // A few activities at once (another phase's scoring or freeze beside a model run); model runs themselves
+    // are sequential within a phase. On a small machine concurrent phases share its cores.
     maxConcurrentActivityTaskExecutions: 4,
     // Cancellation reaches an activity only in the reply to a heartbeat the SDK actually sends; its default
     // throttle (up to 60 s) would let a cancelled GPU run go on, and be paid for, for a minute.
     maxHeartbeatThrottleInterval: '3 seconds',
     defaultHeartbeatThrottleInterval: '3 seconds',
-    // Let a running model attempt finish or stop cleanly on shutdown.
+    // On shutdown a running attempt is stopped (its runtime gets SIGTERM and checkpoints what it finished);
+    // this is the time it gets to do so before the worker gives up waiting.
     shutdownGraceTime: '20 seconds',
   });
 }

@@ -6,6 +6,7 @@
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, Runtime, DefaultLogger, type WorkflowBundleWithSourceMap, type Worker } from '@temporalio/worker';
 import type { Client } from '@temporalio/client';
+import { execFileSync } from 'node:child_process';
 import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -67,6 +68,18 @@ export function serverPerFile(kind: 'dev-server' | 'time-skipping' = 'dev-server
 
 export function bundle(): Promise<WorkflowBundleWithSourceMap> {
   return bundleWorkflowCode({ workflowsPath, logger: new DefaultLogger('WARN') });
+}
+
+/**
+ * With RECORD_HISTORIES=1, saves a phase's history (the Temporal CLI's standard JSON) to test/histories/, where
+ * the replay test checks every later workflow bundle against it.
+ */
+export function recordHistory(env: TestWorkflowEnvironment, phaseId: string, name: string): void {
+  if (process.env.RECORD_HISTORIES !== '1') return;
+  const json = execFileSync(repoPaths.temporalBin, ['workflow', 'show', '--workflow-id', phaseId, '--address', env.address, '--output', 'json'], { encoding: 'utf8' });
+  const out = path.join(__dirname, '..', 'histories');
+  mkdirSync(out, { recursive: true });
+  writeFileSync(path.join(out, `${name}.json`), json);
 }
 
 /** A fresh state folder per test: artifacts, runtime work folders; tiny models are shared across tests. */

@@ -1,0 +1,22 @@
+/**
+ * Children that must not outlive their parent (the runtime, the dev server) are started through `setpriv
+ * --pdeathsig TERM`: if this process dies, even by SIGKILL, the kernel sends them SIGTERM. Where setpriv is
+ * missing (not Linux, or a minimal image) they start plainly, and the caller is told so it can warn.
+ */
+import { existsSync } from 'node:fs';
+
+const SETPRIV = '/usr/bin/setpriv';
+
+export interface GuardedCommand {
+  file: string;
+  args: string[];
+  /** false when the parent-death signal could not be set up here. */
+  guarded: boolean;
+}
+
+export function dieWithParent(file: string, args: string[]): GuardedCommand {
+  if (process.platform === 'linux' && existsSync(SETPRIV)) {
+    return { file: SETPRIV, args: ['--pdeathsig', 'TERM', '--', file, ...args], guarded: true };
+  }
+  return { file, args, guarded: false };
+}
