@@ -44,17 +44,17 @@ export const RuntimeExitCode = { ok: 0, failure: 1, invalidSpec: 2 } as const;
 export function runRuntime(cmd: RuntimeCommand): Promise<RuntimeExit> {
   const argv = ['-m', cmd.module ?? 'phasegate_runtime', ...cmd.args];
   const { file, args, guarded } = dieWithParent(cmd.python, argv);
+  // The runtime needs the environment (CUDA, HF_HOME, HF_TOKEN, proxies) but never the worker's Temporal key, and
+  // only the Modal launcher needs the Modal tokens.
+  const env: NodeJS.ProcessEnv = { ...process.env, ...cmd.env, PYTHONPATH: cmd.runtimeSrc, PYTHONUNBUFFERED: '1' };
+  delete env.TEMPORAL_API_KEY;
+  if (!(cmd.module ?? '').includes('modal')) {
+    delete env.MODAL_TOKEN_ID;
+    delete env.MODAL_TOKEN_SECRET;
+  }
   if (!guarded) warnUnguardedOnce();
   const started = process.hrtime.bigint();
-  const child = spawn(file, args, {
-    env: {
-      ...process.env,
-      ...cmd.env,
-      PYTHONPATH: cmd.runtimeSrc,
-      PYTHONUNBUFFERED: '1',
-    },
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  const child = spawn(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
 
   let stderrTail = '';
   child.stderr.setEncoding('utf8');
