@@ -72,6 +72,7 @@ test('cancelling a phase mid-run stops the runtime process and leaves a correct 
 
     const state = await getState(pc, phaseId);
     expect(state.status).toBe('CANCELLED');
+    expect(state.models[0]!.status).toBe('cancelled');
     expect(state.ledger).toHaveLength(1);
     expect(state.ledger[0]).toMatchObject({ modelKey: 'tiny-qwen2', attempt: 1, outcome: 'cancelled', secondsBasis: 'measured' });
     expect(state.ledger[0]!.seconds).toBeGreaterThan(0);

@@ -142,7 +142,7 @@ export interface LedgerEntry {
   earlierRun?: boolean;
 }
 
-export type ModelRunStatus = 'pending' | 'running' | 'succeeded' | 'failed';
+export type ModelRunStatus = 'pending' | 'running' | 'succeeded' | 'failed' | 'cancelled';
 
 export interface ModelProgress {
   modelKey: string;

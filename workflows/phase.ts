@@ -162,7 +162,7 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
     if (isCancellation(err)) {
       // Recording the outcome must not itself be cancelled.
       await CancellationScope.nonCancellable(async () => {
-        for (const m of state.models) if (m.status === 'running') m.status = 'failed';
+        for (const m of state.models) if (m.status === 'running') m.status = 'cancelled';
         moveTo('CANCELLED', 'cancelled by a user');
         await condition(allHandlersFinished);
       });
