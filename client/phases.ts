@@ -9,7 +9,7 @@ import {
   type Client,
   type WorkflowHandle,
 } from '@temporalio/client';
-import { ApplicationFailure, defaultPayloadConverter, WorkflowIdReusePolicy } from '@temporalio/common';
+import { ApplicationFailure, defaultPayloadConverter, WorkflowIdReusePolicy, type UpdateDefinition } from '@temporalio/common';
 import { createHash } from 'node:crypto';
 import path from 'node:path';
 import { verifyManifest, type VerifyReport } from '../activities/manifest';
@@ -172,14 +172,11 @@ async function decide<I extends object>(
   pc: PhaseClient,
   phaseId: string,
   kind: string,
-  update: typeof approveBudgetUpdate | typeof rejectBudgetUpdate | typeof submitReviewUpdate,
+  update: UpdateDefinition<DecisionResult, [I]>,
   input: I,
 ): Promise<DecisionResult> {
   try {
-    return await handleOf(pc, phaseId).executeUpdate(update as typeof approveBudgetUpdate, {
-      args: [input as unknown as ApproveBudgetInput],
-      updateId: decisionId(phaseId, kind, input),
-    });
+    return await handleOf(pc, phaseId).executeUpdate(update, { args: [input], updateId: decisionId(phaseId, kind, input) });
   } catch (err) {
     if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure) {
       throw new PhaseError(`refused: ${err.cause.message}`, 2);

@@ -9,7 +9,7 @@ import path from 'node:path';
 import { route } from '../client/http';
 import { PhaseError } from '../client/phases';
 import { repoRoot } from '../common/config';
-import { makeWorker, phaseClient, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+import { serverPerFile, testProtocol, testWorker } from './helpers/temporal';
 
 const server = serverPerFile();
 
@@ -28,8 +28,7 @@ function cli(args: string[], extraEnv: Record<string, string>): Promise<Run> {
 }
 
 test('start, decide and query through bin/phasegate with the documented exit codes', async () => {
-  const taskQueue = uniqueQueue('cli');
-  const worker = await makeWorker(server.env, server.workflowBundle, testPaths('cli'), taskQueue);
+  const { worker, taskQueue } = await testWorker(server, 'cli');
   const vars = { TEMPORAL_ADDRESS: server.env.address, PHASEGATE_TASK_QUEUE: taskQueue };
   const loaded = testProtocol('cli');
   await worker.runUntil(async () => {
@@ -79,9 +78,7 @@ test('an unreachable server is exit 1 with a hint, not a hang', async () => {
 });
 
 test('the HTTP routes validate bodies and map to the same operations', async () => {
-  const taskQueue = uniqueQueue('http');
-  const worker = await makeWorker(server.env, server.workflowBundle, testPaths('http'), taskQueue);
-  const pc = phaseClient(server.env, taskQueue);
+  const { worker, pc } = await testWorker(server, 'http');
   const loaded = testProtocol('http');
   await worker.runUntil(async () => {
     const started = (await route(pc, 'POST', '/phases', () => Promise.resolve({ protocol: loaded.protocolPath }))) as { phaseId: string };

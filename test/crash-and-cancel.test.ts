@@ -9,7 +9,7 @@ import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { approveBudget, cancelPhase, getState, startPhase, submitReview, waitForStatus } from '../client/phases';
 import { repoRoot } from '../common/config';
-import { makeWorker, phaseClient, phaseResult, recordHistory, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+import { makeWorker, phaseClient, phaseResult, recordHistory, serverPerFile, testPaths, testProtocol, testWorker, uniqueQueue } from './helpers/temporal';
 
 const server = serverPerFile();
 
@@ -52,10 +52,7 @@ async function until(check: () => boolean, timeoutMs: number, what: string): Pro
 }
 
 test('cancelling a phase mid-run stops the runtime process and leaves a correct ledger', async () => {
-  const taskQueue = uniqueQueue('cancel');
-  const paths = testPaths('cancel');
-  const worker = await makeWorker(server.env, server.workflowBundle, paths, taskQueue);
-  const pc = phaseClient(server.env, taskQueue);
+  const { worker, pc, paths } = await testWorker(server, 'cancel');
   await worker.runUntil(async () => {
     const loaded = testProtocol('cancel', slowOverrides);
     const { phaseId } = await startPhase(pc, loaded);

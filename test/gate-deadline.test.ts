@@ -3,14 +3,12 @@
  * days pass in milliseconds. When a deadline passes, the phase records a reminder and keeps waiting.
  */
 import { approveBudget, getState, startPhase } from '../client/phases';
-import { makeWorker, phaseClient, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+import { serverPerFile, testProtocol, testWorker } from './helpers/temporal';
 
 const server = serverPerFile('time-skipping');
 
 test('records a reminder each time a gate deadline passes and keeps waiting for the decision', async () => {
-  const taskQueue = uniqueQueue('deadline');
-  const worker = await makeWorker(server.env, server.workflowBundle, testPaths('deadline'), taskQueue);
-  const pc = phaseClient(server.env, taskQueue);
+  const { worker, pc } = await testWorker(server, 'deadline');
   const loaded = testProtocol('deadline', {
     budget: { cap_usd: 1, approvers: ['demo-approver'], deadline_hours: 48 },
     review: { reviewers: ['demo-reviewer'], deadline_hours: 72 },

@@ -13,7 +13,7 @@ import {
   submitReview,
   waitForStatus,
 } from '../client/phases';
-import { makeWorker, phaseClient, phaseResult, recordHistory, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+import { phaseResult, recordHistory, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
 import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
 
 const server = serverPerFile();
@@ -29,9 +29,7 @@ async function refusal(p: Promise<unknown>): Promise<PhaseError> {
 }
 
 test('refuses an approval from an unlisted approver, and non-positive or non-finite amounts, with reasons', async () => {
-  const taskQueue = uniqueQueue('refuse');
-  const worker = await makeWorker(server.env, server.workflowBundle, testPaths('refuse'), taskQueue);
-  const pc = phaseClient(server.env, taskQueue);
+  const { worker, pc } = await testWorker(server, 'refuse');
   const loaded = testProtocol('refuse');
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, loaded);
@@ -54,9 +52,7 @@ test('refuses an approval from an unlisted approver, and non-positive or non-fin
 });
 
 test('applies a duplicate approval once, whether resent with the same update id or as a new request', async () => {
-  const taskQueue = uniqueQueue('dup');
-  const worker = await makeWorker(server.env, server.workflowBundle, testPaths('dup'), taskQueue);
-  const pc = phaseClient(server.env, taskQueue);
+  const { worker, pc } = await testWorker(server, 'dup');
   const loaded = testProtocol('dup');
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, loaded);
@@ -80,9 +76,7 @@ test('applies a duplicate approval once, whether resent with the same update id 
 });
 
 test('a budget rejection ends the phase REJECTED and nothing runs', async () => {
-  const taskQueue = uniqueQueue('reject');
-  const worker = await makeWorker(server.env, server.workflowBundle, testPaths('reject'), taskQueue);
-  const pc = phaseClient(server.env, taskQueue);
+  const { worker, pc } = await testWorker(server, 'reject');
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, testProtocol('reject'));
     const missingReason = await refusal(rejectBudget(pc, phaseId, { by: 'demo-approver', reason: ' ' }));
@@ -101,9 +95,7 @@ test('a budget rejection ends the phase REJECTED and nothing runs', async () => 
 });
 
 test('CHANGES_REQUESTED ends the phase after the reviewer has read the run plan', async () => {
-  const taskQueue = uniqueQueue('changes');
-  const worker = await makeWorker(server.env, server.workflowBundle, testPaths('changes'), taskQueue);
-  const pc = phaseClient(server.env, taskQueue);
+  const { worker, pc } = await testWorker(server, 'changes');
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, testProtocol('changes'));
     await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 1 });
@@ -124,9 +116,7 @@ test('CHANGES_REQUESTED ends the phase after the reviewer has read the run plan'
 });
 
 test('state and applied decisions survive continue-as-new', async () => {
-  const taskQueue = uniqueQueue('can');
-  const worker = await makeWorker(server.env, server.workflowBundle, testPaths('can'), taskQueue);
-  const pc = phaseClient(server.env, taskQueue);
+  const { worker, pc } = await testWorker(server, 'can');
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, testProtocol('can'), { continueAsNewAfterEvents: 5 });
     const firstRun = (await server.env.client.workflow.getHandle(phaseId).describe()).runId;

@@ -6,7 +6,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { approveBudget, getState, startPhase, submitReview } from '../client/phases';
-import { makeWorker, phaseClient, phaseResult, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+import { phaseResult, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
 
 const server = serverPerFile();
 
@@ -16,9 +16,7 @@ test('missing Modal credentials: one attempt, a clear error, nothing charged', a
   delete process.env.MODAL_TOKEN_SECRET;
   process.env.MODAL_CONFIG_PATH = path.join(os.tmpdir(), 'phasegate-no-such-modal.toml');
   try {
-    const taskQueue = uniqueQueue('modal');
-    const worker = await makeWorker(server.env, server.workflowBundle, testPaths('modal'), taskQueue);
-    const pc = phaseClient(server.env, taskQueue);
+    const { worker, pc } = await testWorker(server, 'modal');
     const loaded = testProtocol('modal', {
       backend: 'modal',
       models: [{ key: 'qwen-7b', id: 'Qwen/Qwen2.5-7B-Instruct', gpu: 'A10G', expected_gpu_seconds: 600, timeout_minutes: 60 }],

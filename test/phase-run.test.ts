@@ -18,15 +18,12 @@ import {
 import { renderManifest } from '../activities/manifest';
 import { spentUsd } from '../workflows/phase-logic';
 import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
-import { makeWorker, phaseClient, recordHistory, serverPerFile, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+import { recordHistory, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
 
 const server = serverPerFile();
 
 test('holds a GPU attempt that would exceed the approval, dispatches nothing while held, then runs to FROZEN', async () => {
-  const taskQueue = uniqueQueue('run');
-  const paths = testPaths('run');
-  const worker = await makeWorker(server.env, server.workflowBundle, paths, taskQueue);
-  const pc = phaseClient(server.env, taskQueue);
+  const { worker, pc } = await testWorker(server, 'run');
   const loaded = testProtocol('run');
   const perModelEstimate = 100 * 0.0000262;
 

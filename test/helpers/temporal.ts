@@ -107,6 +107,21 @@ export async function makeWorker(env: TestWorkflowEnvironment, workflowBundle: W
   return createPhaseWorker({ connection: env.nativeConnection, namespace: env.namespace ?? 'default', taskQueue, paths, logger: quietLogger, workflowBundle });
 }
 
+export interface TestWorker {
+  worker: Worker;
+  pc: PhaseClient;
+  paths: Paths;
+  taskQueue: string;
+}
+
+/** One worker for one test: its own task queue and state folder, on the file's server. */
+export async function testWorker(server: FileServer, name: string): Promise<TestWorker> {
+  const taskQueue = uniqueQueue(name);
+  const paths = testPaths(name);
+  const worker = await makeWorker(server.env, server.workflowBundle, paths, taskQueue);
+  return { worker, pc: phaseClient(server.env, taskQueue), paths, taskQueue };
+}
+
 /**
  * Writes a protocol derived from protocols/demo.json into a temporary folder (prompt and pricing paths made
  * absolute) with the given overrides, and loads it. A distinct `tag` is a distinct phase.
