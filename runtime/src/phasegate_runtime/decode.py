@@ -7,10 +7,12 @@ buffers advanced in place on the device) so the step can be captured once per ca
 replayed, with no host synchronisation inside the step.
 
 Steering stays each library's own mechanism: forward hooks, nnsight's interleaver and pyvene's hooks all
-run during the eager prefill, the eager warm-up step and the captured step, so their additions are recorded
-into the graph and replayed at every later step (the delta is added at every position of every forward).
-Where capture fails (a library doing host work inside the step), the same loop runs eagerly: the same
-kernels, so outputs stay identical to the graph path, only slower. :data:`DECODE_COUNTS` records which.
+run during the eager prefill and the captured step (and, the first time a shape is seen in a process, an
+eager warm-up step before the capture), so their additions are recorded into the graph and replayed at every
+later step (the delta is added at every position of every forward). Where capture fails (a library doing
+host work inside the step), the same loop runs eagerly: the same kernels, so outputs stay identical to the
+graph path, only slower. :data:`DECODE_COUNTS` records which. Inside decode steps the norms, rotary,
+attention and gated activation run as compiled fused kernels on CUDA (:mod:`.fused`).
 
 Greedy semantics follow ``transformers``: argmax of the last logits, rows that produced EOS emit the pad id
 afterwards, and decoding stops once every row is finished (checked every few steps; any extra columns are
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import functools
 import os
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -30,6 +33,7 @@ import torch
 from transformers import AttentionInterface, GenerationConfig, PreTrainedModel
 from transformers.cache_utils import Cache, StaticLayer
 
+from . import fused
 from .generation import prompt_positions
 
 DECODE_COUNTS: Counter[str] = Counter()
@@ -178,24 +182,13 @@ def grouped_eager_attention(
 
     ``repeat_kv`` copies every key/value head's whole static cache once per query head group, per layer, per
     step: for Gemma-2-9B the largest kernel of a decode step. Folding the query heads of a group into the
-    query axis reads each cached head once instead; the arithmetic per score is the same dot product.
+    query axis reads each cached head once instead; the arithmetic per score is the same dot product
+    (:func:`.fused.grouped_attention`, compiled inside decode steps).
     """
-    batch, heads, q_len, dim = query.shape
-    kv_heads = key.shape[1]
-    groups = heads // kv_heads
     if scaling is None:
-        scaling = float(getattr(module, "head_dim", dim)) ** -0.5
-    # Head h = kv * groups + g, as repeat_kv lays them out.
-    folded = query.reshape(batch, kv_heads, groups * q_len, dim)
-    weights = torch.matmul(folded, key.transpose(2, 3)) * scaling
-    if softcap is not None:
-        weights = torch.tanh(weights / softcap) * softcap
-    weights = weights.view(batch, heads, q_len, -1)
-    if attention_mask is not None:
-        weights = weights + attention_mask
-    weights = torch.nn.functional.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
-    out = torch.matmul(weights.view(batch, kv_heads, groups * q_len, -1), value)
-    return out.view(batch, heads, q_len, dim).transpose(1, 2).contiguous(), weights
+        scaling = float(getattr(module, "head_dim", query.shape[-1])) ** -0.5
+    out, weights = fused.grouped_attention(query, key, value, attention_mask, float(scaling), softcap)
+    return out, weights
 
 
 _GROUPED_EAGER = "phasegate_grouped_eager"
@@ -252,6 +245,13 @@ class _Decoder:
         self.position = self.prompt_positions[:, -1:].clone()
         self.index = torch.full((1,), prompt_len - 1, dtype=torch.long, device=dev)
         self.unfinished = torch.ones(batch, dtype=torch.bool, device=dev)
+        self.fused = fused.fused_enabled(dev)
+        # What a CUDA graph capture of this step needs to have run once before (compilation of the fused
+        # kernels, cuBLAS workspaces, kernel selection): the same model, shapes and modes. Deterministic
+        # mode is part of what compiled kernels are specialised on.
+        self.shape_key = (
+            batch, prompt_len + max_new_tokens, self.fused, torch.are_deterministic_algorithms_enabled()
+        )  # fmt: skip
 
     def _forward(
         self, input_ids: torch.Tensor, positions: torch.Tensor, q_index: torch.Tensor
@@ -279,12 +279,31 @@ class _Decoder:
         """Feed the last chosen token, choose the next; every tensor it touches stays where it is."""
         self.position.add_(1)
         self.index.add_(1)
-        self._accept(self._forward(self.token, self.position, self.index))
+        with fused.decode_steps(self.fused):
+            self._accept(self._forward(self.token, self.position, self.index))
+
+
+_ShapeKey = tuple[int, int, bool, bool]
+_WARMED: weakref.WeakKeyDictionary[torch.nn.Module, set[_ShapeKey]] = weakref.WeakKeyDictionary()
+"""Per model, the step shapes already run once outside a capture in this process."""
+
+
+def _warm_up(decoder: _Decoder) -> None:
+    """One eager step on a side stream (the pattern torch.cuda.graphs documents), before the first capture
+    of a shape: it compiles the fused kernels and sets up cuBLAS for the shape. It also yields a token."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        decoder.step()
+    torch.cuda.current_stream().wait_stream(side)
+    _WARMED.setdefault(decoder.model, set()).add(decoder.shape_key)
 
 
 def _capture(decoder: _Decoder) -> torch.cuda.CUDAGraph:
+    """Records one step. Compiling inside a capture is unsafe (Inductor launches and times kernels), so a
+    fused kernel that would need recompiling raises instead, and the caller decodes eagerly."""
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
+    with torch._dynamo.config.patch(error_on_recompile=True), torch.cuda.graph(graph):
         decoder.step()
     return graph
 
@@ -303,11 +322,19 @@ def greedy_generate(
     eos_ids = _eos_ids(config)
     pad_id = config.pad_token_id if config.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     use_graph = input_ids.device.type == "cuda" and cuda_graphs_enabled() and max_new > 2
-    with torch.no_grad(), _deterministic_without_checks(), _grouped_eager(model):
-        ids = _decode(model, input_ids, attention_mask, max_new, eos_ids, int(pad_id), streamer, use_graph)
+    # Inference mode whoever calls (the runner's generate does; nnsight's runs under no_grad): compiled
+    # kernels are specialised on it, so one mode means one compilation per shape.
+    args = (model, input_ids, attention_mask, max_new, eos_ids, int(pad_id), streamer)
+    with torch.inference_mode(), _deterministic_without_checks(), _grouped_eager(model):
+        ids = _decode(*args, use_graph=use_graph)
+        if ids is None:
+            # The capture failed. Once more with a warm-up step first (it recompiles whatever changed,
+            # e.g. a library that froze the weights), then, if that fails too, without a graph.
+            DECODE_COUNTS["graph_failed"] += 1
+            ids = _decode(*args, use_graph=True)
         if ids is None:
             DECODE_COUNTS["graph_failed"] += 1
-            ids = _decode(model, input_ids, attention_mask, max_new, eos_ids, int(pad_id), streamer, False)
+            ids = _decode(*args, use_graph=False)
     if ids is None:
         raise AssertionError("the eager decode always returns ids")
     return ids
@@ -336,20 +363,20 @@ def _decode(
             break
         if streamer is not None:
             streamer.put(tokens[-1][:, 0])
-        if use_graph and n == 1:
-            # Warm-up step on a side stream (the pattern torch.cuda.graphs documents); the next is captured.
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                decoder.step()
-            torch.cuda.current_stream().wait_stream(side)
-        else:
-            if use_graph and graph is None:
+        if use_graph and graph is None:
+            if decoder.shape_key not in _WARMED.get(model, set()):
+                _warm_up(decoder)
+            else:
+                # Every later call with this shape captures its first step straight away: a warm-up
+                # step costs as much as an eager decode step (tens of ms of Python), once per pass.
                 try:
                     graph = _capture(decoder)
                 except RuntimeError:
+                    _WARMED.get(model, set()).discard(decoder.shape_key)
                     return None
                 run_step = graph.replay
+                run_step()
+        else:
             run_step()
         tokens.append(decoder.token.clone())
     if streamer is not None:
@@ -377,9 +404,11 @@ def fast_generate(model: PreTrainedModel, hf_generate: Callable[..., Any], *args
 
 
 def install_fast_generate(model: PreTrainedModel) -> None:
-    """Route this model object's ``generate`` (which nnsight and pyvene call too) through the fast path."""
+    """Route this model object's ``generate`` (which nnsight and pyvene call too) through the fast path,
+    and give its decode steps the fused kernels (patched before any steering library wraps the model)."""
     if hasattr(model, _HF_GENERATE):
         return
+    fused.install_fused_kernels(model)
     hf_generate: Callable[..., Any] = getattr(model, "generate")  # noqa: B009 - nn.Module types it loosely
     setattr(model, _HF_GENERATE, hf_generate)
     setattr(model, "generate", functools.partial(fast_generate, model, hf_generate))  # noqa: B010

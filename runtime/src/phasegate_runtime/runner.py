@@ -35,6 +35,7 @@ from .classify import Label, classify, count_labels
 from .determinism import configure_determinism, determinism_record, seed_everything
 from .direction import compute_direction, steering_delta
 from .events import EventStream, log
+from .fused import COMPILE_SECONDS, FAILURES, fused_enabled
 from .generation import decode, generate_ids, greedy_config, make_batches, new_token_ids
 from .models import LoadedModel, load_model
 from .spec import MethodName, ModelSpec, RunSpec, SpecError
@@ -105,6 +106,8 @@ def environment(spec: RunSpec, loaded: LoadedModel) -> dict[str, Any]:
         "device": str(loaded.device),
         "device_name": device_name,
         "determinism": asdict(determinism_record(spec.seed)),
+        "fused_kernels": fused_enabled(loaded.device),
+        "fused_kernels_error": FAILURES[0] if FAILURES else None,
     }
 
 
@@ -157,6 +160,7 @@ class Run:
         self.out.mkdir(parents=True, exist_ok=True)
         self._check_existing()
         started = time.perf_counter()
+        compiled_before = COMPILE_SECONDS[0]
         loaded = self.loader(spec.model, spec.cache_dir)
         validate_against_model(spec, loaded)
         self.events.emit(
@@ -264,6 +268,8 @@ class Run:
                 "baseline_wall_s": base["wall_s"],
                 "units_wall_s": sum(float(u["wall_s"]) for u in units),
                 "process_wall_s": time.perf_counter() - started,
+                # One-time compilation of the fused decode kernels, inside the first unit that decoded.
+                "compile_s": COMPILE_SECONDS[0] - compiled_before,
             },
         }
         path = self.out / "result.json"

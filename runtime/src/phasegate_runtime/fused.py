@@ -1,0 +1,276 @@
+"""Fused decode-step kernels: ``torch.compile`` of a few small pure functions, used only inside decode steps.
+
+Once the CUDA graph (:mod:`.decode`) removed the launch overhead, a Gemma-2-9B-shaped decode step on an H200
+still took 13.0 ms against a 3.9 ms weight read: about 1,700 small kernels a step, mostly the RMSNorms (four
+per layer, about ten kernels each), soft-capped attention, rotary embeddings and the gated activation. The
+functions below do exactly transformers' arithmetic for those pieces; compiled, each becomes one or two
+Triton kernels, and the step took 8.1 ms (``bench/fusion_probe.py``); a whole generation pass went from
+2.04 to 1.33 s (Gemma-2-9B shape) and from 1.15 to 0.92 s (Qwen2.5-7B shape) on the H200 (``BENCHMARKS.md``).
+
+Why small functions rather than ``torch.compile`` of the model or of its decoder layers: every steering
+library acts at a decoder layer's output from outside the layer's own forward (forward hooks; nnsight's
+controller wrapped around ``forward``; pyvene's hooks). These pieces sit strictly inside a layer, so nothing
+a library does can be baked into a compiled graph, and one compiled kernel serves every layer. Compiling the
+layers' forwards instead (the probe's ``regional``) was no faster (8.0 ms a step) and took 36 s to compile,
+against 5 s.
+
+Only decode steps use them (:func:`decode_steps`, entered by the decoder), so the prompt pass and the
+direction's forward passes run transformers' own code, and the compiled shapes stay few (batch x cache
+length). Outside a decode step every patched forward calls the original. On by default where the decode
+runs on CUDA; ``PHASEGATE_FUSED=0`` turns it off, ``PHASEGATE_FUSED=1`` turns it on for CPU too (tests
+use a compile backend that needs no C++ toolchain, see :data:`COMPILE_BACKEND`).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, cast
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .events import log
+
+COMPILE_BACKEND: str | Callable[..., Any] = "inductor"
+"""What ``torch.compile`` builds with; tests set ``"aot_eager"`` (same tracing, no Triton or C++ build)."""
+
+COMPILE_SECONDS: list[float] = [0.0]
+"""Wall seconds spent in calls that compiled (one-time, per process and shape); read by the runner."""
+
+FAILURES: list[str] = []
+"""Why compiling failed, if it did (e.g. no C compiler for Triton's launcher); then every piece runs
+uncompiled for the rest of the process, the same arithmetic with more kernels."""
+
+_state = {"active": False}
+_compiled: dict[Callable[..., Any], Callable[..., Any]] = {}
+_PATCHED = "_phasegate_fused"
+
+
+def fused_enabled(device: torch.device) -> bool:
+    """``PHASEGATE_FUSED``: unset or ``auto``: CUDA only; ``0``/``off``: never; ``1``/``on``: always."""
+    value = os.environ.get("PHASEGATE_FUSED", "auto").strip().lower()
+    if value in ("0", "false", "no", "off") or FAILURES:
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    return device.type == "cuda"
+
+
+@contextmanager
+def decode_steps(enabled: bool) -> Iterator[None]:
+    """While open (and enabled), the patched pieces run their compiled versions."""
+    previous = _state["active"]
+    _state["active"] = enabled
+    try:
+        yield
+    finally:
+        _state["active"] = previous
+
+
+def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:
+    if torch.are_deterministic_algorithms_enabled():
+        # Skip Inductor's on-device benchmarking where it would pick kernels (and so rounding) by timing.
+        import torch._inductor.config as inductor_config
+
+        inductor_config.deterministic = True
+    compiled = torch.compile(fn, fullgraph=True, backend=COMPILE_BACKEND)
+    _compiled[fn] = compiled
+    return compiled
+
+
+def _graphs_compiled() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` itself outside decode steps; inside, its compiled version (compiled on first use)."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        if not _state["active"] or FAILURES:
+            return fn(*args, **kwargs)
+        before, started = _graphs_compiled(), time.perf_counter()
+        try:
+            out = (_compiled.get(fn) or _compile(fn))(*args, **kwargs)
+        except torch.OutOfMemoryError:
+            raise
+        except Exception as err:
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                raise  # a recompile inside a CUDA graph capture: the decoder warms up and captures again
+            FAILURES.append(f"{fn.__name__}: {type(err).__name__}: {err}")
+            log(f"fused kernels off for this process, compiling failed: {FAILURES[-1]}")
+            return fn(*args, **kwargs)
+        if _graphs_compiled() != before:
+            COMPILE_SECONDS[0] += time.perf_counter() - started
+        return out
+
+    return call
+
+
+# The pure functions: transformers' arithmetic, op for op (tests compare them bit for bit in eager mode).
+
+
+@kernel
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Llama / Qwen2 / Qwen3: normalise in float32, cast back, then scale."""
+    h = x.to(torch.float32)
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return weight * h.to(x.dtype)
+
+
+@kernel
+def rms_norm_unit_offset(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """Gemma-2: normalise and scale by ``1 + weight`` in float32, then cast back."""
+    h = x.float()
+    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
+    return (h * (1.0 + weight.float())).type_as(x)
+
+
+@kernel
+def silu_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.silu(gate) * up
+
+
+@kernel
+def gelu_tanh_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return F.gelu(gate, approximate="tanh") * up
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    x1, x2 = x[..., : x.shape[-1] // 2], x[..., x.shape[-1] // 2 :]
+    return torch.cat((-x2, x1), dim=-1)
+
+
+@kernel
+def rotary(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    cos, sin = cos.unsqueeze(unsqueeze_dim), sin.unsqueeze(unsqueeze_dim)
+    return (q * cos) + (_rotate_half(q) * sin), (k * cos) + (_rotate_half(k) * sin)
+
+
+@kernel
+def grouped_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    softcap: float | None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' eager attention (soft-capping included) without ``repeat_kv``; see
+    :func:`.decode.grouped_eager_attention`. Returns the output ``[batch, q_len, heads, dim]`` and weights."""
+    batch, heads, q_len, dim = query.shape
+    kv_heads = key.shape[1]
+    groups = heads // kv_heads
+    # Head h = kv * groups + g, as repeat_kv lays them out.
+    folded = query.reshape(batch, kv_heads, groups * q_len, dim)
+    weights = torch.matmul(folded, key.transpose(2, 3)) * scaling
+    if softcap is not None:
+        weights = torch.tanh(weights / softcap) * softcap
+    weights = weights.view(batch, heads, q_len, -1)
+    if mask is not None:
+        weights = weights + mask
+    weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
+    out = torch.matmul(weights.view(batch, kv_heads, groups * q_len, -1), value)
+    return out.view(batch, heads, q_len, dim).transpose(1, 2).contiguous(), weights
+
+
+# Which transformers classes each function reproduces. Only architectures whose tiny models the tests
+# compare bit for bit are listed; any other model decodes with its own code (still through the CUDA graph).
+_NORMS: dict[str, tuple[Callable[..., torch.Tensor], str]] = {
+    "Qwen2RMSNorm": (rms_norm, "variance_epsilon"),
+    "Qwen3RMSNorm": (rms_norm, "variance_epsilon"),
+    "LlamaRMSNorm": (rms_norm, "variance_epsilon"),
+    "Gemma2RMSNorm": (rms_norm_unit_offset, "eps"),
+}
+_MLPS = ("Qwen2MLP", "Qwen3MLP", "LlamaMLP", "Gemma2MLP")
+_ROTARY_MODEL_TYPES = ("qwen2", "qwen3", "llama", "gemma2")
+
+
+def _gate_function(act: nn.Module) -> Callable[..., torch.Tensor] | None:
+    from transformers.activations import GELUTanh, SiLUActivation
+
+    if isinstance(act, SiLUActivation | nn.SiLU):
+        return silu_gate
+    if isinstance(act, GELUTanh) and isinstance(getattr(act, "act", None), functools.partial):
+        return gelu_tanh_gate  # GELUTanh's default: F.gelu(approximate="tanh"), not its Python formula
+    return None
+
+
+def _patch_norm(module: nn.Module, fn: Callable[..., torch.Tensor], eps_attr: str) -> None:
+    original = module.forward
+    eps = float(getattr(module, eps_attr))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        # detach(): compiled kernels are specialised on requires_grad, which pyvene switches off on every
+        # parameter of a model it wraps; a detached weight looks the same to them before and after.
+        weight = cast(torch.Tensor, module.weight)
+        return fn(x, weight.detach(), eps) if _state["active"] else original(x)
+
+    module.forward = forward
+
+
+def _patch_mlp(module: nn.Module, gate_fn: Callable[..., torch.Tensor]) -> None:
+    original = module.forward
+    gate, up, down = (cast(nn.Module, getattr(module, n)) for n in ("gate_proj", "up_proj", "down_proj"))
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        if not _state["active"]:
+            return cast(torch.Tensor, original(x))
+        return cast(torch.Tensor, down(gate_fn(gate(x), up(x))))
+
+    module.forward = forward
+
+
+def _patch_rotary(model_type: str) -> bool:
+    """transformers' attention looks ``apply_rotary_pos_emb`` up in its modeling module at call time; the
+    module's function is swapped (process-wide, once) for one that calls it unchanged outside decode steps."""
+    modeling = sys.modules.get(f"transformers.models.{model_type}.modeling_{model_type}")
+    original = getattr(modeling, "apply_rotary_pos_emb", None)
+    if modeling is None or original is None:
+        return False
+    if getattr(original, _PATCHED, False):
+        return True
+
+    @functools.wraps(original)
+    def apply_rotary_pos_emb(*args: Any, **kwargs: Any) -> Any:
+        return rotary(*args, **kwargs) if _state["active"] else original(*args, **kwargs)
+
+    setattr(apply_rotary_pos_emb, _PATCHED, True)
+    modeling.apply_rotary_pos_emb = apply_rotary_pos_emb  # type: ignore[attr-defined]
+    return True
+
+
+def install_fused_kernels(model: nn.Module) -> dict[str, int]:
+    """Give this model's norms, gated MLPs and rotary embedding their fused decode-step versions.
+
+    Patches instance ``forward``s, before any steering library wraps the model (nnsight keeps an instance
+    forward as the body it calls). Idempotent. Returns how many pieces of each kind were patched.
+    """
+    counts = {"norms": 0, "mlps": 0, "rotary": 0}
+    if getattr(model, _PATCHED, False):
+        return counts
+    for module in model.modules():
+        name = type(module).__name__
+        if name in _NORMS:
+            fn, eps_attr = _NORMS[name]
+            _patch_norm(module, fn, eps_attr)
+            counts["norms"] += 1
+        elif name in _MLPS and (gate_fn := _gate_function(cast(nn.Module, module.act_fn))) is not None:
+            _patch_mlp(module, gate_fn)
+            counts["mlps"] += 1
+    config = getattr(model, "config", None)
+    model_type = str(getattr(config, "model_type", ""))
+    if model_type in _ROTARY_MODEL_TYPES and _patch_rotary(model_type):
+        counts["rotary"] = 1
+    setattr(model, _PATCHED, True)
+    return counts

@@ -1,0 +1,166 @@
+"""The fused decode-step kernels: the same arithmetic as transformers, and used only inside decode steps.
+
+Inductor (Triton on CUDA, C++ on CPU) is not built here: CI has no GPU and a CPU build takes tens of seconds
+per function. The tests compile with dynamo's ``eager`` backend instead, which traces each function exactly as
+Inductor would receive it (``fullgraph=True``: a graph break fails the test) and runs the traced graph with
+ordinary kernels, so outputs can be compared bit for bit. Inductor's own kernels are exercised by
+``bench/gpu_protocol.py`` on the GPU (outputs identical across methods and repeats, graph == eager).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from phasegate_runtime import fused
+from phasegate_runtime.decode import DECODE_COUNTS, install_fast_generate
+from phasegate_runtime.generation import greedy_config, make_batches, new_token_ids
+
+from _data import ARCHS, EVAL
+
+
+@pytest.fixture
+def traced(monkeypatch: pytest.MonkeyPatch) -> Iterator[dict[Any, Any]]:
+    """Compile with dynamo's eager backend into a fresh cache; yields that cache."""
+    cache: dict[Any, Any] = {}
+    monkeypatch.setattr(fused, "COMPILE_BACKEND", "eager")
+    monkeypatch.setattr(fused, "_compiled", cache)
+    yield cache
+    torch._dynamo.reset()
+
+
+def random_models() -> dict[str, torch.nn.Module]:
+    """One small model per architecture, every parameter random (a fresh model's norm weights are all
+    zeros or ones, which would hide a wrong scale)."""
+    out = {}
+    for arch in (*ARCHS, "qwen3"):
+        config = AutoConfig.for_model(
+            arch, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+            num_key_value_heads=2, head_dim=16, vocab_size=272,
+        )  # fmt: skip
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(config).eval()
+        with torch.no_grad():
+            for param in model.parameters():
+                param.normal_()
+        install_fast_generate(model)
+        out[arch] = model
+    return out
+
+
+def test_every_norm_mlp_and_rotary_is_patched() -> None:
+    for arch, model in random_models().items():
+        n_layers = model.config.num_hidden_layers
+        norms = [m for m in model.modules() if type(m).__name__.endswith("RMSNorm")]
+        assert len(norms) >= 2 * n_layers + 1, arch
+        assert all("forward" in vars(m) for m in norms), arch  # an instance forward: the patch
+        mlps = [m for m in model.modules() if type(m).__name__.endswith("MLP")]
+        assert len(mlps) == n_layers, arch
+        assert all("forward" in vars(m) for m in mlps), arch
+        modeling = importlib.import_module(f"transformers.models.{arch}.modeling_{arch}")
+        assert getattr(modeling.apply_rotary_pos_emb, "_phasegate_fused", False), arch
+
+
+def test_fused_pieces_equal_transformers_bit_for_bit(traced: dict[Any, Any]) -> None:
+    torch.manual_seed(1)
+    for arch, model in random_models().items():
+        for module in model.modules():
+            name = type(module).__name__
+            if name.endswith("RMSNorm") or name.endswith("MLP"):
+                size = module.weight.shape[0] if name.endswith("RMSNorm") else model.config.hidden_size
+                inp = torch.randn(3, 1, size) * 4
+                with torch.no_grad():
+                    reference = module(inp)
+                    with fused.decode_steps(True):
+                        ours = module(inp)
+                assert torch.equal(ours, reference), (arch, name)
+        modeling = importlib.import_module(f"transformers.models.{arch}.modeling_{arch}")
+        q, k = torch.randn(3, 4, 1, 16), torch.randn(3, 2, 1, 16)
+        cos, sin = torch.randn(3, 1, 16), torch.randn(3, 1, 16)
+        reference = modeling.apply_rotary_pos_emb(q, k, cos, sin)
+        with fused.decode_steps(True):
+            ours = modeling.apply_rotary_pos_emb(q, k, cos, sin)
+        assert all(torch.equal(a, b) for a, b in zip(ours, reference, strict=True)), arch
+    assert {f.__name__ for f in traced} == {"rms_norm", "rms_norm_unit_offset", "silu_gate", "gelu_tanh_gate",
+                                           "rotary"}  # fmt: skip
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_decode_with_fused_kernels_gives_the_same_tokens(
+    load_tiny: Any, traced: dict[Any, Any], monkeypatch: pytest.MonkeyPatch, arch: str
+) -> None:
+    loaded = load_tiny(arch)
+    tok = loaded.tokenizer
+    (batch,) = make_batches(tok, EVAL, len(EVAL), loaded.device)
+    config = greedy_config(tok, 12)
+
+    def rows() -> list[list[int]]:
+        with torch.no_grad():
+            ids = loaded.model.generate(**batch.model_inputs(), generation_config=config)
+        return new_token_ids(ids, batch.prompt_len, tok)
+
+    monkeypatch.setenv("PHASEGATE_FUSED", "0")
+    plain = rows()
+    assert not traced
+    monkeypatch.setenv("PHASEGATE_FUSED", "1")
+    before = DECODE_COUNTS.copy()
+    assert rows() == plain
+    assert DECODE_COUNTS - before == {"eager": 1}
+    # pyvene sets requires_grad=False on every parameter of a model it wraps: no recompilation (on the
+    # GPU a recompile inside a CUDA graph capture would fail it).
+    graphs = fused._graphs_compiled()
+    params = list(loaded.model.parameters())
+    flags = [p.requires_grad for p in params]
+    try:
+        for p in params:
+            p.requires_grad_(not p.requires_grad)
+        assert rows() == plain
+    finally:
+        for p, flag in zip(params, flags, strict=True):
+            p.requires_grad_(flag)
+    assert fused._graphs_compiled() == graphs
+    expected = {"rms_norm_unit_offset", "gelu_tanh_gate", "rotary", "grouped_attention"}
+    if arch != "gemma2":
+        expected = {"rms_norm", "silu_gate", "rotary"}  # SDPA attention: transformers' own
+    assert {f.__name__ for f in traced} == expected
+
+
+def test_a_failed_compile_turns_fusion_off_and_decoding_goes_on(
+    load_tiny: Any, traced: dict[Any, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def no_compiler(*_args: Any) -> Any:
+        raise RuntimeError("Failed to find C compiler")  # what Triton says on an image without gcc
+
+    monkeypatch.setattr(fused, "COMPILE_BACKEND", no_compiler)
+    monkeypatch.setattr(fused, "FAILURES", [])
+    loaded = load_tiny("gemma2")
+    (batch,) = make_batches(loaded.tokenizer, EVAL, len(EVAL), loaded.device)
+    config = greedy_config(loaded.tokenizer, 6)
+
+    def rows() -> list[list[int]]:
+        with torch.no_grad():
+            ids = loaded.model.generate(**batch.model_inputs(), generation_config=config)
+        return new_token_ids(ids, batch.prompt_len, loaded.tokenizer)
+
+    monkeypatch.setenv("PHASEGATE_FUSED", "0")
+    plain = rows()
+    monkeypatch.setenv("PHASEGATE_FUSED", "1")
+    assert rows() == plain
+    assert len(fused.FAILURES) == 1
+    assert "Failed to find C compiler" in fused.FAILURES[0]
+    assert not fused.fused_enabled(torch.device("cuda"))
+
+
+def test_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv("PHASEGATE_FUSED", raising=False)
+    assert (fused.fused_enabled(cpu), fused.fused_enabled(cuda)) == (False, True)
+    monkeypatch.setenv("PHASEGATE_FUSED", "off")
+    assert (fused.fused_enabled(cpu), fused.fused_enabled(cuda)) == (False, False)
+    monkeypatch.setenv("PHASEGATE_FUSED", "1")
+    assert (fused.fused_enabled(cpu), fused.fused_enabled(cuda)) == (True, True)
