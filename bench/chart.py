@@ -1,0 +1,75 @@
+"""A picture of ``gpu_protocol.json``: protocol seconds per model shape, per way of generating, log scale.
+
+    python3 bench/chart.py RESULTS/gpu_protocol.json RESULTS/protocol.svg
+
+Plain SVG, no plotting library: the bars are few and the file diffs well.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+# (key in a model row, label, colour); the label says which numbers are estimates.
+ROWS = (
+    ("naive_protocol_s_extrapolated", "per-prompt loop (extrapolated)", "#b0b0b0"),
+    ("hf_batched_protocol_s_estimated", "transformers batched generate (x16, estimated)", "#8da0cb"),
+    ("runtime_total_s", "phasegate runtime (measured, real Run)", "#1b9e77"),
+    ("bound_protocol_s_datasheet", "weight-read bound (datasheet bandwidth)", "#fc8d62"),
+)
+LEFT, BAR_W, BAR_H, GAP = 300, 420, 16, 4
+
+
+def _x(seconds: float, lo: float, hi: float) -> float:
+    return LEFT + BAR_W * (math.log10(seconds) - lo) / (hi - lo)
+
+
+def svg(summary: dict[str, Any]) -> str:
+    models = summary["models"]
+    values = [float(m[key]) for m in models for key, _, _ in ROWS if m.get(key)]
+    lo, hi = math.floor(math.log10(min(values))), math.ceil(math.log10(max(values)))
+    height = 60 + len(models) * (len(ROWS) * (BAR_H + GAP) + 30) + 30
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{LEFT + BAR_W + 90}" height="{height}" '
+        'font-family="sans-serif" font-size="12">',
+        f'<text x="10" y="20" font-size="14" font-weight="bold">Phase-1 protocol per model on '
+        f"{summary['device']}: seconds (log scale)</text>",
+        '<text x="10" y="38" fill="#555">16 generation passes of 30 prompts x 128 tokens + directions; '
+        "random bf16 weights</text>",
+    ]
+    y = 60
+    for m in models:
+        out.append(f'<text x="10" y="{y + 12}" font-weight="bold">{m["shape"]}</text>')
+        y += 20
+        for key, label, colour in ROWS:
+            value = m.get(key)
+            if not value:
+                continue
+            end = _x(float(value), lo, hi)
+            out.append(f'<text x="{LEFT - 6}" y="{y + 12}" text-anchor="end">{label}</text>')
+            width = end - LEFT
+            out.append(f'<rect x="{LEFT}" y="{y}" width="{width:.1f}" height="{BAR_H}" fill="{colour}"/>')
+            out.append(f'<text x="{end + 4:.1f}" y="{y + 12}">{float(value):,.1f} s</text>')
+            y += BAR_H + GAP
+        y += 10
+    grid = []
+    for power in range(lo, hi + 1):
+        x = _x(10.0**power, lo, hi)
+        grid.append(f'<line x1="{x:.1f}" y1="55" x2="{x:.1f}" y2="{y}" stroke="#ddd"/>')
+        tick = f"{10.0**power:g} s"
+        grid.append(f'<text x="{x:.1f}" y="{y + 14}" text-anchor="middle" fill="#555">{tick}</text>')
+    out[3:3] = grid  # under the bars
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def main() -> None:
+    source, target = Path(sys.argv[1]), Path(sys.argv[2])
+    target.write_text(svg(json.loads(source.read_text())))
+
+
+if __name__ == "__main__":
+    main()
