@@ -5,7 +5,7 @@ still took 13.0 ms against a 3.9 ms weight read: about 1,700 small kernels a ste
 per layer, about ten kernels each), soft-capped attention, rotary embeddings and the gated activation. The
 functions below do exactly transformers' arithmetic for those pieces; compiled, each becomes one or two
 Triton kernels, and the step took 8.1 ms (``bench/fusion_probe.py``); a whole generation pass went from
-2.04 to 1.33 s (Gemma-2-9B shape) and from 1.15 to 0.92 s (Qwen2.5-7B shape) on the H200 (``BENCHMARKS.md``).
+1.99 to 1.33 s (Gemma-2-9B shape) and from 1.14 to 0.89 s (Qwen2.5-7B shape) on the H200 (``BENCHMARKS.md``).
 
 Why small functions rather than ``torch.compile`` of the model or of its decoder layers: every steering
 library acts at a decoder layer's output from outside the layer's own forward (forward hooks; nnsight's
