@@ -15,7 +15,6 @@ import os
 import random
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +25,11 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import torch  # noqa: E402
 from gpu_protocol import SHAPES, build, prompts  # noqa: E402
+from profile_step import step_ms  # noqa: E402
 
 from phasegate_runtime import decode as fast  # noqa: E402
 from phasegate_runtime.generation import make_batches  # noqa: E402
 from phasegate_runtime.site import decoder_layers  # noqa: E402
-
-
-def step_ms(fn: Callable[[], object], n: int = 30) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / n * 1000
 
 
 def install_regional(model: torch.nn.Module) -> None:
