@@ -101,3 +101,37 @@ def test_grouped_eager_attention_matches_transformers_eager() -> None:
     ours, _ = grouped_eager_attention(module, query, key, value, **kwargs)
     ref, _ = eager_attention_forward(module, query, key, value, **kwargs)
     torch.testing.assert_close(ours, ref)
+
+
+def test_a_failed_capture_is_retried_once_with_a_warm_up_then_decoded_without_a_graph() -> None:
+    from phasegate_runtime.decode import decode_with_fallbacks
+
+    ids = torch.tensor([[1, 2]])
+
+    def scripted(results: list[tuple[torch.Tensor | None, bool]]) -> tuple[Any, list[bool]]:
+        calls: list[bool] = []
+
+        def attempt(use_graph: bool) -> tuple[torch.Tensor | None, bool]:
+            calls.append(use_graph)
+            return results[len(calls) - 1]
+
+        return attempt, calls
+
+    # Captured straight away (shape warmed before) and failed: warm up and capture again, which works.
+    attempt, calls = scripted([(None, False), (ids, True)])
+    before = DECODE_COUNTS.copy()
+    assert decode_with_fallbacks(attempt, True) is ids
+    assert calls == [True, True]
+    assert DECODE_COUNTS - before == {"graph_failed": 1}
+    # Failed right after its own warm-up: another graph attempt would fail the same way.
+    attempt, calls = scripted([(None, True), (ids, False)])
+    assert decode_with_fallbacks(attempt, True) is ids
+    assert calls == [True, False]
+    # Both graph attempts fail: the third runs without one.
+    attempt, calls = scripted([(None, False), (None, True), (ids, False)])
+    assert decode_with_fallbacks(attempt, True) is ids
+    assert calls == [True, True, False]
+    # No graph asked for: one attempt.
+    attempt, calls = scripted([(ids, False)])
+    assert decode_with_fallbacks(attempt, False) is ids
+    assert calls == [False]

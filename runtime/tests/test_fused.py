@@ -156,6 +156,19 @@ def test_a_failed_compile_turns_fusion_off_and_decoding_goes_on(
     assert not fused.fused_enabled(torch.device("cuda"))
 
 
+def test_a_hook_on_the_activation_keeps_the_original_mlp(load_tiny: Any, traced: dict[Any, Any]) -> None:
+    mlp = next(m for m in load_tiny("qwen2").model.modules() if type(m).__name__ == "Qwen2MLP")
+    seen: list[torch.Tensor] = []
+    handle = mlp.act_fn.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        with torch.no_grad(), fused.decode_steps(True):
+            mlp(torch.randn(2, 1, mlp.gate_proj.in_features))
+    finally:
+        handle.remove()
+    assert len(seen) == 1
+    assert not traced  # the fused gate was not used
+
+
 def test_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     monkeypatch.delenv("PHASEGATE_FUSED", raising=False)

@@ -37,9 +37,11 @@ from . import fused
 from .generation import prompt_positions
 
 DECODE_COUNTS: Counter[str] = Counter()
-"""Calls per path: ``cuda_graph``, ``eager``, ``graph_failed`` (then eager) and ``hf_generate``."""
+"""Calls per path: ``cuda_graph``, ``eager`` and ``hf_generate``; ``graph_failed`` counts failed captures
+(each followed by another attempt, see :func:`decode_with_fallbacks`)."""
 
 _STOP_CHECK_EVERY = 8
+_ShapeKey = tuple[int, int, bool, bool, str, str]
 _HF_GENERATE = "_phasegate_hf_generate"
 # Generation settings that change the decoding rule; the fast path only accepts their greedy values.
 _GREEDY_VALUES: dict[str, tuple[Any, ...]] = {
@@ -248,9 +250,11 @@ class _Decoder:
         self.fused = fused.fused_enabled(dev)
         # What a CUDA graph capture of this step needs to have run once before (compilation of the fused
         # kernels, cuBLAS workspaces, kernel selection): the same model, shapes and modes. Deterministic
-        # mode is part of what compiled kernels are specialised on.
-        self.shape_key = (
-            batch, prompt_len + max_new_tokens, self.fused, torch.are_deterministic_algorithms_enabled()
+        # mode, the attention implementation and the dtype are part of what compiled kernels depend on.
+        text_config = model.config.get_text_config(decoder=True)
+        self.shape_key: _ShapeKey = (
+            batch, prompt_len + max_new_tokens, self.fused, torch.are_deterministic_algorithms_enabled(),
+            str(text_config._attn_implementation), str(model.dtype),
         )  # fmt: skip
 
     def _forward(
@@ -283,7 +287,6 @@ class _Decoder:
             self._accept(self._forward(self.token, self.position, self.index))
 
 
-_ShapeKey = tuple[int, int, bool, bool]
 _WARMED: weakref.WeakKeyDictionary[torch.nn.Module, set[_ShapeKey]] = weakref.WeakKeyDictionary()
 """Per model, the step shapes already run once outside a capture in this process."""
 
@@ -301,9 +304,9 @@ def _warm_up(decoder: _Decoder) -> None:
 
 def _capture(decoder: _Decoder) -> torch.cuda.CUDAGraph:
     """Records one step. Compiling inside a capture is unsafe (Inductor launches and times kernels), so a
-    fused kernel that would need recompiling raises instead, and the caller decodes eagerly."""
+    fused kernel that would need compiling raises instead (a RuntimeError), and the caller tries again."""
     graph = torch.cuda.CUDAGraph()
-    with torch._dynamo.config.patch(error_on_recompile=True), torch.cuda.graph(graph):
+    with torch.compiler.set_stance("fail_on_recompile"), torch.cuda.graph(graph):
         decoder.step()
     return graph
 
@@ -326,17 +329,25 @@ def greedy_generate(
     # kernels are specialised on it, so one mode means one compilation per shape.
     args = (model, input_ids, attention_mask, max_new, eos_ids, int(pad_id), streamer)
     with torch.inference_mode(), _deterministic_without_checks(), _grouped_eager(model):
-        ids = _decode(*args, use_graph=use_graph)
-        if ids is None:
-            # The capture failed. Once more with a warm-up step first (it recompiles whatever changed,
-            # e.g. a library that froze the weights), then, if that fails too, without a graph.
-            DECODE_COUNTS["graph_failed"] += 1
-            ids = _decode(*args, use_graph=True)
-        if ids is None:
-            DECODE_COUNTS["graph_failed"] += 1
-            ids = _decode(*args, use_graph=False)
+        return decode_with_fallbacks(lambda graph: _decode(*args, use_graph=graph), use_graph)
+
+
+def decode_with_fallbacks(
+    attempt: Callable[[bool], tuple[torch.Tensor | None, bool]], use_graph: bool
+) -> torch.Tensor:
+    """``attempt(use_graph)`` returns (ids, or None if its CUDA graph capture failed; whether it ran a
+    warm-up step). A capture that failed without a warm-up in that attempt is tried once more, now with
+    one (it compiles whatever changed); a capture that failed after one will fail again, so the decode
+    runs without a graph. Each retry decodes from the prompt again (a streamer sees it twice)."""
+    ids, warmed = attempt(use_graph)
+    if ids is None and not warmed:
+        DECODE_COUNTS["graph_failed"] += 1
+        ids, warmed = attempt(True)
     if ids is None:
-        raise AssertionError("the eager decode always returns ids")
+        DECODE_COUNTS["graph_failed"] += 1
+        ids, _ = attempt(False)
+    if ids is None:
+        raise AssertionError("a decode without a graph always returns ids")
     return ids
 
 
@@ -349,8 +360,8 @@ def _decode(
     pad_id: int,
     streamer: Any,
     use_graph: bool,
-) -> torch.Tensor | None:
-    """One full decode; None if the CUDA graph could not be captured (the caller reruns it eagerly)."""
+) -> tuple[torch.Tensor | None, bool]:
+    """One full decode: (ids, or None if the CUDA graph could not be captured; whether it warmed up)."""
     decoder = _Decoder(model, input_ids, attention_mask, max_new, eos_ids, pad_id)
     if streamer is not None:
         streamer.put(input_ids)
@@ -358,6 +369,7 @@ def _decode(
     tokens = [decoder.token.clone()]
     run_step: Callable[[], None] = decoder.step
     graph: torch.cuda.CUDAGraph | None = None
+    warmed = False
     for n in range(1, max_new):
         if n % _STOP_CHECK_EVERY == 0 and not bool(decoder.unfinished.any()):
             break
@@ -366,14 +378,17 @@ def _decode(
         if use_graph and graph is None:
             if decoder.shape_key not in _WARMED.get(model, set()):
                 _warm_up(decoder)
+                warmed = True
             else:
                 # Every later call with this shape captures its first step straight away: a warm-up
                 # step costs as much as an eager decode step (tens of ms of Python), once per pass.
                 try:
                     graph = _capture(decoder)
+                except torch.OutOfMemoryError:
+                    raise
                 except RuntimeError:
                     _WARMED.get(model, set()).discard(decoder.shape_key)
-                    return None
+                    return None, warmed
                 run_step = graph.replay
                 run_step()
         else:
@@ -383,7 +398,7 @@ def _decode(
         streamer.put(tokens[-1][:, 0])
         streamer.end()
     DECODE_COUNTS["cuda_graph" if graph is not None else "eager"] += 1
-    return torch.cat([input_ids, *tokens], dim=1)
+    return torch.cat([input_ids, *tokens], dim=1), warmed
 
 
 def fast_generate(model: PreTrainedModel, hf_generate: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

@@ -3,7 +3,7 @@
 Once the CUDA graph (:mod:`.decode`) removed the launch overhead, a Gemma-2-9B-shaped decode step on an H200
 still took 13.0 ms against a 3.9 ms weight read: about 1,700 small kernels a step, mostly the RMSNorms (four
 per layer, about ten kernels each), soft-capped attention, rotary embeddings and the gated activation. The
-functions below do exactly transformers' arithmetic for those pieces; compiled, each becomes one or two
+functions below do the same operations as transformers for those pieces; compiled, each becomes one or two
 Triton kernels, and the step took 8.1 ms (``bench/fusion_probe.py``); a whole generation pass went from
 1.99 to 1.33 s (Gemma-2-9B shape) and from 1.14 to 0.89 s (Qwen2.5-7B shape) on the H200 (``BENCHMARKS.md``).
 
@@ -19,6 +19,12 @@ direction's forward passes run transformers' own code, and the compiled shapes s
 length). Outside a decode step every patched forward calls the original. On by default where the decode
 runs on CUDA; ``PHASEGATE_FUSED=0`` turns it off, ``PHASEGATE_FUSED=1`` turns it on for CPU too (tests
 use a compile backend that needs no C++ toolchain, see :data:`COMPILE_BACKEND`).
+
+Numerics: run eagerly, each function equals the module it replaces bit for bit (tests). Compiled, Inductor
+may keep an intermediate in float32 where eager rounds it to bf16, so on a bf16 GPU model fused and unfused
+decoding can pick different tokens. Method parity is unaffected: the baseline and every method decode with
+the same kernels. The switch below is process-wide state: decoding is single-threaded (nnsight's workers are
+greenlets on the decoding thread).
 """
 
 from __future__ import annotations
@@ -38,14 +44,25 @@ from torch import nn
 from .events import log
 
 COMPILE_BACKEND: str | Callable[..., Any] = "inductor"
-"""What ``torch.compile`` builds with; tests set ``"aot_eager"`` (same tracing, no Triton or C++ build)."""
+"""What ``torch.compile`` builds with; tests set ``"eager"`` (same tracing, no Triton or C++ build)."""
 
 COMPILE_SECONDS: list[float] = [0.0]
 """Wall seconds spent in calls that compiled (one-time, per process and shape); read by the runner."""
 
 FAILURES: list[str] = []
 """Why compiling failed, if it did (e.g. no C compiler for Triton's launcher); then every piece runs
-uncompiled for the rest of the process, the same arithmetic with more kernels."""
+uncompiled for the rest of the process, the same operations with more kernels."""
+
+# Compiled-graph variants per function (shapes x modes) before dynamo gives up; its default, 8, is reached
+# by a process that decodes several batch sizes in both deterministic modes.
+_RECOMPILE_LIMIT = 64
+# Errors that mean "this function cannot be compiled here"; anything else is a real error and propagates.
+_COMPILE_ERRORS: tuple[type[BaseException], ...] = (
+    torch._dynamo.exc.BackendCompilerFailed,
+    torch._dynamo.exc.Unsupported,
+    torch._dynamo.exc.InternalTorchDynamoError,
+    torch._dynamo.exc.FailOnRecompileLimitHit,
+)
 
 _state = {"active": False}
 _compiled: dict[Callable[..., Any], Callable[..., Any]] = {}
@@ -74,14 +91,22 @@ def decode_steps(enabled: bool) -> Iterator[None]:
 
 
 def _compile(fn: Callable[..., Any]) -> Callable[..., Any]:
-    if torch.are_deterministic_algorithms_enabled():
-        # Skip Inductor's on-device benchmarking where it would pick kernels (and so rounding) by timing.
-        import torch._inductor.config as inductor_config
-
-        inductor_config.deterministic = True
     compiled = torch.compile(fn, fullgraph=True, backend=COMPILE_BACKEND)
     _compiled[fn] = compiled
     return compiled
+
+
+def _run_compiled(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    import torch._inductor.config as inductor_config
+
+    # Inductor's deterministic mode skips on-device benchmarking where timing would pick kernels (and so
+    # rounding); it follows the mode of the call that compiles, whichever mode compiled first.
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    with (
+        torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT),
+        inductor_config.patch(deterministic=deterministic),
+    ):
+        return (_compiled.get(fn) or _compile(fn))(*args, **kwargs)
 
 
 def _graphs_compiled() -> int:
@@ -99,12 +124,10 @@ def kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
             return fn(*args, **kwargs)
         before, started = _graphs_compiled(), time.perf_counter()
         try:
-            out = (_compiled.get(fn) or _compile(fn))(*args, **kwargs)
-        except torch.OutOfMemoryError:
-            raise
-        except Exception as err:
+            out = _run_compiled(fn, *args, **kwargs)
+        except _COMPILE_ERRORS as err:
             if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-                raise  # a recompile inside a CUDA graph capture: the decoder warms up and captures again
+                raise  # inside a CUDA graph capture: the decoder warms up and captures again
             FAILURES.append(f"{fn.__name__}: {type(err).__name__}: {err}")
             log(f"fused kernels off for this process, compiling failed: {FAILURES[-1]}")
             return fn(*args, **kwargs)
@@ -115,7 +138,7 @@ def kernel(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-# The pure functions: transformers' arithmetic, op for op (tests compare them bit for bit in eager mode).
+# The pure functions: transformers' operations, op for op (tests compare them bit for bit in eager mode).
 
 
 @kernel
@@ -221,11 +244,13 @@ def _patch_norm(module: nn.Module, fn: Callable[..., torch.Tensor], eps_attr: st
 
 def _patch_mlp(module: nn.Module, gate_fn: Callable[..., torch.Tensor]) -> None:
     original = module.forward
-    gate, up, down = (cast(nn.Module, getattr(module, n)) for n in ("gate_proj", "up_proj", "down_proj"))
 
     def forward(x: torch.Tensor) -> torch.Tensor:
-        if not _state["active"]:
+        act = cast(nn.Module, module.act_fn)
+        # The fused path never calls act_fn, so anything hooked on it gets the original forward.
+        if not _state["active"] or act._forward_hooks or act._forward_pre_hooks:
             return cast(torch.Tensor, original(x))
+        gate, up, down = (cast(nn.Module, getattr(module, n)) for n in ("gate_proj", "up_proj", "down_proj"))
         return cast(torch.Tensor, down(gate_fn(gate(x), up(x))))
 
     module.forward = forward
