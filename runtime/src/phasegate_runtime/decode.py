@@ -189,8 +189,7 @@ def grouped_eager_attention(
     """
     if scaling is None:
         scaling = float(getattr(module, "head_dim", query.shape[-1])) ** -0.5
-    out, weights = fused.grouped_attention(query, key, value, attention_mask, float(scaling), softcap)
-    return out, weights
+    return fused.grouped_attention(query, key, value, attention_mask, float(scaling), softcap)  # type: ignore[no-any-return]
 
 
 _GROUPED_EAGER = "phasegate_grouped_eager"

@@ -100,7 +100,7 @@ def _run_compiled(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     import torch._inductor.config as inductor_config
 
     # Inductor's deterministic mode skips on-device benchmarking where timing would pick kernels (and so
-    # rounding); it follows the mode of the call that compiles, whichever mode compiled first.
+    # rounding); each compile follows the mode of the call that triggers it.
     deterministic = torch.are_deterministic_algorithms_enabled()
     with (
         torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT),
@@ -256,15 +256,13 @@ def _patch_mlp(module: nn.Module, gate_fn: Callable[..., torch.Tensor]) -> None:
     module.forward = forward
 
 
-def _patch_rotary(model_type: str) -> bool:
+def _patch_rotary(model_type: str) -> None:
     """transformers' attention looks ``apply_rotary_pos_emb`` up in its modeling module at call time; the
     module's function is swapped (process-wide, once) for one that calls it unchanged outside decode steps."""
     modeling = sys.modules.get(f"transformers.models.{model_type}.modeling_{model_type}")
     original = getattr(modeling, "apply_rotary_pos_emb", None)
-    if modeling is None or original is None:
-        return False
-    if getattr(original, _PATCHED, False):
-        return True
+    if modeling is None or original is None or getattr(original, _PATCHED, False):
+        return
 
     @functools.wraps(original)
     def apply_rotary_pos_emb(*args: Any, **kwargs: Any) -> Any:
@@ -272,30 +270,23 @@ def _patch_rotary(model_type: str) -> bool:
 
     setattr(apply_rotary_pos_emb, _PATCHED, True)
     modeling.apply_rotary_pos_emb = apply_rotary_pos_emb  # type: ignore[attr-defined]
-    return True
 
 
-def install_fused_kernels(model: nn.Module) -> dict[str, int]:
+def install_fused_kernels(model: nn.Module) -> None:
     """Give this model's norms, gated MLPs and rotary embedding their fused decode-step versions.
 
     Patches instance ``forward``s, before any steering library wraps the model (nnsight keeps an instance
-    forward as the body it calls). Idempotent. Returns how many pieces of each kind were patched.
+    forward as the body it calls). Idempotent.
     """
-    counts = {"norms": 0, "mlps": 0, "rotary": 0}
     if getattr(model, _PATCHED, False):
-        return counts
+        return
     for module in model.modules():
         name = type(module).__name__
         if name in _NORMS:
-            fn, eps_attr = _NORMS[name]
-            _patch_norm(module, fn, eps_attr)
-            counts["norms"] += 1
+            _patch_norm(module, *_NORMS[name])
         elif name in _MLPS and (gate_fn := _gate_function(cast(nn.Module, module.act_fn))) is not None:
             _patch_mlp(module, gate_fn)
-            counts["mlps"] += 1
-    config = getattr(model, "config", None)
-    model_type = str(getattr(config, "model_type", ""))
-    if model_type in _ROTARY_MODEL_TYPES and _patch_rotary(model_type):
-        counts["rotary"] = 1
+    model_type = str(getattr(getattr(model, "config", None), "model_type", ""))
+    if model_type in _ROTARY_MODEL_TYPES:
+        _patch_rotary(model_type)
     setattr(model, _PATCHED, True)
-    return counts
