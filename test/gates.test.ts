@@ -15,17 +15,12 @@ import {
 } from '../client/phases';
 import { phaseResult, recordHistory, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
 import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
+import { rejection } from './helpers/errors';
 
 const server = serverPerFile();
 
-async function refusal(p: Promise<unknown>): Promise<PhaseError> {
-  try {
-    await p;
-  } catch (err) {
-    if (err instanceof PhaseError) return err;
-    throw err;
-  }
-  throw new Error('expected the decision to be refused');
+function refusal(p: Promise<unknown>): Promise<PhaseError> {
+  return rejection(p, PhaseError);
 }
 
 test('refuses an approval from an unlisted approver, and non-positive or non-finite amounts, with reasons', async () => {

@@ -11,6 +11,7 @@ import { createInterface } from 'node:readline';
 import { repoRoot } from '../common/config';
 import { BackendError, type BackendContext, type BackendJob } from '../activities/backends/backend';
 import { modalBackendFromEnv } from '../activities/backends/modal';
+import { rejection } from './helpers/errors';
 
 /** Each launcher answers in well under a second here; a test that waits longer is a launcher polling forever. */
 const TEST_TIMEOUT_MS = 30_000;
@@ -76,14 +77,8 @@ function callOf(state: FakeState, id: string): FakeState['calls'][string] {
   return call;
 }
 
-async function failure(promise: Promise<unknown>): Promise<BackendError> {
-  try {
-    await promise;
-  } catch (err) {
-    if (err instanceof BackendError) return err;
-    throw err;
-  }
-  throw new Error('expected the backend to fail');
+function failure(promise: Promise<unknown>): Promise<BackendError> {
+  return rejection(promise, BackendError);
 }
 
 /** A launcher that is killed outright after spawning, as it would be with its worker (SIGKILL, no cleanup). */
