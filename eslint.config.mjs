@@ -1,4 +1,4 @@
-// ESLint flat config. Workflow code runs in Temporal's deterministic sandbox: it must not import Node
+// ESLint flat config. Workflow code (workflows/ and the pure domain/ modules it imports) runs in Temporal's deterministic sandbox: it must not import Node
 // built-ins (no I/O, no clocks of its own) and must not leave promises floating, or replays diverge.
 import js from '@eslint/js';
 import tseslint from 'typescript-eslint';
@@ -18,7 +18,7 @@ export default tseslint.config(
     },
   },
   {
-    files: ['workflows/**/*.ts'],
+    files: ['workflows/**/*.ts', 'domain/**/*.ts'],
     rules: {
       '@typescript-eslint/no-restricted-imports': [
         'error',

@@ -4,7 +4,8 @@
  * from data only. Pure: the freeze activity gathers the data and writes the file.
  */
 import type { FreezeInput } from './types';
-import type { LedgerEntry, ModelScore, PhaseState, RateStat } from '../workflows/definitions';
+import type { LedgerEntry, ModelScore, PhaseState, RateStat, SignatureRecord } from '../workflows/definitions';
+import { formatMicros } from '../domain/money';
 import { spentUsd } from '../workflows/phase-logic';
 
 export interface ModelArtifactRef {
@@ -73,9 +74,10 @@ function ledgerTable(ledger: LedgerEntry[]): string {
 }
 
 function gates(state: PhaseState): string {
-  const approvals = state.budget.approvals.map((a) => `- Budget approved by **${a.by}**: $${a.usd.toFixed(2)} (${a.at})${a.note ? ` — ${a.note}` : ''}`);
+  const signed = (s: SignatureRecord): string => `signature verified, key \`${s.keyFingerprint}\``;
+  const approvals = state.budget.approvals.map((a) => `- Budget approved by **${a.by}**: ${formatMicros(a.usdMicros)} (${a.at}; ${signed(a.signature)})${a.note ? ` — ${cell(a.note)}` : ''}`);
   const review = state.review
-    ? `- Review: **${state.review.verdict}** by **${state.review.by}** (${state.review.at})${state.review.ref ? `, ref ${state.review.ref}` : ''}${state.review.notes ? ` — ${state.review.notes}` : ''}`
+    ? `- Review: **${state.review.verdict}** by **${state.review.by}** (${state.review.at}; ${signed(state.review.signature)})${state.review.ref ? `, ref ${cell(state.review.ref)}` : ''}${state.review.notes ? ` — ${cell(state.review.notes)}` : ''}`
     : '- Review: none recorded';
   const reminders = state.events.filter((e) => e.kind === 'reminder').map((e) => `- Reminder: ${e.message} (${e.at})`);
   return [...approvals, review, ...reminders].join('\n');

@@ -136,7 +136,7 @@ export function freezePhase(deps: { artifactsDir: string; repoRoot: string }, fr
   }
 
   if (state.score !== null) copyFileSync(state.score.scorePath, path.join(dir, 'score.json'));
-  write(path.join(dir, 'phase.json'), `${JSON.stringify({ phaseId: input.phaseId, protocolHash: input.protocolHash, protocol: p, prompts: input.prompts, pricing: input.pricing, git, state }, null, 2)}\n`);
+  write(path.join(dir, 'phase.json'), `${JSON.stringify({ phaseId: input.phaseId, protocolHash: input.protocolHash, protocol: p, prompts: input.prompts, pricing: input.pricing, people: input.people, git, state }, null, 2)}\n`);
   write(path.join(dir, 'parity.svg'), parityChart(state.score?.models ?? [], p.parity.min_cosine));
   write(
     path.join(dir, 'cost.svg'),

@@ -1,6 +1,7 @@
 /**
- * `bin/phasegate`: start phases, decide at their gates, query, wait, verify. Exit codes: 0 success, 2 invalid
- * input or a refused decision (the message says why), 1 anything else.
+ * `bin/phasegate`: start phases, decide at their gates (each decision signed with the person's own key), query,
+ * wait, verify. Exit codes (client/errors.ts): 0 success, 2 invalid input or a refused decision (the message
+ * names the field or says why), 1 anything else. No error ever prints a stack trace.
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { readFileSync } from 'node:fs';
@@ -9,11 +10,17 @@ import { ConfigError, parseEnv, type Env } from '../common/config';
 import { createLogger } from '../common/logger';
 import { connectionSettings } from '../common/temporal-connection';
 import { ACTIVE_STATUSES, TERMINAL_STATUSES, type PhaseStatus, type ReviewVerdict } from '../workflows/definitions';
+import { decisionShapeProblem, type DecisionContent, type DecisionKind, type SignedDecision } from '../domain/decisions';
+import { parseUsd } from '../domain/money';
 import { connectClient } from './connection';
+import { defaultKeysDir, loadPrivateKey, newKey, showKey, signDecision } from './keys';
+import { issueToken, revokeToken, tokenStorePath } from './tokens';
 import { renderLedger, renderPlan, renderStatus } from './render';
 import {
   approveBudget,
   cancelPhase,
+  checkPhaseId,
+  decisionTarget,
   getPlan,
   getState,
   getStatus,
@@ -24,9 +31,11 @@ import {
   reopenPhase,
   startPhase,
   submitReview,
+  verifyFrozenDir,
   verifyPhase,
   waitForStatus,
   type PhaseClient,
+  type PhaseVerification,
 } from './phases';
 
 const USAGE = `usage: phasegate <command> [options]
@@ -36,7 +45,10 @@ const USAGE = `usage: phasegate <command> [options]
   http [--port N]                               HTTP API
   start --protocol FILE [--json]                start a phase (idempotent); prints the phase id last
   id --protocol FILE                            the phase id a protocol file gives (validates it; no server)
-  approve-budget ID --usd N --by NAME [--note T]
+  keys new NAME                                 make NAME's Ed25519 key pair; prints the public key last
+  keys show NAME                                print NAME's public key
+  tokens issue NAME | tokens revoke NAME        NAME's bearer token for the HTTP API (printed once, stored hashed)
+  approve-budget ID --usd N --by NAME [--note T]          (each decision is signed with NAME's key)
   reject-budget ID --by NAME --reason T
   review ID --verdict approved|advised|changes-requested --by NAME [--ref T] [--notes T]
   plan ID [--json]                              the run plan a reviewer reads
@@ -44,7 +56,7 @@ const USAGE = `usage: phasegate <command> [options]
   wait ID --for STATE [--timeout S]
   ledger ID [--json]
   report ID                                     print the closeout report of a frozen phase
-  verify ID                                     recompute the manifest of a frozen phase
+  verify ID | verify --dir DIR                  check a frozen phase: manifest and every signed decision
   reopen ID --defect T                          start a new phase linked to a frozen one
   cancel ID
   list [--json]
@@ -64,6 +76,7 @@ const options = {
   for: { type: 'string' },
   timeout: { type: 'string' },
   defect: { type: 'string' },
+  dir: { type: 'string' },
   'state-dir': { type: 'string' },
   port: { type: 'string' },
   help: { type: 'boolean', short: 'h' },
@@ -71,7 +84,7 @@ const options = {
 
 type Values = ReturnType<typeof parseArgs<{ options: typeof options; allowPositionals: true }>>['values'];
 
-const usage = (why: string): PhaseError => new PhaseError(`${why}\n\n${USAGE}`, 2);
+const usage = (why: string): PhaseError => new PhaseError('invalid', `${why}\n\n${USAGE}`);
 
 type StringOption = { [K in keyof typeof options]: (typeof options)[K]['type'] extends 'string' ? K : never }[keyof typeof options];
 
@@ -84,35 +97,76 @@ function required(values: Values, name: StringOption): string {
 function phaseIdArg(positionals: string[]): string {
   const id = positionals[1];
   if (id === undefined) throw usage(`${positionals[0] ?? 'command'}: the phase ID is required`);
-  return id;
+  return checkPhaseId(id);
 }
 
-function parseUsd(raw: string): number {
-  const usd = Number(raw);
-  if (raw.trim() === '' || !Number.isFinite(usd) || usd <= 0) throw new PhaseError(`--usd: must be a positive, finite amount in dollars, got "${raw}"`, 2);
-  return usd;
+function nameArg(positionals: string[]): string {
+  const name = positionals[2];
+  if (name === undefined) throw usage(`${positionals[0]} ${positionals[1]}: NAME is required`);
+  return name;
+}
+
+function usdArg(raw: string): string {
+  const usd = parseUsd(raw);
+  if ('error' in usd) throw new PhaseError('invalid', `--usd: ${usd.error}`);
+  return raw;
+}
+
+/**
+ * Signs a decision with NAME's key and sends it. The key is read before anything is sent, so a missing or
+ * exposed key stops the command with exit 2; the phase's protocol hash comes from the phase itself.
+ */
+async function signAndSend<K extends DecisionKind>(
+  env: Readonly<Env>,
+  withClient: WithClient,
+  kind: K,
+  phaseId: string,
+  by: string,
+  content: DecisionContent[K],
+  send: (pc: PhaseClient, d: SignedDecision<K>) => Promise<{ applied: boolean; status: string; approvedUsd: number }>,
+): Promise<{ applied: boolean; status: string; approvedUsd: number }> {
+  const key = loadPrivateKey(env.PHASEGATE_KEYS_DIR ?? defaultKeysDir(), by);
+  return withClient(async (pc) => {
+    const target = await decisionTarget(pc, phaseId);
+    const decision = signDecision(key, { kind, ...target, by, content });
+    const problem = decisionShapeProblem(decision, kind);
+    if (problem !== null) throw new PhaseError('invalid', problem);
+    return send(pc, decision);
+  });
 }
 
 const VERDICTS: Record<string, ReviewVerdict> = { approved: 'APPROVED', advised: 'ADVISED', 'changes-requested': 'CHANGES_REQUESTED' };
 const STATUSES: readonly string[] = [...ACTIVE_STATUSES, ...TERMINAL_STATUSES];
 
-const print = (line: string): void => {
-  process.stdout.write(`${line}\n`);
-};
-const printJson = (value: unknown): void => print(JSON.stringify(value, null, 2));
+/** Runs `fn` on a Temporal client for this one command, closed afterwards. */
+type WithClient = <T>(fn: (pc: PhaseClient) => Promise<T>) => Promise<T>;
 
-async function withClient<T>(env: Readonly<Env>, fn: (pc: PhaseClient) => Promise<T>): Promise<T> {
-  const client = await connectClient(connectionSettings(env)).catch((err: unknown) => {
-    throw new PhaseError(`cannot reach Temporal at ${connectionSettings(env).address}: ${(err as Error).message}. Is \`bin/phasegate server\` running?`, 1);
-  });
-  try {
-    return await fn({ client, taskQueue: env.PHASEGATE_TASK_QUEUE });
-  } finally {
-    await client.connection.close();
-  }
+function clientRunner(env: Readonly<Env>, connect: CliIo['connect']): WithClient {
+  return async (fn) => {
+    const settings = connectionSettings(env);
+    const client = await connect(settings).catch((err: unknown) => {
+      throw new PhaseError('unavailable', `cannot reach Temporal at ${settings.address}: ${(err as Error).message}. Is \`bin/phasegate server\` running?`);
+    });
+    try {
+      return await fn({ client, taskQueue: env.PHASEGATE_TASK_QUEUE });
+    } finally {
+      await client.connection.close();
+    }
+  };
 }
 
-export async function main(argv: string[]): Promise<number> {
+/** Where a command reads its environment, connects and writes: the process by default, something else in tests. */
+export interface CliIo {
+  environment: NodeJS.ProcessEnv;
+  connect: typeof connectClient;
+  stdout: (text: string) => void;
+}
+
+const processIo: CliIo = { environment: process.env, connect: connectClient, stdout: (text) => process.stdout.write(text) };
+
+export async function main(argv: string[], io: CliIo = processIo): Promise<number> {
+  const print = (line: string): void => io.stdout(`${line}\n`);
+  const printJson = (value: unknown): void => print(JSON.stringify(value, null, 2));
   let parsed;
   try {
     parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
@@ -125,9 +179,12 @@ export async function main(argv: string[]): Promise<number> {
     print(USAGE);
     return command === undefined && !values.help ? 2 : 0;
   }
-  if (values['state-dir'] !== undefined) process.env.PHASEGATE_STATE_DIR = values['state-dir'];
-  if (values.port !== undefined) process.env.PHASEGATE_HTTP_PORT = values.port;
-  const env = parseEnv();
+  const env = parseEnv({
+    ...io.environment,
+    ...(values['state-dir'] !== undefined ? { PHASEGATE_STATE_DIR: values['state-dir'] } : {}),
+    ...(values.port !== undefined ? { PHASEGATE_HTTP_PORT: values.port } : {}),
+  });
+  const withClient = clientRunner(env, io.connect);
   const logger = createLogger({ level: env.LOG_LEVEL, format: env.LOG_FORMAT });
 
   switch (command) {
@@ -148,7 +205,7 @@ export async function main(argv: string[]): Promise<number> {
     }
     case 'start': {
       const loaded = readProtocolOrThrow(required(values, 'protocol'));
-      const result = await withClient(env, (pc) => startPhase(pc, loaded));
+      const result = await withClient((pc) => startPhase(pc, loaded));
       if (values.json) printJson(result);
       else {
         print(result.started ? `started phase ${result.phaseId} (protocol ${result.protocolHash.slice(0, 12)})` : `phase already running: ${result.phaseId}`);
@@ -160,36 +217,70 @@ export async function main(argv: string[]): Promise<number> {
       print(readProtocolOrThrow(required(values, 'protocol')).phaseId);
       return 0;
     }
+    case 'keys': {
+      const dir = env.PHASEGATE_KEYS_DIR ?? defaultKeysDir();
+      const sub = positionals[1];
+      if (sub === 'new') {
+        const name = nameArg(positionals);
+        const publicKey = newKey(dir, name);
+        process.stderr.write(`private key written to ${dir}/${name}.key (mode 0600); name ${name} with this public key in a protocol's people:\n`);
+        print(publicKey);
+        return 0;
+      }
+      if (sub === 'show') {
+        print(showKey(dir, nameArg(positionals)));
+        return 0;
+      }
+      throw usage('keys: use `keys new NAME` or `keys show NAME`');
+    }
+    case 'tokens': {
+      const store = tokenStorePath(env);
+      const sub = positionals[1];
+      if (sub === 'issue') {
+        const name = nameArg(positionals);
+        const token = issueToken(store, name);
+        process.stderr.write(`bearer token for ${name} (shown once; only its hash is kept in ${store}):\n`);
+        print(token);
+        return 0;
+      }
+      if (sub === 'revoke') {
+        const name = nameArg(positionals);
+        print(revokeToken(store, name) ? `revoked the token of ${name}` : `${name} had no token`);
+        return 0;
+      }
+      throw usage('tokens: use `tokens issue NAME` or `tokens revoke NAME`');
+    }
     case 'approve-budget': {
       const id = phaseIdArg(positionals);
-      const usd = parseUsd(required(values, 'usd'));
-      const r = await withClient(env, (pc) => approveBudget(pc, id, { by: required(values, 'by'), usd, note: values.note ?? '' }));
+      const usd = usdArg(required(values, 'usd'));
+      const r = await signAndSend(env, withClient, 'approve-budget', id, required(values, 'by'), { usd, note: values.note ?? '' }, (pc, d) => approveBudget(pc, d));
       print(r.applied ? `budget approved: $${r.approvedUsd.toFixed(2)} (phase ${r.status})` : `already applied: budget $${r.approvedUsd.toFixed(2)} (phase ${r.status})`);
       return 0;
     }
     case 'reject-budget': {
       const id = phaseIdArg(positionals);
-      const r = await withClient(env, (pc) => rejectBudget(pc, id, { by: required(values, 'by'), reason: required(values, 'reason') }));
+      const r = await signAndSend(env, withClient, 'reject-budget', id, required(values, 'by'), { reason: required(values, 'reason') }, (pc, d) => rejectBudget(pc, d));
       print(r.applied ? 'budget rejected' : 'already applied: budget rejected');
       return 0;
     }
     case 'review': {
       const id = phaseIdArg(positionals);
       const verdict = VERDICTS[required(values, 'verdict').toLowerCase()];
-      if (verdict === undefined) throw new PhaseError(`--verdict: must be one of ${Object.keys(VERDICTS).join(', ')}`, 2);
-      const r = await withClient(env, (pc) => submitReview(pc, id, { by: required(values, 'by'), verdict, ref: values.ref ?? '', notes: values.notes ?? '' }));
+      if (verdict === undefined) throw new PhaseError('invalid', `--verdict: must be one of ${Object.keys(VERDICTS).join(', ')}`);
+      const content = { verdict, ref: values.ref ?? '', notes: values.notes ?? '' };
+      const r = await signAndSend(env, withClient, 'review', id, required(values, 'by'), content, (pc, d) => submitReview(pc, d));
       print(r.applied ? `review recorded: ${verdict}` : `already applied: review ${verdict}`);
       return 0;
     }
     case 'plan': {
       const id = phaseIdArg(positionals);
-      const plan = await withClient(env, (pc) => getPlan(pc, id));
+      const plan = await withClient((pc) => getPlan(pc, id));
       print(values.json ? JSON.stringify(plan, null, 2) : renderPlan(plan));
       return 0;
     }
     case 'status': {
       const id = phaseIdArg(positionals);
-      return withClient(env, async (pc) => {
+      return withClient(async (pc) => {
         for (;;) {
           const view = await getStatus(pc, id);
           if (values.json) printJson(view);
@@ -203,11 +294,11 @@ export async function main(argv: string[]): Promise<number> {
     case 'wait': {
       const id = phaseIdArg(positionals);
       const target = required(values, 'for').toUpperCase();
-      if (!STATUSES.includes(target)) throw new PhaseError(`--for: must be one of ${STATUSES.join(', ')}`, 2);
-      const timeout = values.timeout === undefined ? 3600 : Number(values.timeout);
-      if (!Number.isFinite(timeout) || timeout <= 0) throw new PhaseError('--timeout: must be a positive number of seconds', 2);
+      if (!STATUSES.includes(target)) throw new PhaseError('invalid', `--for: must be one of ${STATUSES.join(', ')}`);
+      const timeout = values.timeout === undefined ? 3600 : /^[0-9]{1,7}$/.test(values.timeout) ? Number(values.timeout) : Number.NaN;
+      if (!(timeout > 0)) throw new PhaseError('invalid', '--timeout: must be a whole number of seconds, 1 to 9999999');
       let last = '';
-      await withClient(env, (pc) =>
+      await withClient((pc) =>
         waitForStatus(pc, id, target as PhaseStatus, timeout, async (s) => {
           // While a model runs, its units come from the attempt's heartbeat (status), one line per change.
           const running = s.models.find((m) => m.status === 'running');
@@ -225,41 +316,60 @@ export async function main(argv: string[]): Promise<number> {
     }
     case 'ledger': {
       const id = phaseIdArg(positionals);
-      const state = await withClient(env, (pc) => getState(pc, id));
+      const state = await withClient((pc) => getState(pc, id));
       print(values.json ? JSON.stringify({ estimate: state.estimate, approvedUsd: state.budget.approvedUsd, ledger: state.ledger }, null, 2) : renderLedger(state));
       return 0;
     }
     case 'report': {
       const id = phaseIdArg(positionals);
-      const state = await withClient(env, (pc) => getState(pc, id));
-      if (state.freeze === null) throw new PhaseError(`phase ${id} is ${state.status}: the report is written when it freezes`, 2);
-      print(readFileSync(state.freeze.reportPath, 'utf8'));
+      const state = await withClient((pc) => getState(pc, id));
+      if (state.freeze === null) throw new PhaseError('refused', `phase ${id} is ${state.status}: the report is written when it freezes`);
+      let report: string;
+      try {
+        report = readFileSync(state.freeze.reportPath, 'utf8');
+      } catch (err) {
+        throw new PhaseError('failed', `the report of ${id} cannot be read at ${state.freeze.reportPath} (${(err as NodeJS.ErrnoException).code ?? 'error'}); \`phasegate verify ${id}\` checks the frozen folder`);
+      }
+      print(report);
       return 0;
     }
     case 'verify': {
-      const id = phaseIdArg(positionals);
-      const report = await withClient(env, (pc) => verifyPhase(pc, id));
+      let report: PhaseVerification;
+      let label: string;
+      if (values.dir !== undefined) {
+        // Offline: no Temporal, the folder alone (the manifest's own sha256 is then not checked against history).
+        report = verifyFrozenDir(values.dir);
+        label = values.dir;
+      } else {
+        label = phaseIdArg(positionals);
+        report = await withClient((pc) => verifyPhase(pc, label));
+      }
       for (const f of report.changed) print(`CHANGED    ${path.join(report.dir, f)}`);
       for (const f of report.missing) print(`MISSING    ${path.join(report.dir, f)}`);
       for (const f of report.unexpected) print(`UNEXPECTED ${path.join(report.dir, f)}`);
-      print(report.ok ? `OK: ${report.checked} files match the manifest in ${report.dir}` : `FAILED: the artifacts of ${id} no longer match their manifest`);
+      for (const problem of report.decisions.problems) print(`DECISION   ${problem}`);
+      print(
+        report.ok
+          ? `OK: ${report.checked} files match the manifest in ${report.dir}; ${report.decisions.checked} signed decision(s) verified`
+          : `FAILED: the artifacts of ${label} no longer match their manifest or signatures`,
+      );
       return report.ok ? 0 : 1;
     }
     case 'reopen': {
       const id = phaseIdArg(positionals);
-      const result = await withClient(env, (pc) => reopenPhase(pc, id, required(values, 'defect')));
+      const result = await withClient((pc) => reopenPhase(pc, id, required(values, 'defect')));
       print(`reopened ${id} as a new phase`);
       print(result.phaseId);
       return 0;
     }
     case 'cancel': {
       const id = phaseIdArg(positionals);
-      await withClient(env, (pc) => cancelPhase(pc, id));
+      await withClient((pc) => cancelPhase(pc, id));
       print(`cancellation requested for ${id}`);
       return 0;
     }
     case 'list': {
-      const phases = await withClient(env, (pc) => listPhases(pc));
+      const phases = await withClient((pc) => listPhases(pc));
       if (values.json) printJson(phases);
       else for (const p of phases) print(`${p.phaseId.padEnd(48)} ${p.status.padEnd(18)} ${p.workflowStatus.padEnd(10)} ${p.startTime}`);
       return 0;
@@ -269,18 +379,28 @@ export async function main(argv: string[]): Promise<number> {
   }
 }
 
+/** What the person sees of an error: its message and the exit code of its kind; a stack trace only with LOG_LEVEL=debug. */
+export function reportError(err: unknown, write: (line: string) => void = (l) => process.stderr.write(l)): 1 | 2 {
+  if (err instanceof PhaseError) {
+    write(`phasegate: ${err.message}\n`);
+    return err.exitCode;
+  }
+  if (err instanceof ConfigError) {
+    write(`phasegate: ${err.message}\n`);
+    return 2;
+  }
+  const message = err instanceof Error ? err.message : String(err);
+  write(`phasegate: unexpected error: ${message.split('\n')[0]}\n`);
+  if (process.env.LOG_LEVEL === 'debug' && err instanceof Error && err.stack) write(`${err.stack}\n`);
+  return 1;
+}
+
 if (require.main === module) {
   main(process.argv.slice(2))
     .then((code) => {
       process.exitCode = code;
     })
     .catch((err: unknown) => {
-      if (err instanceof PhaseError || err instanceof ConfigError) {
-        process.stderr.write(`phasegate: ${err.message}\n`);
-        process.exitCode = err instanceof PhaseError ? err.exitCode : 2;
-      } else {
-        process.stderr.write(`phasegate: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`);
-        process.exitCode = 1;
-      }
+      process.exitCode = reportError(err);
     });
 }

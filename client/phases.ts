@@ -3,6 +3,7 @@
  * cancel, reopen, verify. Errors meant for the user are PhaseError with the exit code the CLI uses.
  */
 import {
+  QueryNotRegisteredError,
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
   WorkflowUpdateFailedError,
@@ -10,10 +11,13 @@ import {
   type WorkflowHandle,
 } from '@temporalio/client';
 import { ApplicationFailure, defaultPayloadConverter, WorkflowIdReusePolicy, type UpdateDefinition } from '@temporalio/common';
+import type { DecisionKind, SignedDecision } from '../domain/decisions';
+import { protocolHashOf } from '../domain/lock';
 import { createHash } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { verifyManifest, type VerifyReport } from '../activities/manifest';
-import { loadProtocol, ProtocolError, type LoadedProtocol } from '../protocols/load';
+import { loadProtocol, ProtocolError, type LoadedProtocol, type LoadOptions } from '../protocols/load';
 import {
   approveBudgetUpdate,
   isTerminal,
@@ -34,18 +38,10 @@ import {
   type SubmitReviewInput,
 } from '../workflows/definitions';
 import { phaseWorkflow } from '../workflows/phase';
-import { spentUsd } from '../workflows/phase-logic';
+import { decisionRecordProblems, spentUsd } from '../workflows/phase-logic';
+import { PhaseError } from './errors';
 
-export class PhaseError extends Error {
-  override readonly name = 'PhaseError';
-  constructor(
-    message: string,
-    /** 2: invalid input or a refused decision; 1: anything else. */
-    readonly exitCode: 1 | 2,
-  ) {
-    super(message);
-  }
-}
+export { PhaseError } from './errors';
 
 export interface PhaseClient {
   client: Client;
@@ -62,13 +58,21 @@ export interface StartResult {
   protocolHash: string;
 }
 
-export function readProtocolOrThrow(file: string): LoadedProtocol {
+export function readProtocolOrThrow(file: string, options: LoadOptions = {}): LoadedProtocol {
   try {
-    return loadProtocol(file);
+    return loadProtocol(file, options);
   } catch (err) {
-    if (err instanceof ProtocolError) throw new PhaseError(err.message, 2);
+    if (err instanceof ProtocolError) throw new PhaseError('invalid', err.message);
     throw err;
   }
+}
+
+/** A phase id as phasegate makes them; checked before it is sent anywhere. */
+export const PHASE_ID = /^[a-z0-9][a-z0-9-]{0,199}$/;
+
+export function checkPhaseId(id: string): string {
+  if (!PHASE_ID.test(id)) throw new PhaseError('invalid', 'ID: must be a phase id (lowercase letters, digits and dashes, as `start` prints it)');
+  return id;
 }
 
 /** Phases named in `requires_frozen` must have a FROZEN run; otherwise starting is refused with the reason. */
@@ -95,7 +99,7 @@ export async function startPhase(
   const searchable = extra.publishSearchAttributes !== false;
   const unmet = await unmetPrerequisites(pc, loaded.protocol.requires_frozen);
   if (unmet.length > 0) {
-    throw new PhaseError(`refused: requires_frozen: phase(s) ${unmet.join(', ')} must be FROZEN before ${loaded.protocol.phase} may start`, 2);
+    throw new PhaseError('refused', `refused: requires_frozen: phase(s) ${unmet.join(', ')} must be FROZEN before ${loaded.protocol.phase} may start`);
   }
   const priorLedger = await ledgerOfEndedRun(pc, phaseId);
   const input: PhaseInput = {
@@ -105,6 +109,7 @@ export async function startPhase(
     protocolPath: loaded.protocolPath,
     prompts: loaded.prompts,
     pricing: loaded.pricing,
+    people: loaded.people,
     ...(extra.reopenOf ? { reopenOf: extra.reopenOf } : {}),
     ...(extra.continueAsNewAfterEvents ? { continueAsNewAfterEvents: extra.continueAsNewAfterEvents } : {}),
     ...(searchable ? {} : { publishSearchAttributes: false }),
@@ -134,10 +139,10 @@ export async function startPhase(
     const state = await handleOf(pc, phaseId).query(stateQuery).catch(() => null);
     const status = state?.status ?? description.status.name;
     throw new PhaseError(
+      'refused',
       status === 'FROZEN'
         ? `refused: phase ${phaseId} is FROZEN; its artifacts are final. To rerun after a defect: phasegate reopen ${phaseId} --defect "..."`
         : `refused: phase ${phaseId} already ended as ${status}; change the protocol to start a new phase`,
-      2,
     );
   }
 }
@@ -155,58 +160,60 @@ async function ledgerOfEndedRun(pc: PhaseClient, phaseId: string): Promise<Phase
     throw err;
   }
   if (status === 'RUNNING' || status === 'COMPLETED') return [];
-  const state = await handleOf(pc, phaseId).query(stateQuery);
-  return state.ledger;
+  try {
+    return (await handleOf(pc, phaseId).query(stateQuery)).ledger;
+  } catch (err) {
+    // A run whose start input was refused failed before it registered any handler: it ran nothing.
+    if (err instanceof QueryNotRegisteredError) return [];
+    throw err;
+  }
 }
 
 // ---- decisions --------------------------------------------------------------------------------------------------
 /**
- * The update id is derived from the decision, so a CLI retry after a lost reply is de-duplicated by Temporal;
- * the workflow also acknowledges a resent decision without applying it twice.
+ * Sends a signed decision. The update id is derived from the signed decision, so a retry after a lost reply is
+ * de-duplicated by Temporal; the workflow also acknowledges a resent decision without applying it twice. The
+ * workflow's validator checks the signature: a refusal comes back with its reason, and nothing enters history.
  */
-function decisionId(phaseId: string, kind: string, decision: object): string {
-  return `${kind}-${createHash('sha256').update(`${phaseId}\n${kind}\n${JSON.stringify(decision)}`).digest('hex').slice(0, 24)}`;
-}
-
-async function decide<I extends object>(
-  pc: PhaseClient,
-  phaseId: string,
-  kind: string,
-  update: UpdateDefinition<DecisionResult, [I]>,
-  input: I,
-): Promise<DecisionResult> {
+async function decide<K extends DecisionKind>(pc: PhaseClient, update: UpdateDefinition<DecisionResult, [SignedDecision<K>]>, d: SignedDecision<K>): Promise<DecisionResult> {
+  const phaseId = checkPhaseId(d.phaseId);
+  const updateId = `${d.kind}-${createHash('sha256').update(d.signature).digest('hex').slice(0, 24)}`;
   try {
-    return await handleOf(pc, phaseId).executeUpdate(update, { args: [input], updateId: decisionId(phaseId, kind, input) });
+    return await handleOf(pc, phaseId).executeUpdate(update, { args: [d], updateId });
   } catch (err) {
     if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure) {
-      throw new PhaseError(`refused: ${err.cause.message}`, 2);
+      throw new PhaseError('refused', `refused: ${err.cause.message}`);
     }
     throw await explainMissing(pc, phaseId, err);
   }
 }
 
+/** What a person needs to sign a decision for a phase: its id and protocol hash, read from the phase itself. */
+export async function decisionTarget(pc: PhaseClient, phaseId: string): Promise<{ phaseId: string; protocolHash: string }> {
+  const state = await getState(pc, checkPhaseId(phaseId));
+  return { phaseId, protocolHash: state.protocolHash };
+}
+
 /** An approval is given against an estimate: right after a start, wait (briefly) for the estimate to exist. */
-export async function approveBudget(pc: PhaseClient, phaseId: string, i: ApproveBudgetInput, waitSeconds = 60): Promise<DecisionResult> {
+export async function approveBudget(pc: PhaseClient, d: ApproveBudgetInput, waitSeconds = 60): Promise<DecisionResult> {
   const deadline = Date.now() + waitSeconds * 1000;
   for (;;) {
-    const state = await getState(pc, phaseId);
+    const state = await getState(pc, checkPhaseId(d.phaseId));
     if (state.estimate !== null || state.status !== 'AWAITING_BUDGET' || Date.now() > deadline) break;
     await new Promise((r) => setTimeout(r, 250));
   }
-  return decide(pc, phaseId, 'approve-budget', approveBudgetUpdate, i);
+  return decide(pc, approveBudgetUpdate, d);
 }
-export const rejectBudget = (pc: PhaseClient, phaseId: string, i: RejectBudgetInput): Promise<DecisionResult> =>
-  decide(pc, phaseId, 'reject-budget', rejectBudgetUpdate, i);
-export const submitReview = (pc: PhaseClient, phaseId: string, i: SubmitReviewInput): Promise<DecisionResult> =>
-  decide(pc, phaseId, 'review', submitReviewUpdate, i);
+export const rejectBudget = (pc: PhaseClient, d: RejectBudgetInput): Promise<DecisionResult> => decide(pc, rejectBudgetUpdate, d);
+export const submitReview = (pc: PhaseClient, d: SubmitReviewInput): Promise<DecisionResult> => decide(pc, submitReviewUpdate, d);
 
 /** Turns "not found" and "already completed" into messages that say which one it is. */
 async function explainMissing(pc: PhaseClient, phaseId: string, err: unknown): Promise<unknown> {
   try {
     const d = await handleOf(pc, phaseId).describe();
-    if (d.status.name !== 'RUNNING') return new PhaseError(`refused: phase ${phaseId} has ended (${d.status.name}); it takes no decisions`, 2);
+    if (d.status.name !== 'RUNNING') return new PhaseError('refused', `refused: phase ${phaseId} has ended (${d.status.name}); it takes no decisions`);
   } catch (e) {
-    if (e instanceof WorkflowNotFoundError) return new PhaseError(`no phase with id ${phaseId}`, 2);
+    if (e instanceof WorkflowNotFoundError) return new PhaseError('notFound', `no phase with id ${phaseId}`);
   }
   return err;
 }
@@ -238,6 +245,7 @@ export interface StatusView {
 }
 
 export async function getState(pc: PhaseClient, phaseId: string): Promise<PhaseState> {
+  checkPhaseId(phaseId);
   try {
     return await handleOf(pc, phaseId).query(stateQuery);
   } catch (err) {
@@ -303,8 +311,8 @@ export async function waitForStatus(
     const state = await getState(pc, phaseId);
     await onTick?.(state);
     if (state.status === target) return state;
-    if (isTerminal(state.status)) throw new PhaseError(`phase ${phaseId} ended as ${state.status}, not ${target}${state.failure ? `: ${state.failure}` : ''}`, 1);
-    if (Date.now() > deadline) throw new PhaseError(`timed out after ${timeoutSeconds}s waiting for ${target}; phase is ${state.status}`, 1);
+    if (isTerminal(state.status)) throw new PhaseError('failed', `phase ${phaseId} ended as ${state.status}, not ${target}${state.failure ? `: ${state.failure}` : ''}`);
+    if (Date.now() > deadline) throw new PhaseError('failed', `timed out after ${timeoutSeconds}s waiting for ${target}; phase is ${state.status}`);
     await new Promise((r) => setTimeout(r, 1000));
   }
 }
@@ -343,13 +351,14 @@ export async function listPhases(pc: PhaseClient, limit = 100): Promise<PhaseSum
 // ---- reopen and verify --------------------------------------------------------------------------------------------
 /** Starts a new phase linked to a frozen one, from the same protocol file; the frozen artifacts are never touched. */
 export async function reopenPhase(pc: PhaseClient, phaseId: string, defect: string): Promise<StartResult> {
-  if (defect.trim() === '') throw new PhaseError('--defect must describe the defect that justifies a rerun', 2);
+  if (defect.trim() === '') throw new PhaseError('invalid', '--defect must describe the defect that justifies a rerun');
+  if (defect.length > 2000) throw new PhaseError('invalid', '--defect: at most 2000 characters');
   const state = await getState(pc, phaseId);
-  if (state.status !== 'FROZEN') throw new PhaseError(`refused: only a FROZEN phase can be reopened; ${phaseId} is ${state.status}`, 2);
+  if (state.status !== 'FROZEN') throw new PhaseError('refused', `refused: only a FROZEN phase can be reopened; ${phaseId} is ${state.status}`);
   const described = await handleOf(pc, phaseId).describe();
   const input = (await pc.client.workflowService.getWorkflowExecutionHistory({ namespace: pc.client.options.namespace, execution: { workflowId: phaseId, runId: described.runId }, maximumPageSize: 1 })).history?.events?.[0];
   const payload = input?.workflowExecutionStartedEventAttributes?.input?.payloads?.[0]?.data;
-  if (!payload) throw new PhaseError(`cannot read the start input of ${phaseId}`, 1);
+  if (!payload) throw new PhaseError('failed', `cannot read the start input of ${phaseId}`);
   const original = JSON.parse(Buffer.from(payload).toString('utf8')) as PhaseInput;
   // The reopened phase runs the frozen phase's locked protocol, not whatever the file says now; its runs re-check
   // the prompt files against the locked hashes and refuse if they changed.
@@ -360,13 +369,51 @@ export async function reopenPhase(pc: PhaseClient, phaseId: string, defect: stri
     phaseId: original.phaseId,
     prompts: original.prompts,
     pricing: original.pricing,
+    people: original.people,
   };
   const newId = `${phaseId}-reopen-${createHash('sha256').update(defect.trim()).digest('hex').slice(0, 8)}`;
   return startPhase(pc, loaded, { phaseId: newId, reopenOf: { phaseId, defect: defect.trim() } });
 }
 
-export async function verifyPhase(pc: PhaseClient, phaseId: string): Promise<VerifyReport & { dir: string }> {
+export interface PhaseVerification extends VerifyReport {
+  dir: string;
+  /** Every gate decision frozen in phase.json, checked again offline: signer, key, phase, signature. */
+  decisions: { checked: number; problems: string[] };
+}
+
+export async function verifyPhase(pc: PhaseClient, phaseId: string): Promise<PhaseVerification> {
   const state = await getState(pc, phaseId);
-  if (state.freeze === null) throw new PhaseError(`phase ${phaseId} is ${state.status}: nothing frozen to verify`, 2);
-  return { ...verifyManifest(state.freeze.dir, state.freeze.manifestSha256), dir: path.resolve(state.freeze.dir) };
+  if (state.freeze === null) throw new PhaseError('refused', `phase ${phaseId} is ${state.status}: nothing frozen to verify`);
+  return verifyFrozenDir(state.freeze.dir, state.freeze.manifestSha256);
+}
+
+/**
+ * Checks a frozen folder without Temporal: every file against the manifest (and the manifest against the sha256
+ * recorded at freeze, when given), then every decision in phase.json against the roster frozen beside it.
+ */
+export function verifyFrozenDir(dir: string, manifestSha256?: string): PhaseVerification {
+  const files = verifyManifest(dir, manifestSha256);
+  const decisions = verifyFrozenDecisions(dir);
+  return { ...files, ok: files.ok && decisions.problems.length === 0, dir: path.resolve(dir), decisions };
+}
+
+function verifyFrozenDecisions(dir: string): PhaseVerification['decisions'] {
+  let phase: { phaseId: string; protocolHash: string; people: Record<string, string>; state: PhaseState };
+  try {
+    phase = JSON.parse(readFileSync(path.join(dir, 'phase.json'), 'utf8')) as typeof phase;
+  } catch {
+    return { checked: 0, problems: ['phase.json: missing or not valid JSON'] };
+  }
+  if (phase.people === undefined || phase.state?.budget === undefined) return { checked: 0, problems: ['phase.json: holds no roster or decisions (frozen by an older phasegate?)'] };
+  const checked = phase.state.budget.approvals.length + (phase.state.budget.rejection ? 1 : 0) + (phase.state.review ? 1 : 0);
+  const problems = decisionRecordProblems(phase, phase.state);
+  const input = phase as unknown as PhaseInput;
+  const hash = protocolHashOf({
+    protocol: input.protocol,
+    promptSha256: { harmful: input.prompts.harmful.sha256, harmless: input.prompts.harmless.sha256, eval: input.prompts.eval.sha256 },
+    pricing: input.pricing,
+    people: input.people,
+  });
+  if (hash !== phase.protocolHash) problems.unshift('phase.json: the protocol, prompts, pricing and people frozen there do not hash to its protocolHash');
+  return { checked, problems };
 }

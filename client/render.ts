@@ -1,5 +1,6 @@
 /** Plain-text views of a phase for the terminal. Pure functions of the data. */
-import type { PhaseState, RunPlan } from '../workflows/definitions';
+import type { PhaseState, RunPlan, SignatureRecord } from '../workflows/definitions';
+import { formatMicros } from '../domain/money';
 import { spentUsd } from '../workflows/phase-logic';
 import type { StatusView } from './phases';
 
@@ -16,9 +17,11 @@ export function renderStatus(v: StatusView): string {
     `  protocol  ${v.protocolHash.slice(0, 16)}…  (${v.phase})`,
     `  budget    estimate ${usd(v.estimateUsd)} · approved ${usd(v.approvedUsd)} · spent ${usd(v.spentUsd)} · remaining ${usd(v.remainingUsd)}`,
   ];
-  for (const a of v.gates.budget.approvals) lines.push(`  approval  ${a.by} $${a.usd.toFixed(2)} at ${a.at}${a.note ? ` — ${a.note}` : ''}`);
-  if (v.gates.budget.rejection) lines.push(`  rejected  by ${v.gates.budget.rejection.by} at ${v.gates.budget.rejection.at}: ${v.gates.budget.rejection.reason}`);
-  if (v.gates.review) lines.push(`  review    ${v.gates.review.verdict} by ${v.gates.review.by} at ${v.gates.review.at}${v.gates.review.ref ? ` (${v.gates.review.ref})` : ''}`);
+  const signed = (s: SignatureRecord): string => `signature verified, key ${s.keyFingerprint}`;
+  for (const a of v.gates.budget.approvals) lines.push(`  approval  ${a.by} ${formatMicros(a.usdMicros)} at ${a.at} (${signed(a.signature)})${a.note ? ` — ${a.note}` : ''}`);
+  const rejection = v.gates.budget.rejection;
+  if (rejection) lines.push(`  rejected  by ${rejection.by} at ${rejection.at} (${signed(rejection.signature)}): ${rejection.reason}`);
+  if (v.gates.review) lines.push(`  review    ${v.gates.review.verdict} by ${v.gates.review.by} at ${v.gates.review.at} (${signed(v.gates.review.signature)})${v.gates.review.ref ? ` ref ${v.gates.review.ref}` : ''}`);
   for (const m of v.models) {
     const progress = m.progress ? ` ${bar(m.progress.unitsDone, m.progress.unitsTotal)}${m.progress.lastUnit ? ` ${m.progress.lastUnit}` : ''}` : '';
     const parity = m.parityPass === null ? '' : ` parity_pass=${String(m.parityPass)}`;

@@ -20,3 +20,12 @@ export function dieWithParent(file: string, args: string[]): GuardedCommand {
   }
   return { file, args, guarded: false };
 }
+
+/**
+ * The environment for a child that needs no secrets (the Temporal dev server): only what a process needs to run,
+ * never a Modal, Hugging Face or Temporal credential.
+ */
+export function plainEnv(source: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  const keep = ['PATH', 'HOME', 'TMPDIR', 'LANG', 'LC_ALL', 'TZ', 'USER'];
+  return Object.fromEntries(keep.filter((k) => source[k] !== undefined).map((k) => [k, source[k]]));
+}

@@ -26,6 +26,16 @@ export const envSchema = z.object({
   PHASEGATE_DEV_PORT: portFromEnv.default(7233),
   PHASEGATE_UI_PORT: portFromEnv.default(8233),
   PHASEGATE_HTTP_PORT: portFromEnv.default(8787),
+  /** Where the HTTP API listens: loopback unless TLS is configured. */
+  PHASEGATE_HTTP_HOST: z.string().min(1).default('127.0.0.1'),
+  /** Extra Host header values the HTTP API answers to (comma-separated), e.g. the name a proxy forwards. */
+  PHASEGATE_HTTP_ALLOWED_HOSTS: z.string().default(''),
+  PHASEGATE_HTTP_TLS_CERT_PATH: z.string().min(1).optional(),
+  PHASEGATE_HTTP_TLS_KEY_PATH: z.string().min(1).optional(),
+  /** Folders (colon-separated) the HTTP API may read protocol files from; default: the repository's protocols/. */
+  PHASEGATE_PROTOCOL_ROOTS: z.string().min(1).optional(),
+  /** Each person's private keys (the CLI signs decisions with them); default ~/.config/phasegate/keys. */
+  PHASEGATE_KEYS_DIR: z.string().min(1).optional(),
   /** Seconds the Modal launcher waits on a remote call per poll (each poll is a heartbeat of progress). */
   PHASEGATE_MODAL_POLL_SECONDS: z.coerce.number().positive().default(30),
   PHASEGATE_TEMPORAL_BIN: z.string().min(1).optional(),
@@ -35,6 +45,8 @@ export const envSchema = z.object({
 });
 
 export type Env = z.infer<typeof envSchema>;
+
+export const LOOPBACK_HOSTS = ['127.0.0.1', 'localhost', '::1'];
 
 export class ConfigError extends Error {
   override readonly name = 'ConfigError';
@@ -50,6 +62,12 @@ export function parseEnv(source: NodeJS.ProcessEnv = process.env): Readonly<Env>
   const env = result.data;
   if ((env.TEMPORAL_TLS_CERT_PATH === undefined) !== (env.TEMPORAL_TLS_KEY_PATH === undefined)) {
     throw new ConfigError('invalid environment:\n  TEMPORAL_TLS_CERT_PATH/TEMPORAL_TLS_KEY_PATH: set both or neither');
+  }
+  if ((env.PHASEGATE_HTTP_TLS_CERT_PATH === undefined) !== (env.PHASEGATE_HTTP_TLS_KEY_PATH === undefined)) {
+    throw new ConfigError('invalid environment:\n  PHASEGATE_HTTP_TLS_CERT_PATH/PHASEGATE_HTTP_TLS_KEY_PATH: set both or neither');
+  }
+  if (!LOOPBACK_HOSTS.includes(env.PHASEGATE_HTTP_HOST) && env.PHASEGATE_HTTP_TLS_CERT_PATH === undefined) {
+    throw new ConfigError('invalid environment:\n  PHASEGATE_HTTP_HOST: a non-loopback address needs TLS (PHASEGATE_HTTP_TLS_CERT_PATH and PHASEGATE_HTTP_TLS_KEY_PATH)');
   }
   return Object.freeze(env);
 }

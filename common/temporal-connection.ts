@@ -20,6 +20,8 @@ export function connectionSettings(env: Readonly<Env>): ConnectionSettings {
     namespace: env.TEMPORAL_NAMESPACE,
     external,
   };
+  // TLS and the API key are for an external cluster; the embedded dev server listens on loopback without either.
+  if (!external) return settings;
   if (env.TEMPORAL_TLS_CERT_PATH !== undefined && env.TEMPORAL_TLS_KEY_PATH !== undefined) {
     settings.tls = { clientCertPair: { crt: readFileSync(env.TEMPORAL_TLS_CERT_PATH), key: readFileSync(env.TEMPORAL_TLS_KEY_PATH) } };
   } else if (env.TEMPORAL_TLS || env.TEMPORAL_API_KEY !== undefined) {

@@ -5,9 +5,30 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PHASEGATE_STATE_DIR=${PHASEGATE_STATE_DIR:-.phasegate}
-protocol=protocols/demo.json
+# The demo people's private keys live in the state folder; a real approver keeps theirs in ~/.config/phasegate/keys.
+export PHASEGATE_KEYS_DIR=${PHASEGATE_KEYS_DIR:-$(realpath -m "$PHASEGATE_STATE_DIR")/keys}
 pg=bin/phasegate
 mkdir -p "$PHASEGATE_STATE_DIR"
+
+# The demo protocol runs from a copy in the state folder, beside its roster: each person's public key, from
+# their key (made once). The roster's keys are part of the protocol hash, so a new state folder (new keys) is a
+# new demo phase, and nothing is written into the repository.
+demo_dir=$PHASEGATE_STATE_DIR/demo-protocol
+mkdir -p "$demo_dir/people"
+cp protocols/demo.json "$demo_dir/demo.json"
+cp -r protocols/prompts protocols/pricing "$demo_dir/"
+protocol=$demo_dir/demo.json
+approver=$(node -p "require('./protocols/demo.json').budget.approvers[0]")
+reviewer=$(node -p "require('./protocols/demo.json').review.reviewers[0]")
+for person in "$approver" "$reviewer"; do
+  $pg keys show "$person" >/dev/null 2>&1 || $pg keys new "$person" >/dev/null
+done
+roster=$demo_dir/$(node -p "require('./protocols/demo.json').people")
+node -e 'const [file, ...pairs] = process.argv.slice(1); const people = {};
+  for (let i = 0; i < pairs.length; i += 2) people[pairs[i]] = pairs[i + 1];
+  require("fs").writeFileSync(file, JSON.stringify(people, null, 2) + "\n");' \
+  "$roster" "$approver" "$($pg keys show "$approver")" "$reviewer" "$($pg keys show "$reviewer")"
+echo "== people: $approver and $reviewer, keys in $PHASEGATE_KEYS_DIR, roster $roster"
 
 server_pid=""
 stop_server() {
@@ -36,12 +57,10 @@ if $pg status "$id" --json 2>/dev/null | grep -q '"status": "FROZEN"'; then
 else
   echo "== start"
   $pg start --protocol "$protocol"
-  approver=$(node -p "require('./$protocol').budget.approvers[0]")
-  reviewer=$(node -p "require('./$protocol').review.reviewers[0]")
   echo "== the run plan the reviewer reads"
   $pg plan "$id"
-  echo "== gates: budget approval by $approver, review by $reviewer"
-  $pg approve-budget "$id" --usd "$(node -p "require('./$protocol').budget.cap_usd")" --by "$approver" --note "make demo"
+  echo "== gates: budget approval by $approver, review by $reviewer (each signed with their own key)"
+  $pg approve-budget "$id" --usd "$(node -p "require('./protocols/demo.json').budget.cap_usd")" --by "$approver" --note "make demo"
   $pg review "$id" --verdict advised --by "$reviewer" --ref "make-demo" --notes "tiny models only"
   echo "== running (progress below; Ctrl-C leaves the phase running in the server's state)"
   $pg wait "$id" --for FROZEN --timeout 600

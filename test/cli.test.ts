@@ -6,9 +6,9 @@ import { execFile } from 'node:child_process';
 import { writeFileSync, mkdtempSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { route } from '../client/http';
-import { PhaseError } from '../client/phases';
+import { chmodSync, copyFileSync, mkdirSync, statSync } from 'node:fs';
 import { repoRoot } from '../common/config';
+import { testKeys } from './helpers/decisions';
 import { serverPerFile, testProtocol, testWorker } from './helpers/temporal';
 
 const server = serverPerFile();
@@ -29,7 +29,7 @@ function cli(args: string[], extraEnv: Record<string, string>): Promise<Run> {
 
 test('start, decide and query through bin/phasegate with the documented exit codes', async () => {
   const { worker, taskQueue } = await testWorker(server, 'cli');
-  const vars = { TEMPORAL_ADDRESS: server.env.address, PHASEGATE_TASK_QUEUE: taskQueue };
+  const vars = { TEMPORAL_ADDRESS: server.env.address, PHASEGATE_TASK_QUEUE: taskQueue, PHASEGATE_KEYS_DIR: testKeys().dir };
   const loaded = testProtocol('cli');
   await worker.runUntil(async () => {
     const badDir = mkdtempSync(path.join(os.tmpdir(), 'phasegate-bad-'));
@@ -48,10 +48,25 @@ test('start, decide and query through bin/phasegate with the documented exit cod
     expect(again.stdout.trim().split('\n').pop()).toBe(loaded.phaseId);
 
     const id = loaded.phaseId;
-    expect((await cli(['approve-budget', id, '--usd', 'ten', '--by', 'demo-approver'], vars)).stderr).toContain('--usd: must be a positive, finite amount');
+    for (const usd of ['ten', '0x10', '1e308', '5e-324', '-1']) {
+      const r = await cli(['approve-budget', id, `--usd=${usd}`, '--by', 'demo-approver'], vars);
+      expect(r.code).toBe(2);
+      expect(r.stderr).toContain('--usd: must be a decimal amount in dollars');
+    }
+    const overCap = await cli(['approve-budget', id, '--usd', '150', '--by', 'demo-approver'], vars);
+    expect(overCap.code).toBe(2);
+    expect(overCap.stderr).toContain("exceeds the protocol's budget.cap_usd $5.00; the cap is a protocol field");
     const stranger = await cli(['approve-budget', id, '--usd', '1', '--by', 'mallory'], vars);
     expect(stranger.code).toBe(2);
     expect(stranger.stderr).toContain('approver "mallory" is not listed');
+    const keyless = await cli(['approve-budget', id, '--usd', '1', '--by', 'nobody'], vars);
+    expect(keyless.code).toBe(2);
+    expect(keyless.stderr).toContain(`no key for nobody in ${testKeys().dir}`);
+    for (const args of [['approve-budget', '', '--usd', '1', '--by', 'demo-approver'], ['status', '../x'], ['approve-budget', id, '--usd', '1', '--by', '../../etc/passwd']]) {
+      const r = await cli(args, vars);
+      expect(r.code).toBe(2);
+      expect(r.stderr).not.toMatch(/\n\s+at /);
+    }
     expect((await cli(['review', id, '--verdict', 'meh', '--by', 'demo-reviewer'], vars)).code).toBe(2);
     expect((await cli(['approve-budget', id, '--usd', '0.5', '--by', 'demo-approver', '--note', 'ok'], vars)).code).toBe(0);
 
@@ -77,18 +92,26 @@ test('an unreachable server is exit 1 with a hint, not a hang', async () => {
   expect(r.stderr).toContain('cannot reach Temporal at 127.0.0.1:1');
 });
 
-test('the HTTP routes validate bodies and map to the same operations', async () => {
-  const { worker, pc } = await testWorker(server, 'http');
-  const loaded = testProtocol('http');
-  await worker.runUntil(async () => {
-    const started = (await route(pc, 'POST', '/phases', () => Promise.resolve({ protocol: loaded.protocolPath }))) as { phaseId: string };
-    expect(started.phaseId).toBe(loaded.phaseId);
-    const bad = await route(pc, 'POST', `/phases/${started.phaseId}/approve-budget`, () => Promise.resolve({ by: 'demo-approver', usd: -1 })).catch((e: unknown) => e);
-    expect(bad).toBeInstanceOf(PhaseError);
-    expect((bad as PhaseError).message).toContain('usd:');
-    await route(pc, 'POST', `/phases/${started.phaseId}/approve-budget`, () => Promise.resolve({ by: 'demo-approver', usd: 1 }));
-    const view = (await route(pc, 'GET', `/phases/${started.phaseId}`, () => Promise.resolve({}))) as { status: string };
-    expect(view.status).toBe('AWAITING_REVIEW');
-    await route(pc, 'POST', `/phases/${started.phaseId}/cancel`, () => Promise.resolve({}));
-  });
+test('keys: new writes a 0600 key and prints the public key last; an exposed key file is refused', async () => {
+  const dir = path.join(mkdtempSync(path.join(os.tmpdir(), 'phasegate-clikeys-')), 'keys');
+  const env = { PHASEGATE_KEYS_DIR: dir, TEMPORAL_ADDRESS: '127.0.0.1:1' };
+  const made = await cli(['keys', 'new', 'alice'], env);
+  expect(made.code).toBe(0);
+  const publicKey = made.stdout.trim().split('\n').pop()!;
+  expect(publicKey).toMatch(/^ed25519:[A-Za-z0-9+/]{43}=$/);
+  expect(statSync(path.join(dir, 'alice.key')).mode & 0o777).toBe(0o600);
+  expect((await cli(['keys', 'show', 'alice'], env)).stdout.trim()).toBe(publicKey);
+  const again = await cli(['keys', 'new', 'alice'], env);
+  expect(again.code).toBe(2);
+  expect(again.stderr).toContain('a key for alice already exists');
+  expect((await cli(['keys', 'new', '../evil'], env)).code).toBe(2);
+
+  // A copy that others can read is refused before anything is sent.
+  const exposed = path.join(path.dirname(dir), 'exposed');
+  mkdirSync(exposed);
+  copyFileSync(path.join(dir, 'alice.key'), path.join(exposed, 'alice.key'));
+  chmodSync(path.join(exposed, 'alice.key'), 0o644);
+  const refused = await cli(['approve-budget', 'some-phase-0123456789ab', '--usd', '1', '--by', 'alice'], { ...env, PHASEGATE_KEYS_DIR: exposed });
+  expect(refused.code).toBe(2);
+  expect(refused.stderr).toContain('can be read by others (mode 644); refusing to use it');
 });

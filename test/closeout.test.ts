@@ -2,11 +2,12 @@
 import { costChart, parityChart } from '../activities/charts';
 import { renderCloseout } from '../activities/closeout-report';
 import type { ModelScore, PhaseState } from '../workflows/definitions';
-import { initialState, ledgerEntryFor } from '../workflows/phase-logic';
+import { applyApproveBudget, gateContext, initialState, ledgerEntryFor } from '../workflows/phase-logic';
+import { sign } from './helpers/decisions';
 import { testProtocol } from './helpers/temporal';
 
 const loaded = testProtocol('closeout');
-const input = { phaseId: loaded.phaseId, protocol: loaded.protocol, protocolHash: loaded.protocolHash, protocolPath: loaded.protocolPath, prompts: loaded.prompts, pricing: loaded.pricing };
+const input = { phaseId: loaded.phaseId, protocol: loaded.protocol, protocolHash: loaded.protocolHash, protocolPath: loaded.protocolPath, prompts: loaded.prompts, pricing: loaded.pricing, people: loaded.people };
 const rate = (mean: number) => ({ mean, std: 0 });
 const failing: ModelScore = {
   modelKey: 'tiny-qwen2',
@@ -21,9 +22,9 @@ const failing: ModelScore = {
 };
 
 function frozenState(): PhaseState {
-  const s = initialState(input, '2026-01-01T00:00:00.000Z');
+  const s = { ...initialState(input, '2026-01-01T00:00:00.000Z'), estimate: { models: [], totalUsd: 0.5 } };
+  applyApproveBudget(gateContext(input), s, sign('demo-approver', { kind: 'approve-budget', phaseId: input.phaseId, protocolHash: input.protocolHash, content: { usd: '1', note: '' } }), '2026-01-01T00:01:00.000Z');
   s.status = 'FROZEN';
-  s.budget = { approvedUsd: 1, approvals: [{ by: 'demo-approver', usd: 1, note: '', at: '2026-01-01T00:01:00.000Z' }], rejection: null };
   s.ledger.push(ledgerEntryFor({ modelKey: 'tiny-qwen2', attempt: 1, gpu: 'cpu', usdPerSecond: 0.0000262, outcome: 'failed', measuredSeconds: 10, startedAtMs: 0, endedAtMs: 10_000, backendIds: {}, error: 'CUDA out of memory' }));
   s.ledger.push(ledgerEntryFor({ modelKey: 'tiny-qwen2', attempt: 2, gpu: 'cpu', usdPerSecond: 0.0000262, outcome: 'succeeded', measuredSeconds: 30, startedAtMs: 20_000, endedAtMs: 50_000, backendIds: {} }));
   s.score = { models: [failing], parityPass: false, scorePath: '/tmp/score.json' };

@@ -7,7 +7,8 @@ import { WorkflowFailedError } from '@temporalio/client';
 import { spawn } from 'node:child_process';
 import { existsSync, readdirSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
-import { approveBudget, cancelPhase, getState, startPhase, submitReview, waitForStatus } from '../client/phases';
+import { cancelPhase, getState, startPhase, waitForStatus } from '../client/phases';
+import { approveAs, reviewAs } from './helpers/decisions';
 import { repoRoot } from '../common/config';
 import { makeWorker, phaseClient, phaseResult, recordHistory, serverPerFile, testPaths, testProtocol, testWorker, uniqueQueue } from './helpers/temporal';
 
@@ -56,8 +57,8 @@ test('cancelling a phase mid-run stops the runtime process and leaves a correct 
   await worker.runUntil(async () => {
     const loaded = testProtocol('cancel', slowOverrides);
     const { phaseId } = await startPhase(pc, loaded);
-    await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 1 });
-    await submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
+    await approveAs(pc, phaseId, { by: 'demo-approver', usd: 1 });
+    await reviewAs(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
     const runDir = path.join(paths.workDir, phaseId, 'tiny-qwen2');
     await until(() => unitFiles(runDir).size >= 2, 180_000, 'the first checkpointed units');
     expect(processesMentioning(runDir)).toHaveLength(1);
@@ -99,8 +100,8 @@ test('a worker killed mid-run is replaced: the phase completes without recomputi
   try {
     phaseId = (await startPhase(pc, testProtocol('crash', slowOverrides))).phaseId;
     runDir = path.join(paths.workDir, phaseId, 'tiny-qwen2');
-    await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 1 });
-    await submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
+    await approveAs(pc, phaseId, { by: 'demo-approver', usd: 1 });
+    await reviewAs(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
     await until(() => unitFiles(runDir).size >= 2, 180_000, 'the first checkpointed units');
     before = unitFiles(runDir);
   } finally {

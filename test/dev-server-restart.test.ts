@@ -9,7 +9,8 @@ import { mkdtempSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
-import { approveBudget, getState, rejectBudget, startPhase, submitReview } from '../client/phases';
+import { getState, startPhase } from '../client/phases';
+import { approveAs, reviewAs, rejectAs } from './helpers/decisions';
 import { startDevServer, type DevServer } from '../worker/dev-server';
 import { createPhaseWorker } from '../worker/worker';
 import { bundle, phaseResult, quietLogger, quietTemporalRuntime, repoPaths, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
@@ -54,7 +55,7 @@ test('a phase started before a dev-server restart completes after it', async () 
     phaseId = await runWorkerDuring(server, async (client) => {
       const pc = { client, taskQueue };
       const started = await startPhase(pc, testProtocol('restart'));
-      await approveBudget(pc, started.phaseId, { by: 'demo-approver', usd: 0.3 });
+      await approveAs(pc, started.phaseId, { by: 'demo-approver', usd: 0.3 });
       // Stop only once the estimate activity has completed: an activity task handed to a worker that is shutting
       // down is re-dispatched by the server only after minutes, which would make this test slow, not wrong.
       while ((await getState(pc, started.phaseId)).estimate === null) await new Promise((r) => setTimeout(r, 100));
@@ -72,8 +73,8 @@ test('a phase started before a dev-server restart completes after it', async () 
       expect(before.status).toBe('AWAITING_REVIEW');
       expect(before.budget.approvedUsd).toBe(0.3);
       // The gate in AWAITING_REVIEW is the review; a rejection now is refused, and the phase is still waiting.
-      await expect(rejectBudget(pc, phaseId, { by: 'demo-approver', reason: 'too late' })).rejects.toThrow('accepted only in AWAITING_BUDGET or BUDGET_HOLD');
-      await submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED', ref: 'after-restart' });
+      await expect(rejectAs(pc, phaseId, { by: 'demo-approver', reason: 'too late' })).rejects.toThrow('accepted only in AWAITING_BUDGET or BUDGET_HOLD');
+      await reviewAs(pc, phaseId, { by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED', ref: 'after-restart' });
       const final = await phaseResult(client, phaseId);
       expect(final).toMatchObject({ status: 'CHANGES_REQUESTED', review: { ref: 'after-restart' } });
     });

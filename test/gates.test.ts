@@ -5,14 +5,15 @@
  */
 import {
   approveBudget,
+  decisionTarget,
   getPlan,
   getState,
   PhaseError,
-  rejectBudget,
+  type PhaseClient,
   startPhase,
-  submitReview,
   waitForStatus,
 } from '../client/phases';
+import { approveAs, reviewAs, rejectAs, sign } from './helpers/decisions';
 import { phaseResult, recordHistory, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
 import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
 import { rejection } from './helpers/errors';
@@ -23,19 +24,21 @@ function refusal(p: Promise<unknown>): Promise<PhaseError> {
   return rejection(p, PhaseError);
 }
 
-test('refuses an approval from an unlisted approver, and non-positive or non-finite amounts, with reasons', async () => {
+test('refuses an approval from an unlisted approver, malformed amounts and amounts past the cap, with reasons', async () => {
   const { worker, pc } = await testWorker(server, 'refuse');
   const loaded = testProtocol('refuse');
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, loaded);
-    const unlisted = await refusal(approveBudget(pc, phaseId, { by: 'mallory', usd: 1 }));
+    const unlisted = await refusal(approveAs(pc, phaseId, { by: 'mallory', usd: 1 }));
     expect(unlisted.exitCode).toBe(2);
     expect(unlisted.message).toContain('approver "mallory" is not listed');
-    for (const usd of [0, -5, Number.POSITIVE_INFINITY, Number.NaN]) {
-      const bad = await refusal(approveBudget(pc, phaseId, { by: 'demo-approver', usd }));
-      expect(bad.message).toContain('usd must be a positive, finite amount');
+    for (const usd of ['0', '-5', 'Infinity', 'NaN', '1e308', '0x10']) {
+      const bad = await refusal(approveAs(pc, phaseId, { by: 'demo-approver', usd }));
+      expect(bad.message).toContain('content.usd: must be');
     }
-    const early = await refusal(submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' }));
+    const overCap = await refusal(approveAs(pc, phaseId, { by: 'demo-approver', usd: '150' }));
+    expect(overCap.message).toContain("exceeds the protocol's budget.cap_usd $5.00");
+    const early = await refusal(reviewAs(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' }));
     expect(early.message).toContain('accepted only in AWAITING_REVIEW');
 
     const state = await getState(pc, phaseId);
@@ -51,14 +54,16 @@ test('applies a duplicate approval once, whether resent with the same update id 
   const loaded = testProtocol('dup');
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, loaded);
-    const first = await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.5, note: 'ok' });
+    await waitForEstimate(pc, phaseId);
+    const signed = sign('demo-approver', { kind: 'approve-budget', ...(await decisionTarget(pc, phaseId)), content: { usd: '0.5', note: 'ok' } });
+    const first = await approveBudget(pc, signed);
     expect(first.applied).toBe(true);
-    // Same content: the CLI derives the same update id, and Temporal returns the first result.
-    const again = await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.5, note: 'ok' });
-    // applied: true is the first call's own result, returned again by Temporal for the same update id.
+    // The same signed decision again (a retry after a lost reply): the same update id, and Temporal returns the
+    // first call's own result.
+    const again = await approveBudget(pc, signed);
     expect(again).toEqual(first);
-    // A different note gives a different update id; the workflow recognises the same decision and does not reapply it.
-    const resent = await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.5, note: 'resent from another terminal' });
+    // Signed again with a new nonce and another note: the workflow recognises the same decision and does not reapply it.
+    const resent = await approveAs(pc, phaseId, { by: 'demo-approver', usd: 0.5, note: 'resent from another terminal' });
     expect(resent.applied).toBe(false);
 
     const state = await waitForStatus(pc, phaseId, 'AWAITING_REVIEW', 30);
@@ -74,15 +79,15 @@ test('a budget rejection ends the phase REJECTED and nothing runs', async () => 
   const { worker, pc } = await testWorker(server, 'reject');
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, testProtocol('reject'));
-    const missingReason = await refusal(rejectBudget(pc, phaseId, { by: 'demo-approver', reason: ' ' }));
-    expect(missingReason.message).toContain('reason must say why');
-    await rejectBudget(pc, phaseId, { by: 'demo-approver', reason: 'Phase-1 already overspent' });
+    const missingReason = await refusal(rejectAs(pc, phaseId, { by: 'demo-approver', reason: ' ' }));
+    expect(missingReason.message).toContain('content.reason: must not be empty');
+    await rejectAs(pc, phaseId, { by: 'demo-approver', reason: 'Phase-1 already overspent' });
     const state = await phaseResult(server.env.client, phaseId);
     expect(state.status).toBe('REJECTED');
     expect(state.budget.rejection?.reason).toBe('Phase-1 already overspent');
     expect(scheduledActivities(await historyEvents(server.env.client, phaseId), 'runModel')).toHaveLength(0);
     // A completed phase refuses further decisions and a restart of the same protocol.
-    const late = await refusal(approveBudget(pc, phaseId, { by: 'demo-approver', usd: 1 }));
+    const late = await refusal(approveAs(pc, phaseId, { by: 'demo-approver', usd: 1 }));
     expect(late.message).toMatch(/has ended|accepted only/);
     const rerun = await refusal(startPhase(pc, testProtocol('reject')));
     expect(rerun.message).toContain('already ended as REJECTED');
@@ -93,15 +98,18 @@ test('CHANGES_REQUESTED ends the phase after the reviewer has read the run plan'
   const { worker, pc } = await testWorker(server, 'changes');
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, testProtocol('changes'));
-    await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 1 });
+    await approveAs(pc, phaseId, { by: 'demo-approver', usd: 1 });
     await waitForStatus(pc, phaseId, 'AWAITING_REVIEW', 30);
     const plan = await getPlan(pc, phaseId);
     expect(plan.commands).toHaveLength(2);
     expect(plan.stopConditions.join(' ')).toContain('BUDGET_HOLD');
     expect(plan.estimate?.totalUsd).toBeCloseTo(2 * 100 * 0.0000262, 8);
-    const stranger = await refusal(submitReview(pc, phaseId, { by: 'someone', verdict: 'APPROVED' }));
-    expect(stranger.message).toContain('reviewer "someone" is not listed');
-    await submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED', ref: 'thread-42', notes: 'add a second layer' });
+    const stranger = await refusal(reviewAs(pc, phaseId, { by: 'mallory', verdict: 'APPROVED' }));
+    expect(stranger.message).toContain('reviewer "mallory" is not listed');
+    // The approver may not also review (separate_duties), even if a protocol listed them as a reviewer.
+    const approverReviews = await refusal(reviewAs(pc, phaseId, { by: 'demo-approver', verdict: 'APPROVED' }));
+    expect(approverReviews.message).toContain('reviewer "demo-approver" is not listed');
+    await reviewAs(pc, phaseId, { by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED', ref: 'thread-42', notes: 'add a second layer' });
     const state = await phaseResult(server.env.client, phaseId);
     expect(state.status).toBe('CHANGES_REQUESTED');
     expect(state.review).toMatchObject({ by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED', ref: 'thread-42' });
@@ -115,16 +123,16 @@ test('state and applied decisions survive continue-as-new', async () => {
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, testProtocol('can'), { continueAsNewAfterEvents: 5 });
     const firstRun = (await server.env.client.workflow.getHandle(phaseId).describe()).runId;
-    await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.25 });
+    await approveAs(pc, phaseId, { by: 'demo-approver', usd: 0.25 });
     const state = await waitForStatus(pc, phaseId, 'AWAITING_REVIEW', 30);
     await waitFor(async () => (await server.env.client.workflow.getHandle(phaseId).describe()).runId !== firstRun);
     // The same decision sent to the new run is recognised as already applied.
-    const resent = await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.25, note: 'resent after continue-as-new' });
+    const resent = await approveAs(pc, phaseId, { by: 'demo-approver', usd: 0.25, note: 'resent after continue-as-new' });
     expect(resent.applied).toBe(false);
     const after = await getState(pc, phaseId);
     expect(after.continuedAsNew).toBeGreaterThanOrEqual(1);
     expect(after.budget).toEqual(state.budget);
-    await submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED' });
+    await reviewAs(pc, phaseId, { by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED' });
     expect((await phaseResult(server.env.client, phaseId)).status).toBe('CHANGES_REQUESTED');
   });
 });
@@ -135,4 +143,8 @@ async function waitFor(check: () => Promise<boolean>, timeoutMs = 30_000): Promi
     if (Date.now() > deadline) throw new Error('condition not met in time');
     await new Promise((r) => setTimeout(r, 250));
   }
+}
+
+async function waitForEstimate(pc: PhaseClient, phaseId: string): Promise<void> {
+  await waitFor(async () => (await getState(pc, phaseId)).estimate !== null);
 }

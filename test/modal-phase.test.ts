@@ -5,7 +5,8 @@
  */
 import os from 'node:os';
 import path from 'node:path';
-import { approveBudget, getState, startPhase, submitReview } from '../client/phases';
+import { getState, startPhase } from '../client/phases';
+import { approveAs, reviewAs } from './helpers/decisions';
 import { phaseResult, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
 
 const server = serverPerFile();
@@ -23,8 +24,8 @@ test('missing Modal credentials: one attempt, a clear error, nothing charged', a
     });
     await worker.runUntil(async () => {
       const { phaseId } = await startPhase(pc, loaded);
-      await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 1 });
-      await submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
+      await approveAs(pc, phaseId, { by: 'demo-approver', usd: 1 });
+      await reviewAs(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
       await expect(phaseResult(server.env.client, phaseId)).rejects.toThrow();
       const state = await getState(pc, phaseId);
       expect(state.status).toBe('FAILED');

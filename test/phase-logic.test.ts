@@ -1,19 +1,26 @@
 /** The phase's pure state transitions, without a server: gates, de-duplication, ledger and budget arithmetic. */
 import type { PhaseInput, PhaseState } from '../workflows/definitions';
+import { sign as nodeSign } from 'node:crypto';
 import {
   attemptTimeoutSeconds,
   applyApproveBudget,
   applyRejectBudget,
   checkBudget,
   costUsd,
+  gateContext,
   initialState,
   ledgerEntryFor,
+  MAX_RETRY_DELAY_SECONDS,
   retryDelaySeconds,
   spentUsd,
+  startInputProblem,
   validateApproveBudget,
   validateRejectBudget,
   validateSubmitReview,
 } from '../workflows/phase-logic';
+import { decisionMessage, type ReviewVerdict } from '../domain/decisions';
+import { signDecision } from '../client/keys';
+import { keyOf, sign } from './helpers/decisions';
 import { estimatePhase, type CalibrationPoint, workOf } from '../activities/estimate';
 import { testProtocol } from './helpers/temporal';
 
@@ -26,26 +33,35 @@ const input: PhaseInput = {
   protocolPath: loaded.protocolPath,
   prompts: loaded.prompts,
   pricing: loaded.pricing,
+  people: loaded.people,
 };
 const ESTIMATE = { models: [], totalUsd: 0.5 };
 /** A phase at its budget gate with its estimate computed. */
 const fresh = (): PhaseState => ({ ...initialState(input, '2026-01-01T00:00:00.000Z'), estimate: ESTIMATE });
 const NOW = '2026-01-01T01:00:00.000Z';
 
+const ctx = gateContext(input);
+const target = { phaseId: input.phaseId, protocolHash: input.protocolHash };
+const approval = (by: string, usd: string, note = '', as = by) => sign(by, { kind: 'approve-budget', ...target, content: { usd, note } }, as);
+const reviewBy = (by: string, verdict: ReviewVerdict) => sign(by, { kind: 'review', ...target, content: { verdict, ref: '', notes: '' } });
+
 describe('budget gate', () => {
-  test('refuses unlisted approvers, bad amounts and the wrong state, naming the reason', () => {
+  test('refuses unlisted approvers, bad amounts, amounts past the cap and the wrong state, naming the reason', () => {
     const s = fresh();
-    expect(validateApproveBudget(s, protocol, { by: 'eve', usd: 1 })).toMatch(/approver "eve" is not listed .*\(demo-approver\)/);
-    expect(validateApproveBudget(s, protocol, { by: 'demo-approver', usd: 0 })).toMatch(/positive, finite/);
-    expect(validateApproveBudget(s, protocol, { by: 'demo-approver', usd: Number.NaN })).toMatch(/positive, finite/);
-    expect(validateApproveBudget(s, protocol, { by: 'demo-approver', usd: 1 })).toBeNull();
+    expect(validateApproveBudget(ctx, s, approval('eve', '1', '', 'mallory'))).toMatch(/approver "eve" is not listed .*\(demo-approver, second-approver\)/);
+    for (const usd of ['0', '-5', '0x10', '0b11', '5e-324', '1e308', 'Infinity', 'NaN', '1.0000001', ' 1', '']) {
+      expect(validateApproveBudget(ctx, s, approval('demo-approver', usd))).toMatch(/^content\.usd: /);
+    }
+    expect(validateApproveBudget(ctx, s, approval('demo-approver', '150'))).toMatch(/exceeds the protocol's budget.cap_usd \$5.00; the cap is a protocol field/);
+    expect(validateApproveBudget(ctx, s, approval('demo-approver', '5'))).toBeNull();
+    expect(validateApproveBudget(ctx, s, approval('demo-approver', '1'))).toBeNull();
     s.status = 'RUNNING';
-    expect(validateApproveBudget(s, protocol, { by: 'demo-approver', usd: 2 })).toMatch(/the phase is RUNNING/);
+    expect(validateApproveBudget(ctx, s, approval('demo-approver', '2'))).toMatch(/the phase is RUNNING/);
   });
 
   test('an approval waits for the estimate', () => {
     const s = initialState(input, '2026-01-01T00:00:00.000Z');
-    expect(validateApproveBudget(s, protocol, { by: 'demo-approver', usd: 1 })).toMatch(/estimate is not ready/);
+    expect(validateApproveBudget(ctx, s, approval('demo-approver', '1'))).toMatch(/estimate is not ready/);
   });
 
   test('a restart carries the earlier run\'s ledger, so its spend counts against the new approval', () => {
@@ -53,43 +69,123 @@ describe('budget gate', () => {
     const s = initialState({ ...input, priorLedger: [earlier] }, NOW);
     expect(s.ledger).toEqual([{ ...earlier, earlierRun: true }]);
     expect(s.events[0]!.message).toContain('carried over');
-    s.budget.approvedUsd = 0.15;
+    s.budget.approvedMicros = 150_000;
     expect(checkBudget(s, 0.06)).toMatchObject({ ok: false, spentUsd: 0.1 });
   });
 
   test('a hold is released only by a larger total', () => {
     const s = fresh();
-    applyApproveBudget(s, { by: 'demo-approver', usd: 1 }, NOW);
+    applyApproveBudget(ctx, s, approval('demo-approver', '1'), NOW);
     s.status = 'BUDGET_HOLD';
-    expect(validateApproveBudget(s, protocol, { by: 'demo-approver', usd: 0.5 })).toMatch(/must exceed the approved \$1.00/);
-    expect(validateApproveBudget(s, protocol, { by: 'demo-approver', usd: 2 })).toBeNull();
+    expect(validateApproveBudget(ctx, s, approval('demo-approver', '0.5'))).toMatch(/must exceed the approved \$1.00/);
+    expect(validateApproveBudget(ctx, s, approval('demo-approver', '2'))).toBeNull();
   });
 
-  test('the same decision twice is acknowledged and applied once', () => {
+  test('the same decision twice is acknowledged and applied once, even re-signed with a new nonce', () => {
     const s = fresh();
-    expect(applyApproveBudget(s, { by: 'demo-approver', usd: 1, note: 'a' }, NOW).applied).toBe(true);
+    const first = approval('demo-approver', '1', 'a');
+    expect(applyApproveBudget(ctx, s, first, NOW).applied).toBe(true);
     s.status = 'AWAITING_REVIEW';
     // Not refused (the caller resent it), not applied again.
-    expect(validateApproveBudget(s, protocol, { by: 'demo-approver', usd: 1, note: 'b' })).toBeNull();
-    expect(applyApproveBudget(s, { by: 'demo-approver', usd: 1, note: 'b' }, NOW).applied).toBe(false);
+    expect(validateApproveBudget(ctx, s, first)).toBeNull();
+    expect(applyApproveBudget(ctx, s, first, NOW).applied).toBe(false);
+    const resigned = approval('demo-approver', '1', 'b');
+    expect(validateApproveBudget(ctx, s, resigned)).toBeNull();
+    expect(applyApproveBudget(ctx, s, resigned, NOW).applied).toBe(false);
     expect(s.budget.approvals).toHaveLength(1);
+    expect(s.budget.approvals[0]).toMatchObject({ by: 'demo-approver', usd: 1, usdMicros: 1_000_000, note: 'a' });
+    expect(s.budget.approvals[0]!.signature.keyFingerprint).toMatch(/^ed25519:[0-9a-f]{16}$/);
   });
 
   test('a rejection needs a reason and an open budget gate', () => {
     const s = fresh();
-    expect(validateRejectBudget(s, protocol, { by: 'demo-approver', reason: '' })).toMatch(/reason/);
-    applyRejectBudget(s, { by: 'demo-approver', reason: 'no' }, NOW);
-    expect(s.budget.rejection).toEqual({ by: 'demo-approver', reason: 'no', at: NOW });
+    expect(validateRejectBudget(ctx, s, sign('demo-approver', { kind: 'reject-budget', ...target, content: { reason: ' ' } }))).toMatch(/content.reason: must not be empty/);
+    applyRejectBudget(ctx, s, sign('demo-approver', { kind: 'reject-budget', ...target, content: { reason: 'no' } }), NOW);
+    expect(s.budget.rejection).toMatchObject({ by: 'demo-approver', reason: 'no', at: NOW });
   });
 });
 
-test('the review gate accepts only listed reviewers, known verdicts, in AWAITING_REVIEW', () => {
+describe('forged decisions are refused with their reason', () => {
   const s = fresh();
-  expect(validateSubmitReview(s, protocol, { by: 'demo-reviewer', verdict: 'APPROVED' })).toMatch(/only in AWAITING_REVIEW/);
-  s.status = 'AWAITING_REVIEW';
-  expect(validateSubmitReview(s, protocol, { by: 'x', verdict: 'APPROVED' })).toMatch(/reviewer "x" is not listed/);
-  expect(validateSubmitReview(s, protocol, { by: 'demo-reviewer', verdict: 'MAYBE' as 'APPROVED' })).toMatch(/verdict must be one of/);
-  expect(validateSubmitReview(s, protocol, { by: 'demo-reviewer', verdict: 'ADVISED' })).toBeNull();
+  const good = approval('demo-approver', '1');
+  test('unsigned, or with a signature from another key', () => {
+    const { signature: _, ...unsigned } = good;
+    expect(validateApproveBudget(ctx, s, unsigned)).toMatch(/^signature: missing/);
+    expect(validateApproveBudget(ctx, s, { by: 'demo-approver', usd: 1 })).toMatch(/^decision: unknown field "usd"/);
+    expect(validateApproveBudget(ctx, s, null)).toMatch(/^decision: must be a signed decision object/);
+    expect(validateApproveBudget(ctx, s, approval('demo-approver', '1', '', 'mallory'))).toMatch(/^signature: does not verify with demo-approver's key/);
+    expect(validateApproveBudget(ctx, s, approval('demo-approver', '1', '', 'demo-reviewer'))).toMatch(/^signature: does not verify/);
+  });
+  test('altered after signing: amount, signer, note, kind', () => {
+    expect(validateApproveBudget(ctx, s, { ...good, content: { ...good.content, usd: '4' } })).toMatch(/^signature: does not verify/);
+    expect(validateApproveBudget(ctx, s, { ...good, by: 'second-approver' })).toMatch(/^signature: does not verify/);
+    expect(validateApproveBudget(ctx, s, { ...good, content: { ...good.content, note: 'x' } })).toMatch(/^signature: does not verify/);
+    expect(validateRejectBudget(ctx, s, { ...good, kind: 'reject-budget' })).toMatch(/^content: unknown field/);
+    const flipped = Buffer.from(good.signature, 'base64');
+    flipped[10] = flipped[10]! ^ 1;
+    expect(validateApproveBudget(ctx, s, { ...good, signature: flipped.toString('base64') })).toMatch(/^signature: does not verify/);
+  });
+  test('signed for another phase or another protocol version', () => {
+    const other = sign('demo-approver', { kind: 'approve-budget', phaseId: 'other-phase-0123456789ab', protocolHash: input.protocolHash, content: { usd: '1', note: '' } });
+    expect(validateApproveBudget(ctx, s, other)).toMatch(/signed for phase other-phase-0123456789ab/);
+    expect(validateApproveBudget(ctx, s, { ...other, phaseId: input.phaseId })).toMatch(/^signature: does not verify/);
+    const oldHash = sign('demo-approver', { kind: 'approve-budget', phaseId: input.phaseId, protocolHash: 'a'.repeat(64), content: { usd: '1', note: '' } });
+    expect(validateApproveBudget(ctx, s, oldHash)).toMatch(/not for this phase/);
+  });
+  test('a nonce used by another decision is a replay', () => {
+    const t = fresh();
+    applyApproveBudget(ctx, t, good, NOW);
+    t.status = 'BUDGET_HOLD';
+    const reuse = signDecision(keyOf('demo-approver'), { kind: 'approve-budget', ...target, by: 'demo-approver', content: { usd: '2', note: '' } });
+    const replay = { ...reuse, nonce: good.nonce };
+    // Re-sign with the reused nonce so that only the nonce is wrong.
+    const resigned = { ...replay, signature: nodeSign(null, decisionMessage(replay), keyOf('demo-approver')).toString('base64') };
+    expect(validateApproveBudget(ctx, t, resigned)).toMatch(/^nonce: already used by another decision/);
+  });
+  test('over-long text and names that are paths are refused by their field', () => {
+    expect(validateApproveBudget(ctx, s, approval('demo-approver', '1', 'n'.repeat(2001)))).toMatch(/^content.note: longer than 2000/);
+    expect(validateApproveBudget(ctx, s, { ...good, by: '../../etc/passwd' })).toMatch(/^by: must be a person's name/);
+    expect(validateApproveBudget(ctx, s, { ...good, by: 'x'.repeat(900_000) })).toMatch(/^by: must be a person's name/);
+  });
+});
+
+test('the review gate accepts only listed reviewers, known verdicts, in AWAITING_REVIEW, and separates duties', () => {
+  const s = fresh();
+  expect(validateSubmitReview(ctx, s, reviewBy('demo-reviewer', 'APPROVED'))).toMatch(/only in AWAITING_REVIEW/);
+  applyApproveBudget(ctx, s, approval('demo-approver', '1'), NOW);
+  expect(s.status).toBe('AWAITING_REVIEW');
+  expect(validateSubmitReview(ctx, s, sign('x', { kind: 'review', ...target, content: { verdict: 'APPROVED', ref: '', notes: '' } }, 'mallory'))).toMatch(/reviewer "x" is not listed/);
+  expect(validateSubmitReview(ctx, s, reviewBy('demo-reviewer', 'MAYBE' as ReviewVerdict))).toMatch(/content.verdict: must be one of/);
+  expect(validateSubmitReview(ctx, s, reviewBy('demo-reviewer', 'ADVISED'))).toBeNull();
+
+  // One key in both roles (a protocol listing the approver as a reviewer too): refused under separate_duties.
+  const both = gateContext({ ...input, protocol: { ...protocol, review: { ...protocol.review, reviewers: ['demo-reviewer', 'demo-approver'] } } });
+  expect(validateSubmitReview(both, s, reviewBy('demo-approver', 'APPROVED'))).toMatch(/^separate_duties: demo-approver's key .* approved this phase's budget/);
+  const relaxed = gateContext({ ...input, protocol: { ...both.protocol, separate_duties: false } });
+  expect(validateSubmitReview(relaxed, s, reviewBy('demo-approver', 'APPROVED'))).toBeNull();
+});
+
+describe('the start input', () => {
+  test('a start that claims another hash, phase id, a resumed state or a negative carried-over spend is refused', () => {
+    expect(startInputProblem(input, false)).toBeNull();
+    expect(startInputProblem({ ...input, people: { ...input.people, 'demo-approver': input.people['demo-reviewer']! } }, false)).toMatch(/^protocolHash: does not match/);
+    expect(startInputProblem({ ...input, protocol: { ...protocol, budget: { ...protocol.budget, cap_usd: 1e6 } } }, false)).toMatch(/^protocolHash/);
+    expect(startInputProblem({ ...input, pricing: { ...input.pricing, usdPerSecond: { cpu: 0 } } }, false)).toMatch(/^protocolHash/);
+    expect(startInputProblem({ ...input, phaseId: 'demo-tooling-parity-000000000000' }, false)).toMatch(/^phaseId: /);
+    const resume = { ...initialState(input, NOW), status: 'RUNNING' as const, budget: { approvedUsd: 1e9, approvedMicros: 1e15, approvals: [], rejection: null } };
+    expect(startInputProblem({ ...input, resume }, false)).toMatch(/^resume: a resumed state is accepted only from the phase's own continue-as-new/);
+    const earlier = ledgerEntryFor({ modelKey: 'tiny-qwen2', attempt: 1, gpu: 'cpu', usdPerSecond: 1, outcome: 'failed', measuredSeconds: 1, startedAtMs: 0, endedAtMs: 0, backendIds: {} });
+    expect(startInputProblem({ ...input, priorLedger: [{ ...earlier, usd: -100 }] }, false)).toMatch(/^priorLedger/);
+  });
+
+  test('a continued run re-checks every decision in its state', () => {
+    const s = fresh();
+    applyApproveBudget(ctx, s, approval('demo-approver', '1'), NOW);
+    expect(startInputProblem({ ...input, resume: s }, true)).toBeNull();
+    const forged = structuredClone(s);
+    forged.budget.approvals[0]!.signature.signed.content = { usd: '1000', note: '' };
+    expect(startInputProblem({ ...input, resume: forged }, true)).toMatch(/^resume: approve-budget by demo-approver: signature: does not verify/);
+  });
 });
 
 describe('ledger and budget check', () => {
@@ -101,7 +197,7 @@ describe('ledger and budget check', () => {
 
   test('holds when spent plus the next estimate exceeds the approval, and failed attempts count', () => {
     const s = fresh();
-    s.budget.approvedUsd = 15;
+    s.budget.approvedMicros = 15_000_000;
     const entry = (usd: number, outcome: 'failed' | 'succeeded') => ({ ...ledgerEntryFor({ modelKey: 'm', attempt: 1, gpu: 'A100-40GB', usdPerSecond: 1, outcome, measuredSeconds: usd, startedAtMs: 0, endedAtMs: 0, backendIds: {} }) });
     s.ledger.push(entry(10, 'failed'));
     expect(spentUsd(s.ledger)).toBe(10);
@@ -123,6 +219,8 @@ describe('ledger and budget check', () => {
     expect(costUsd(3600, 0.000583)).toBe(2.0988);
     expect(costUsd(-5, 1)).toBe(0);
     expect([2, 3, 4].map((a) => retryDelaySeconds({ max_attempts: 5, initial_interval_seconds: 10, backoff_coefficient: 2 }, a))).toEqual([10, 20, 40]);
+    // The largest back-off a protocol may ask for still waits at most a day.
+    expect(retryDelaySeconds({ max_attempts: 10, initial_interval_seconds: 3600, backoff_coefficient: 10 }, 10)).toBe(MAX_RETRY_DELAY_SECONDS);
   });
 });
 

@@ -6,15 +6,14 @@
 import { chmodSync, existsSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import {
-  approveBudget,
   getState,
   PhaseError,
   reopenPhase,
   startPhase,
-  submitReview,
   verifyPhase,
   waitForStatus,
 } from '../client/phases';
+import { approveAs, reviewAs } from './helpers/decisions';
 import { renderManifest } from '../activities/manifest';
 import { spentUsd } from '../workflows/phase-logic';
 import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
@@ -30,8 +29,8 @@ test('holds a GPU attempt that would exceed the approval, dispatches nothing whi
   await worker.runUntil(async () => {
     const { phaseId } = await startPhase(pc, loaded);
     // Enough for the first model's estimate, not for the first model's real cost plus the second's estimate.
-    await approveBudget(pc, phaseId, { by: 'demo-approver', usd: perModelEstimate + 0.00005 });
-    await submitReview(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED', ref: 'thread-1' });
+    await approveAs(pc, phaseId, { by: 'demo-approver', usd: perModelEstimate + 0.00005 });
+    await reviewAs(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED', ref: 'thread-1' });
 
     const held = await waitForStatus(pc, phaseId, 'BUDGET_HOLD', 180);
     expect(held.models.map((m) => m.status)).toEqual(['succeeded', 'pending']);
@@ -43,10 +42,10 @@ test('holds a GPU attempt that would exceed the approval, dispatches nothing whi
     expect(scheduledActivities(await historyEvents(server.env.client, phaseId), 'runModel')).toHaveLength(1);
 
     // A re-approval must raise the amount; then the second model runs.
-    const low = await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.001 }).catch((e: unknown) => e);
+    const low = await approveAs(pc, phaseId, { by: 'demo-approver', usd: 0.001 }).catch((e: unknown) => e);
     expect(low).toBeInstanceOf(PhaseError);
     expect((low as PhaseError).message).toContain('must exceed the approved');
-    await approveBudget(pc, phaseId, { by: 'demo-approver', usd: 0.05, note: 'second model' });
+    await approveAs(pc, phaseId, { by: 'demo-approver', usd: 0.05, note: 'second model' });
     const frozen = await waitForStatus(pc, phaseId, 'FROZEN', 240);
 
     const events = await historyEvents(server.env.client, phaseId);

@@ -6,7 +6,7 @@ import { Connection } from '@temporalio/client';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdirSync, openSync } from 'node:fs';
 import path from 'node:path';
-import { dieWithParent } from '../common/child-process';
+import { dieWithParent, plainEnv } from '../common/child-process';
 import { searchAttributes } from '../workflows/definitions';
 
 export interface DevServerOptions {
@@ -48,7 +48,8 @@ export async function startDevServer(o: DevServerOptions): Promise<DevServer> {
   ];
   // A killed `phasegate server` must not leave the dev server holding the port and the SQLite file.
   const guarded = dieWithParent(o.temporalBin, args);
-  const child = spawn(guarded.file, guarded.args, { stdio: ['ignore', log, log] });
+  // The dev server gets no credentials: it needs none, and what it never holds it cannot leak.
+  const child = spawn(guarded.file, guarded.args, { stdio: ['ignore', log, log], env: plainEnv() });
   const address = `127.0.0.1:${o.port}`;
   const exited = new Promise<never>((_, reject) => {
     child.once('error', reject);

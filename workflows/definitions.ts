@@ -8,6 +8,9 @@
 import { defineQuery, defineUpdate } from '@temporalio/workflow';
 import { defineSearchAttributeKey, SearchAttributeType } from '@temporalio/common';
 import type { Protocol } from '../protocols/schema';
+import type { ReviewVerdict, SignatureRecord, SignedDecision } from '../domain/decisions';
+
+export type { ReviewVerdict, SignatureRecord, SignedDecision } from '../domain/decisions';
 
 export const PHASE_WORKFLOW_TYPE = 'phaseWorkflow';
 
@@ -64,6 +67,8 @@ export interface PhaseInput {
   protocolPath: string;
   prompts: LockedPrompts;
   pricing: PricingSnapshot;
+  /** Everyone who may decide, name -> `ed25519:` public key; part of the protocol hash (domain/lock.ts). */
+  people: Record<string, string>;
   /**
    * The ledger of an earlier run of this phase that FAILED or was CANCELLED: a restart resumes from its
    * checkpoints, so its spend counts against the new approval too.
@@ -71,7 +76,10 @@ export interface PhaseInput {
   priorLedger?: LedgerEntry[];
   /** Set when this phase reopens a frozen one; its artifacts are never touched. */
   reopenOf?: { phaseId: string; defect: string };
-  /** Carried through continue-as-new: the state the next run resumes from. */
+  /**
+   * Carried through continue-as-new: the state the next run resumes from. Accepted only when this run was
+   * started by the phase's own continue-as-new; a client start that carries it is refused.
+   */
   resume?: PhaseState;
   /**
    * false only on a server that cannot register custom search attributes (the time-skipping test server);
@@ -83,20 +91,22 @@ export interface PhaseInput {
 }
 
 // ---- State ------------------------------------------------------------------------------------------------------
+/** Every decision keeps the signature the workflow checked, so `verify` can check it again offline. */
 export interface BudgetApproval {
   by: string;
   usd: number;
+  usdMicros: number;
   note: string;
   at: string;
+  signature: SignatureRecord;
 }
 
 export interface BudgetRejection {
   by: string;
   reason: string;
   at: string;
+  signature: SignatureRecord;
 }
-
-export type ReviewVerdict = 'APPROVED' | 'ADVISED' | 'CHANGES_REQUESTED';
 
 export interface ReviewDecision {
   by: string;
@@ -104,6 +114,7 @@ export interface ReviewDecision {
   ref: string;
   notes: string;
   at: string;
+  signature: SignatureRecord;
 }
 
 export interface ModelEstimate {
@@ -214,7 +225,8 @@ export interface PhaseState {
   status: PhaseStatus;
   startedAt: string;
   estimate: Estimate | null;
-  budget: { approvedUsd: number; approvals: BudgetApproval[]; rejection: BudgetRejection | null };
+  /** approvedMicros is the approval in integer micro-dollars; approvedUsd the same in dollars, for display. */
+  budget: { approvedUsd: number; approvedMicros: number; approvals: BudgetApproval[]; rejection: BudgetRejection | null };
   review: ReviewDecision | null;
   models: ModelProgress[];
   ledger: LedgerEntry[];
@@ -238,24 +250,10 @@ export interface RunPlan {
   estimate: Estimate | null;
 }
 
-// ---- Updates (human gates) -------------------------------------------------------------------------------------------
-export interface ApproveBudgetInput {
-  by: string;
-  usd: number;
-  note?: string;
-}
-
-export interface RejectBudgetInput {
-  by: string;
-  reason: string;
-}
-
-export interface SubmitReviewInput {
-  by: string;
-  verdict: ReviewVerdict;
-  ref?: string;
-  notes?: string;
-}
+// ---- Updates (human gates): each carries a decision signed by its person (domain/decisions.ts) ----------------------
+export type ApproveBudgetInput = SignedDecision<'approve-budget'>;
+export type RejectBudgetInput = SignedDecision<'reject-budget'>;
+export type SubmitReviewInput = SignedDecision<'review'>;
 
 export interface DecisionResult {
   /** false when the same decision had already been applied: it is acknowledged, not applied again. */

@@ -15,6 +15,18 @@ import type {
   SubmitReviewInput,
 } from './definitions';
 import type { Protocol } from '../protocols/schema';
+import {
+  decisionShapeProblem,
+  keyFingerprint,
+  recordProblem,
+  signatureProblem,
+  signatureRecord,
+  type DecisionKind,
+  type SignatureRecord,
+  type SignedDecision,
+} from '../domain/decisions';
+import { isReopenIdOf, phaseIdFor, protocolHashOf } from '../domain/lock';
+import { formatMicros, microsToUsd, parseUsd, usdToMicros } from '../domain/money';
 
 export function initialState(input: PhaseInput, now: string): PhaseState {
   const prior = (input.priorLedger ?? []).map((e) => ({ ...e, earlierRun: true }));
@@ -29,7 +41,7 @@ export function initialState(input: PhaseInput, now: string): PhaseState {
     status: 'AWAITING_BUDGET',
     startedAt: now,
     estimate: null,
-    budget: { approvedUsd: 0, approvals: [], rejection: null },
+    budget: { approvedUsd: 0, approvedMicros: 0, approvals: [], rejection: null },
     review: null,
     models: input.protocol.models.map((m) => ({ modelKey: m.key, status: 'pending', attempts: 0, backendIds: {} })),
     ledger: prior,
@@ -77,7 +89,8 @@ export function checkBudget(state: PhaseState, nextAttemptUsd: number): BudgetCh
   const spent = spentUsd(state.ledger);
   const needed = roundUsd(spent + nextAttemptUsd);
   return {
-    ok: needed <= state.budget.approvedUsd,
+    // Compared in integer micro-dollars, so the check is exact.
+    ok: usdToMicros(needed) <= state.budget.approvedMicros,
     spentUsd: spent,
     approvedUsd: state.budget.approvedUsd,
     nextUsd: nextAttemptUsd,
@@ -134,99 +147,206 @@ export function attemptTimeoutSeconds(timeoutMinutes: number, budgetLeftUsd: num
 
 /** Delay before attempt `attempt` (2, 3, ...) under the protocol's back-off. */
 export function retryDelaySeconds(retry: Protocol['retry'], attempt: number): number {
-  return retry.initial_interval_seconds * retry.backoff_coefficient ** Math.max(0, attempt - 2);
+  return Math.min(MAX_RETRY_DELAY_SECONDS, retry.initial_interval_seconds * retry.backoff_coefficient ** Math.max(0, attempt - 2));
 }
+
+/** The longest wait between two attempts, whatever the protocol's back-off says. */
+export const MAX_RETRY_DELAY_SECONDS = 86_400;
 
 // ---- Gates -----------------------------------------------------------------------------------------------------------
-export function approveKey(i: ApproveBudgetInput): string {
-  return `approve:${i.by.trim()}:${i.usd}`;
-}
-export function rejectKey(i: RejectBudgetInput): string {
-  return `reject:${i.by.trim()}`;
-}
-export function reviewKey(i: SubmitReviewInput): string {
-  return `review:${i.by.trim()}:${i.verdict}`;
+/** What a gate check needs to know about the phase besides its state: its lock and who may decide. */
+export interface GateContext {
+  phaseId: string;
+  protocolHash: string;
+  protocol: Protocol;
+  people: Record<string, string>;
 }
 
-const listed = (who: string, list: readonly string[]): boolean => list.includes(who.trim());
-const money = (usd: number): string => `$${usd.toFixed(2)}`;
+export const gateContext = (input: PhaseInput): GateContext => ({ phaseId: input.phaseId, protocolHash: input.protocolHash, protocol: input.protocol, people: input.people });
 
-/** Returns why an approval must be refused, or null. A decision already applied is never refused. */
-export function validateApproveBudget(state: PhaseState, protocol: Protocol, i: ApproveBudgetInput): string | null {
-  if (state.appliedDecisions.includes(approveKey(i))) return null;
-  if (typeof i.by !== 'string' || !listed(i.by, protocol.budget.approvers)) {
-    return `approver "${String(i.by)}" is not listed in the protocol's budget.approvers (${protocol.budget.approvers.join(', ')})`;
+/** Decisions with the same meaning share a key, so a resent decision (even re-signed) is applied once. */
+export function approveKey(d: ApproveBudgetInput): string {
+  return `approve:${d.by}:${d.content.usd}`;
+}
+export function rejectKey(d: RejectBudgetInput): string {
+  return `reject:${d.by}`;
+}
+export function reviewKey(d: SubmitReviewInput): string {
+  return `review:${d.by}:${d.content.verdict}`;
+}
+
+const ROLES: Record<DecisionKind, { list: (p: Protocol) => string[]; field: string; noun: string }> = {
+  'approve-budget': { list: (p) => p.budget.approvers, field: 'budget.approvers', noun: 'approver' },
+  'reject-budget': { list: (p) => p.budget.approvers, field: 'budget.approvers', noun: 'approver' },
+  review: { list: (p) => p.review.reviewers, field: 'review.reviewers', noun: 'reviewer' },
+};
+
+function signaturesIn(state: PhaseState): SignatureRecord[] {
+  return [...state.budget.approvals.map((a) => a.signature), ...(state.budget.rejection ? [state.budget.rejection.signature] : []), ...(state.review ? [state.review.signature] : [])];
+}
+
+/**
+ * The checks every decision passes, whoever sends it: its shape and bounds, its signer is named for this gate
+ * in the locked protocol, its signature verifies with that person's key for this phase and protocol hash, and
+ * its nonce has not been used by another decision. Returns the reason to refuse, or null.
+ */
+export function decisionProblem<K extends DecisionKind>(ctx: GateContext, state: PhaseState, kind: K, d: unknown): string | null {
+  const shape = decisionShapeProblem(d, kind);
+  if (shape !== null) return shape;
+  const decision = d as SignedDecision<K>;
+  const role = ROLES[kind];
+  if (!role.list(ctx.protocol).includes(decision.by)) {
+    return `by: ${role.noun} "${decision.by}" is not listed in the protocol's ${role.field} (${role.list(ctx.protocol).join(', ')})`;
   }
-  if (typeof i.usd !== 'number' || !Number.isFinite(i.usd) || i.usd <= 0) {
-    return `usd must be a positive, finite amount, got ${String(i.usd)}`;
+  if (decision.phaseId !== ctx.phaseId || decision.protocolHash !== ctx.protocolHash) {
+    return `phaseId: the decision was signed for phase ${decision.phaseId.slice(0, 80)} (protocol ${decision.protocolHash.slice(0, 12)}), not for this phase ${ctx.phaseId} (protocol ${ctx.protocolHash.slice(0, 12)})`;
   }
-  if (state.status !== 'AWAITING_BUDGET' && state.status !== 'BUDGET_HOLD') {
-    return `the phase is ${state.status}: a budget approval is accepted only in AWAITING_BUDGET or BUDGET_HOLD`;
-  }
-  if (state.estimate === null) return 'the cost estimate is not ready yet: an approval is given against an estimate (retry in a moment)';
-  if (state.status === 'BUDGET_HOLD' && i.usd <= state.budget.approvedUsd) {
-    return `usd ${money(i.usd)} must exceed the approved ${money(state.budget.approvedUsd)} to release the hold`;
+  const key = ctx.people[decision.by];
+  if (key === undefined) return `by: "${decision.by}" has no public key in the protocol's people`;
+  const bad = signatureProblem(decision, key);
+  if (bad !== null) return bad;
+  const reused = signaturesIn(state).find((r) => r.signed.nonce === decision.nonce);
+  if (reused !== undefined && reused.signed.signature !== decision.signature) return `nonce: already used by another decision (a replay)`;
+  return null;
+}
+
+/** Separation of duties: a key that approved the budget may not review, and a reviewer's key may not approve. */
+function dutyConflict(ctx: GateContext, state: PhaseState, kind: DecisionKind, by: string): string | null {
+  if (!ctx.protocol.separate_duties) return null;
+  const key = ctx.people[by];
+  if (kind === 'review') {
+    const approver = state.budget.approvals.find((a) => a.signature.publicKey === key);
+    if (approver !== undefined) return `separate_duties: ${by}'s key ${keyFingerprint(key ?? '')} approved this phase's budget (as ${approver.by}), so it may not also review it`;
+  } else if (state.review !== null && state.review.signature.publicKey === key) {
+    return `separate_duties: ${by}'s key ${keyFingerprint(key ?? '')} reviewed this phase (as ${state.review.by}), so it may not also decide its budget`;
   }
   return null;
 }
 
-export function applyApproveBudget(state: PhaseState, i: ApproveBudgetInput, now: string): DecisionResult {
+const money = (micros: number): string => formatMicros(micros);
+
+/** Returns why an approval must be refused, or null. A valid decision already applied is never refused. */
+export function validateApproveBudget(ctx: GateContext, state: PhaseState, d: unknown): string | null {
+  const problem = decisionProblem(ctx, state, 'approve-budget', d);
+  if (problem !== null) return problem;
+  const i = d as ApproveBudgetInput;
+  if (state.appliedDecisions.includes(approveKey(i))) return null;
+  const duty = dutyConflict(ctx, state, 'approve-budget', i.by);
+  if (duty !== null) return duty;
+  if (state.status !== 'AWAITING_BUDGET' && state.status !== 'BUDGET_HOLD') {
+    return `status: the phase is ${state.status}: a budget approval is accepted only in AWAITING_BUDGET or BUDGET_HOLD`;
+  }
+  if (state.estimate === null) return 'estimate: the cost estimate is not ready yet: an approval is given against an estimate (retry in a moment)';
+  const micros = (parseUsd(i.content.usd) as { micros: number }).micros;
+  const capMicros = usdToMicros(ctx.protocol.budget.cap_usd);
+  if (micros > capMicros) {
+    return `content.usd: ${money(micros)} exceeds the protocol's budget.cap_usd ${money(capMicros)}; the cap is a protocol field: raise it in a new protocol version (a new phase)`;
+  }
+  if (state.status === 'BUDGET_HOLD' && micros <= state.budget.approvedMicros) {
+    return `content.usd: ${money(micros)} must exceed the approved ${money(state.budget.approvedMicros)} to release the hold`;
+  }
+  return null;
+}
+
+const unchanged = (state: PhaseState): DecisionResult => ({ applied: false, status: state.status, approvedUsd: state.budget.approvedUsd });
+
+export function applyApproveBudget(ctx: GateContext, state: PhaseState, i: ApproveBudgetInput, now: string): DecisionResult {
   const key = approveKey(i);
-  if (state.appliedDecisions.includes(key)) return { applied: false, status: state.status, approvedUsd: state.budget.approvedUsd };
+  if (state.appliedDecisions.includes(key)) return unchanged(state);
   state.appliedDecisions.push(key);
-  state.budget.approvals.push({ by: i.by.trim(), usd: i.usd, note: i.note ?? '', at: now });
-  state.budget.approvedUsd = i.usd;
-  state.events.push({ at: now, kind: 'decision', message: `budget approved by ${i.by.trim()}: ${money(i.usd)}` });
+  const micros = (parseUsd(i.content.usd) as { micros: number }).micros;
+  const signature = signatureRecord(i, ctx.people[i.by]!);
+  state.budget.approvals.push({ by: i.by, usd: microsToUsd(micros), usdMicros: micros, note: i.content.note, at: now, signature });
+  state.budget.approvedMicros = micros;
+  state.budget.approvedUsd = microsToUsd(micros);
+  state.events.push({ at: now, kind: 'decision', message: `budget approved by ${i.by}: ${money(micros)} (signature verified, key ${signature.keyFingerprint})` });
   // The gate opens at once, so a review sent right after the approval is accepted. (A hold is released by the
   // workflow's run loop, which re-checks the budget before moving back to RUNNING.)
-  if (state.status === 'AWAITING_BUDGET') transition(state, 'AWAITING_REVIEW', now, `budget approved: ${money(i.usd)}`);
+  if (state.status === 'AWAITING_BUDGET') transition(state, 'AWAITING_REVIEW', now, `budget approved: ${money(micros)}`);
   return { applied: true, status: state.status, approvedUsd: state.budget.approvedUsd };
 }
 
-export function validateRejectBudget(state: PhaseState, protocol: Protocol, i: RejectBudgetInput): string | null {
+export function validateRejectBudget(ctx: GateContext, state: PhaseState, d: unknown): string | null {
+  const problem = decisionProblem(ctx, state, 'reject-budget', d);
+  if (problem !== null) return problem;
+  const i = d as RejectBudgetInput;
   if (state.appliedDecisions.includes(rejectKey(i))) return null;
-  if (typeof i.by !== 'string' || !listed(i.by, protocol.budget.approvers)) {
-    return `approver "${String(i.by)}" is not listed in the protocol's budget.approvers (${protocol.budget.approvers.join(', ')})`;
-  }
-  if (typeof i.reason !== 'string' || i.reason.trim() === '') return 'reason must say why the budget is rejected';
+  const duty = dutyConflict(ctx, state, 'reject-budget', i.by);
+  if (duty !== null) return duty;
   if (state.status !== 'AWAITING_BUDGET' && state.status !== 'BUDGET_HOLD') {
-    return `the phase is ${state.status}: a budget rejection is accepted only in AWAITING_BUDGET or BUDGET_HOLD`;
+    return `status: the phase is ${state.status}: a budget rejection is accepted only in AWAITING_BUDGET or BUDGET_HOLD`;
   }
   return null;
 }
 
-export function applyRejectBudget(state: PhaseState, i: RejectBudgetInput, now: string): DecisionResult {
+export function applyRejectBudget(ctx: GateContext, state: PhaseState, i: RejectBudgetInput, now: string): DecisionResult {
   const key = rejectKey(i);
-  if (state.appliedDecisions.includes(key)) return { applied: false, status: state.status, approvedUsd: state.budget.approvedUsd };
+  if (state.appliedDecisions.includes(key)) return unchanged(state);
   state.appliedDecisions.push(key);
-  state.budget.rejection = { by: i.by.trim(), reason: i.reason, at: now };
-  state.events.push({ at: now, kind: 'decision', message: `budget rejected by ${i.by.trim()}: ${i.reason}` });
-  transition(state, 'REJECTED', now, `budget rejected by ${i.by.trim()}`);
+  const signature = signatureRecord(i, ctx.people[i.by]!);
+  state.budget.rejection = { by: i.by, reason: i.content.reason, at: now, signature };
+  state.events.push({ at: now, kind: 'decision', message: `budget rejected by ${i.by} (signature verified, key ${signature.keyFingerprint}): ${i.content.reason}` });
+  transition(state, 'REJECTED', now, `budget rejected by ${i.by}`);
   return { applied: true, status: state.status, approvedUsd: state.budget.approvedUsd };
 }
 
-const VERDICTS = ['APPROVED', 'ADVISED', 'CHANGES_REQUESTED'];
-
-export function validateSubmitReview(state: PhaseState, protocol: Protocol, i: SubmitReviewInput): string | null {
+export function validateSubmitReview(ctx: GateContext, state: PhaseState, d: unknown): string | null {
+  const problem = decisionProblem(ctx, state, 'review', d);
+  if (problem !== null) return problem;
+  const i = d as SubmitReviewInput;
   if (state.appliedDecisions.includes(reviewKey(i))) return null;
-  if (typeof i.by !== 'string' || !listed(i.by, protocol.review.reviewers)) {
-    return `reviewer "${String(i.by)}" is not listed in the protocol's review.reviewers (${protocol.review.reviewers.join(', ')})`;
-  }
-  if (!VERDICTS.includes(i.verdict)) return `verdict must be one of ${VERDICTS.join(', ')}, got ${String(i.verdict)}`;
+  const duty = dutyConflict(ctx, state, 'review', i.by);
+  if (duty !== null) return duty;
   if (state.status !== 'AWAITING_REVIEW') {
-    return `the phase is ${state.status}: a review verdict is accepted only in AWAITING_REVIEW`;
+    return `status: the phase is ${state.status}: a review verdict is accepted only in AWAITING_REVIEW`;
   }
   return null;
 }
 
-export function applySubmitReview(state: PhaseState, i: SubmitReviewInput, now: string): DecisionResult {
+export function applySubmitReview(ctx: GateContext, state: PhaseState, i: SubmitReviewInput, now: string): DecisionResult {
   const key = reviewKey(i);
-  if (state.appliedDecisions.includes(key)) return { applied: false, status: state.status, approvedUsd: state.budget.approvedUsd };
+  if (state.appliedDecisions.includes(key)) return unchanged(state);
   state.appliedDecisions.push(key);
-  state.review = { by: i.by.trim(), verdict: i.verdict, ref: i.ref ?? '', notes: i.notes ?? '', at: now };
-  state.events.push({ at: now, kind: 'decision', message: `review by ${i.by.trim()}: ${i.verdict}${i.ref ? ` (${i.ref})` : ''}` });
-  transition(state, i.verdict === 'CHANGES_REQUESTED' ? 'CHANGES_REQUESTED' : 'RUNNING', now, `review ${i.verdict} by ${i.by.trim()}`);
+  const { verdict, ref, notes } = i.content;
+  const signature = signatureRecord(i, ctx.people[i.by]!);
+  state.review = { by: i.by, verdict, ref, notes, at: now, signature };
+  state.events.push({ at: now, kind: 'decision', message: `review by ${i.by}: ${verdict}${ref ? ` (${ref})` : ''} (signature verified, key ${signature.keyFingerprint})` });
+  transition(state, verdict === 'CHANGES_REQUESTED' ? 'CHANGES_REQUESTED' : 'RUNNING', now, `review ${verdict} by ${i.by}`);
   return { applied: true, status: state.status, approvedUsd: state.budget.approvedUsd };
+}
+
+// ---- The start input: what a client may claim ---------------------------------------------------------------------
+/**
+ * Why a run's input must be refused, or null. Anyone who can reach Temporal can start a workflow with any input,
+ * so the workflow trusts nothing it can check itself: the protocol hash is recomputed from the input's own
+ * protocol, prompt hashes, pricing and people; the phase id must be the one that hash names; a resumed state is
+ * accepted only from the phase's own continue-as-new, and every decision in it must still verify.
+ */
+export function startInputProblem(input: PhaseInput, continuedFromOwnRun: boolean): string | null {
+  if (input.resume !== undefined && !continuedFromOwnRun) return 'resume: a resumed state is accepted only from the phase\'s own continue-as-new, not from a start';
+  const hash = protocolHashOf({
+    protocol: input.protocol,
+    promptSha256: { harmful: input.prompts.harmful.sha256, harmless: input.prompts.harmless.sha256, eval: input.prompts.eval.sha256 },
+    pricing: input.pricing,
+    people: input.people,
+  });
+  if (hash !== input.protocolHash) return 'protocolHash: does not match the protocol, prompt hashes, pricing and people in the start input';
+  const own = phaseIdFor(input.protocol.phase, hash);
+  const idOk = input.reopenOf === undefined ? input.phaseId === own : input.reopenOf.phaseId === own && isReopenIdOf(input.phaseId, own);
+  if (!idOk) return `phaseId: ${input.phaseId.slice(0, 80)} is not the id the locked protocol names (${own})`;
+  const bad = (input.priorLedger ?? []).find((e) => !(Number.isFinite(e.usd) && e.usd >= 0 && Number.isFinite(e.seconds) && e.seconds >= 0));
+  if (bad !== undefined) return 'priorLedger: every carried-over line must have a finite, non-negative cost';
+  if (input.resume !== undefined) {
+    for (const problem of decisionRecordProblems(input, input.resume)) return `resume: ${problem}`;
+  }
+  return null;
+}
+
+/** Every recorded decision of a phase checked again from scratch; the problems found (none for an honest phase). */
+export function decisionRecordProblems(lock: { phaseId: string; protocolHash: string; people: Record<string, string> }, state: PhaseState): string[] {
+  return signaturesIn(state)
+    .map((r) => recordProblem(r, lock))
+    .filter((p): p is string => p !== null);
 }
 
 // ---- The run plan the reviewer reads -------------------------------------------------------------------------------

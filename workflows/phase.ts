@@ -49,12 +49,14 @@ import {
   applyRejectBudget,
   applySubmitReview,
   checkBudget,
+  gateContext,
   initialState,
   ledgerEntryFor,
   retryDelaySeconds,
   runPlan,
   spentUsd,
   attemptTimeoutSeconds,
+  startInputProblem,
   transition,
   validateApproveBudget,
   validateRejectBudget,
@@ -94,19 +96,23 @@ const nowIso = (): string => new Date(Date.now()).toISOString();
 
 export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
   const protocol = input.protocol;
+  // Anyone who reaches Temporal can start this workflow with any input: check what it claims before anything else.
+  const refused = startInputProblem(input, workflowInfo().continuedFromExecutionRunId !== undefined);
+  if (refused !== null) throw ApplicationFailure.create({ type: ErrorTypes.invalidInput, message: `refused start input: ${refused}`, nonRetryable: true });
   const state: PhaseState = input.resume ?? initialState(input, nowIso());
+  const gate = gateContext(input);
 
-  // ---- Handlers: validators refuse before anything enters history; handlers apply pure transitions ----------------
+  // ---- Handlers: validators check each signed decision before it enters history; handlers apply pure transitions --
   setHandler(stateQuery, () => state);
   setHandler(planQuery, () => runPlan(input, state));
-  setHandler(approveBudgetUpdate, (i) => applyApproveBudget(state, i, nowIso()), {
-    validator: (i: ApproveBudgetInput) => refuseIf(validateApproveBudget(state, protocol, i)),
+  setHandler(approveBudgetUpdate, (i) => applyApproveBudget(gate, state, i, nowIso()), {
+    validator: (i: ApproveBudgetInput) => refuseIf(validateApproveBudget(gate, state, i)),
   });
-  setHandler(rejectBudgetUpdate, (i) => applyRejectBudget(state, i, nowIso()), {
-    validator: (i: RejectBudgetInput) => refuseIf(validateRejectBudget(state, protocol, i)),
+  setHandler(rejectBudgetUpdate, (i) => applyRejectBudget(gate, state, i, nowIso()), {
+    validator: (i: RejectBudgetInput) => refuseIf(validateRejectBudget(gate, state, i)),
   });
-  setHandler(submitReviewUpdate, (i) => applySubmitReview(state, i, nowIso()), {
-    validator: (i: SubmitReviewInput) => refuseIf(validateSubmitReview(state, protocol, i)),
+  setHandler(submitReviewUpdate, (i) => applySubmitReview(gate, state, i, nowIso()), {
+    validator: (i: SubmitReviewInput) => refuseIf(validateSubmitReview(gate, state, i)),
   });
 
   // Search attributes are upserted only when the status changes, so history does not grow with re-checks.
@@ -271,7 +277,7 @@ async function runModels(input: PhaseInput, state: PhaseState, moveTo: (s: Phase
       }
       progress.status = 'pending';
       publish();
-      await sleep(`${retryDelaySeconds(protocol.retry, attempt + 1)} seconds`);
+      await sleep(Math.round(retryDelaySeconds(protocol.retry, attempt + 1) * 1000));
     }
   }
 }

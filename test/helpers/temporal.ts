@@ -7,7 +7,7 @@ import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, Runtime, DefaultLogger, type WorkflowBundleWithSourceMap, type Worker } from '@temporalio/worker';
 import type { Client } from '@temporalio/client';
 import { execFileSync } from 'node:child_process';
-import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
@@ -17,6 +17,7 @@ import { searchAttributes, type PhaseState } from '../../workflows/definitions';
 import type { phaseWorkflow } from '../../workflows/phase';
 import { createPhaseWorker, workflowsPath } from '../../worker/worker';
 import type { PhaseClient } from '../../client/phases';
+import { testRoster } from './decisions';
 
 export const repoPaths = resolvePaths(parseEnv({}));
 export const quietLogger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'warn' });
@@ -123,8 +124,9 @@ export async function testWorker(server: FileServer, name: string): Promise<Test
 }
 
 /**
- * Writes a protocol derived from protocols/demo.json into a temporary folder (prompt and pricing paths made
- * absolute) with the given overrides, and loads it. A distinct `tag` is a distinct phase.
+ * Writes a protocol derived from protocols/demo.json into a temporary folder (its prompt and pricing files copied
+ * beside it, since a protocol may only name files inside its own folder; the test roster of people inline) with
+ * the given overrides, and loads it. A distinct `tag` is a distinct phase.
  */
 export function testProtocol(tag: string, overrides: Record<string, unknown> = {}): LoadedProtocol {
   const demoDir = path.join(repoRoot, 'protocols');
@@ -132,8 +134,10 @@ export function testProtocol(tag: string, overrides: Record<string, unknown> = {
   // Same tag, same folder and content: the same protocol hash, so the same phase.
   const dir = path.join(os.tmpdir(), `phasegate-protocol-${tag}-${process.pid}`);
   mkdirSync(dir, { recursive: true });
-  const promptsFile = path.join(dir, 'eval.txt');
-  writeFileSync(promptsFile, 'What is the capital of France?\nWhy is the sky blue?\nWrite a haiku about rain.\n');
+  writeFileSync(path.join(dir, 'eval.txt'), 'What is the capital of France?\nWhy is the sky blue?\nWrite a haiku about rain.\n');
+  copyFileSync(path.join(demoDir, demo.prompts.harmful), path.join(dir, 'harmful.txt'));
+  copyFileSync(path.join(demoDir, demo.prompts.harmless), path.join(dir, 'harmless.txt'));
+  copyFileSync(path.join(demoDir, 'pricing', 'modal-gpu.json'), path.join(dir, 'pricing.json'));
   const protocol = {
     ...demo,
     phase: `test-${tag}`.slice(0, 63),
@@ -144,13 +148,11 @@ export function testProtocol(tag: string, overrides: Record<string, unknown> = {
     ],
     repeats: 1,
     sampling: { decode: 'greedy', max_new_tokens: 6, batch_size: 8 },
-    prompts: {
-      harmful: path.join(demoDir, demo.prompts.harmful),
-      harmless: path.join(demoDir, demo.prompts.harmless),
-      eval: promptsFile,
-    },
+    prompts: { harmful: 'harmful.txt', harmless: 'harmless.txt', eval: 'eval.txt' },
     eval_prompt_count: 3,
-    pricing: path.join(demoDir, 'pricing', 'modal-gpu.json'),
+    pricing: 'pricing.json',
+    people: testRoster(),
+    budget: { cap_usd: 5, approvers: ['demo-approver', 'second-approver'], deadline_hours: null },
     retry: { max_attempts: 3, initial_interval_seconds: 1, backoff_coefficient: 1 },
     ...overrides,
   };

@@ -1,0 +1,152 @@
+/**
+ * The attacker's view of the gates: decisions and start inputs sent straight to Temporal with the Temporal CLI
+ * (bypassing phasegate's own client, as anyone who can reach the server could), against a real dev server and
+ * the real workflow. Every forged decision must be refused by the update validator, with its reason, before it
+ * enters history; every crafted start input must end the run before any gate opens or any activity runs.
+ */
+import { execFile } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { decisionTarget, getState, PhaseError, startPhase, waitForStatus } from '../client/phases';
+import { approveBudgetUpdate } from '../workflows/definitions';
+import type { PhaseInput } from '../workflows/definitions';
+import { initialState } from '../workflows/phase-logic';
+import { approveAs, sign } from './helpers/decisions';
+import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
+import { repoPaths, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
+import { rejection } from './helpers/errors';
+
+const server = serverPerFile();
+
+interface Run {
+  code: number;
+  out: string;
+}
+
+/** The Temporal CLI, as an attacker on the same machine would run it. */
+function temporalCli(args: string[]): Promise<Run> {
+  return new Promise((resolve) => {
+    execFile(repoPaths.temporalBin, [...args, '--address', server.env.address], (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: stdout + stderr });
+    });
+  });
+}
+
+const scratch = mkdtempSync(path.join(os.tmpdir(), 'phasegate-forge-'));
+let inputs = 0;
+/** The CLI's --input-file: a 900 KB argument would exceed the kernel's limit for one argv entry. */
+function inputFile(value: unknown): string {
+  const file = path.join(scratch, `input-${(inputs += 1)}.json`);
+  writeFileSync(file, JSON.stringify(value));
+  return file;
+}
+
+const updateWithCli = (phaseId: string, input: unknown): Promise<Run> =>
+  temporalCli(['workflow', 'update', 'execute', '--workflow-id', phaseId, '--name', approveBudgetUpdate.name, '--input-file', inputFile(input)]);
+
+test('forged approvals sent straight to Temporal are refused 100%, each with its reason, and never enter history', async () => {
+  const { worker, pc } = await testWorker(server, 'forge');
+  const loaded = testProtocol('forge');
+  const other = testProtocol('forge-other');
+  await worker.runUntil(async () => {
+    const { phaseId } = await startPhase(pc, loaded);
+    await waitFor(async () => (await getState(pc, phaseId)).estimate !== null);
+    const target = await decisionTarget(pc, phaseId);
+    const good = sign('demo-approver', { kind: 'approve-budget', ...target, content: { usd: '1', note: '' } });
+    const { signature: _, ...unsigned } = good;
+    const forgeries: [string, unknown, RegExp][] = [
+      ['the old unsigned form', { by: 'demo-approver', usd: 1e9 }, /decision: unknown field "usd"/],
+      ['unsigned', unsigned, /signature: missing/],
+      ["signed with another person's key", sign('demo-approver', { kind: 'approve-budget', ...target, content: { usd: '1', note: '' } }, 'mallory'), /does not verify with demo-approver's key/],
+      ['amount altered after signing', { ...good, content: { ...good.content, usd: '5' } }, /does not verify/],
+      ["another phase's signature replayed", sign('demo-approver', { kind: 'approve-budget', phaseId: other.phaseId, protocolHash: other.protocolHash, content: { usd: '1', note: '' } }), /signed for phase test-forge-other/],
+      ['retargeted at this phase', { ...sign('demo-approver', { kind: 'approve-budget', phaseId: other.phaseId, protocolHash: other.protocolHash, content: { usd: '1', note: '' } }), phaseId, protocolHash: target.protocolHash }, /does not verify/],
+      ['an approver named in no protocol', sign('mallory', { kind: 'approve-budget', ...target, content: { usd: '1', note: '' } }), /approver "mallory" is not listed/],
+      ['a 900 KB signer name', { ...good, by: 'x'.repeat(900_000) }, /by: must be a person's name/],
+    ];
+    for (const [what, input, reason] of forgeries) {
+      const r = await updateWithCli(phaseId, input);
+      expect({ what, code: r.code }).toEqual({ what, code: 1 });
+      expect({ what, matches: reason.test(r.out) }).toEqual({ what, matches: true });
+    }
+    const events = await historyEvents(server.env.client, phaseId);
+    expect(updateAcceptedEvents(events, 'approveBudget')).toHaveLength(0);
+    expect((await getState(pc, phaseId)).budget.approvals).toHaveLength(0);
+
+    // The genuine decision, sent the same way, passes: the CLI path is not special.
+    const genuine = await updateWithCli(phaseId, good);
+    expect(genuine.code).toBe(0);
+    const state = await waitForStatus(pc, phaseId, 'AWAITING_REVIEW', 30);
+    expect(state.budget.approvals[0]?.signature.signed.signature).toBe(good.signature);
+    // Sent again, it is acknowledged and not applied twice.
+    expect((await updateWithCli(phaseId, good)).code).toBe(0);
+    expect((await getState(pc, phaseId)).budget.approvals).toHaveLength(1);
+  });
+});
+
+test('a crafted start input (a resumed RUNNING state, a foreign roster under a real phase id) runs nothing', async () => {
+  const { worker, pc, taskQueue } = await testWorker(server, 'crafted');
+  const loaded = testProtocol('crafted');
+  const input: PhaseInput = {
+    phaseId: loaded.phaseId,
+    protocol: loaded.protocol,
+    protocolHash: loaded.protocolHash,
+    protocolPath: loaded.protocolPath,
+    prompts: loaded.prompts,
+    pricing: loaded.pricing,
+    people: loaded.people,
+  };
+  const resume = { ...initialState(input, new Date().toISOString()), status: 'RUNNING', budget: { approvedUsd: 1e9, approvedMicros: 1e15, approvals: [], rejection: null } };
+  const start = (id: string, i: unknown): Promise<Run> =>
+    temporalCli(['workflow', 'start', '--type', 'phaseWorkflow', '--task-queue', taskQueue, '--workflow-id', id, '--input-file', inputFile(i)]);
+  await worker.runUntil(async () => {
+    // 1. The probe's attack: a start carrying a resumed RUNNING state with a billion dollars approved.
+    expect((await start(`${loaded.phaseId}`, { ...input, resume })).code).toBe(0);
+    const failed = await rejection(server.env.client.workflow.getHandle(loaded.phaseId).result(), Error);
+    expect(String((failed as { cause?: Error }).cause?.message)).toMatch(/refused start input: resume: a resumed state is accepted only from the phase's own continue-as-new/);
+    const events = await historyEvents(server.env.client, loaded.phaseId);
+    expect(scheduledActivities(events)).toHaveLength(0);
+
+    // 2. Someone else's roster under the real phase id: the hash no longer matches what it claims.
+    const hijack = { ...input, people: { ...input.people, 'demo-approver': input.people['demo-reviewer'] } };
+    const hijackId = `${loaded.phaseId}`;
+    expect((await start(hijackId, hijack)).code).toBe(0);
+    const hijacked = await rejection(server.env.client.workflow.getHandle(hijackId).result(), Error);
+    expect(String((hijacked as { cause?: Error }).cause?.message)).toMatch(/protocolHash: does not match/);
+
+    // The genuine start still works afterwards (a refused run failed, so the id may be reused), and the forged
+    // runs carried no spend into it.
+    const started = await startPhase(pc, loaded);
+    expect(started.started).toBe(true);
+    await approveAs(pc, loaded.phaseId, { by: 'demo-approver', usd: '1' });
+    const state = await waitForStatus(pc, loaded.phaseId, 'AWAITING_REVIEW', 30);
+    expect(state.ledger).toHaveLength(0);
+    expect(state.budget.approvedUsd).toBe(1);
+    await server.env.client.workflow.getHandle(loaded.phaseId).cancel();
+  });
+});
+
+test('a decision through phasegate\'s client with a wrong key is refused as a PhaseError of kind refused', async () => {
+  const { worker, pc } = await testWorker(server, 'wrongkey');
+  const loaded = testProtocol('wrongkey');
+  await worker.runUntil(async () => {
+    const { phaseId } = await startPhase(pc, loaded);
+    await waitFor(async () => (await getState(pc, phaseId)).estimate !== null);
+    const target = await decisionTarget(pc, phaseId);
+    const { approveBudget } = await import('../client/phases');
+    const err = await rejection(approveBudget(pc, sign('demo-approver', { kind: 'approve-budget', ...target, content: { usd: '1', note: '' } }, 'mallory')), PhaseError);
+    expect(err.kind).toBe('refused');
+    expect(err.exitCode).toBe(2);
+    expect(err.message).toContain("does not verify with demo-approver's key");
+    await server.env.client.workflow.getHandle(phaseId).cancel();
+  });
+});
+
+async function waitFor(check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * The HTTP API as a client on this machine meets it: a real HTTP server on a loopback port over a real dev
+ * server. Nothing answers without a bearer token but the health check; a foreign Host or Origin (DNS rebinding,
+ * a browser tab on another site) is refused; a protocol outside the configured folders is never read; a
+ * decision must carry its sender's own signature; errors map to statuses by kind and never quote a file.
+ */
+import { request as httpRequest, createServer, type Server } from 'node:http';
+import { mkdtempSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { requestListener, type HttpDeps } from '../client/http';
+import { decisionTarget, getState } from '../client/phases';
+import { issueToken, revokeToken } from '../client/tokens';
+import { sign } from './helpers/decisions';
+import { quietLogger, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
+
+const server = serverPerFile();
+
+interface Reply {
+  status: number;
+  body: { error?: string; kind?: string } & Record<string, unknown>;
+}
+
+function call(port: number, method: string, urlPath: string, options: { token?: string; body?: unknown; headers?: Record<string, string> } = {}): Promise<Reply> {
+  const payload = options.body === undefined ? undefined : typeof options.body === 'string' ? options.body : JSON.stringify(options.body);
+  const headers: Record<string, string> = {
+    host: `127.0.0.1:${port}`,
+    ...(payload !== undefined ? { 'content-type': 'application/json' } : {}),
+    ...(options.token ? { authorization: `Bearer ${options.token}` } : {}),
+    ...options.headers,
+  };
+  return new Promise((resolve, reject) => {
+    const req = httpRequest({ host: '127.0.0.1', port, method, path: urlPath, headers }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as Reply['body'] }));
+    });
+    req.on('error', reject);
+    if (payload !== undefined) req.write(payload);
+    req.end();
+  });
+}
+
+test('authentication, origin checks, protocol roots and signed decisions over HTTP', async () => {
+  const { worker, pc } = await testWorker(server, 'http');
+  const loaded = testProtocol('http');
+  const tokenStore = path.join(mkdtempSync(path.join(os.tmpdir(), 'phasegate-tokens-')), 'http-tokens.json');
+  const approverToken = issueToken(tokenStore, 'demo-approver');
+  const reviewerToken = issueToken(tokenStore, 'demo-reviewer');
+  let http: Server | undefined;
+  await worker.runUntil(async () => {
+    http = createServer();
+    await new Promise<void>((r) => http!.listen(0, '127.0.0.1', r));
+    const port = (http.address() as AddressInfo).port;
+    const deps: HttpDeps = { pc, allowedHosts: [`127.0.0.1:${port}`, `localhost:${port}`], protocolRoots: [path.dirname(loaded.protocolPath)], tokenStore };
+    http.on('request', requestListener(deps, quietLogger));
+
+    // Only the health check answers without a token.
+    expect(await call(port, 'GET', '/healthz')).toEqual({ status: 200, body: { ok: true } });
+    expect((await call(port, 'GET', '/phases')).status).toBe(401);
+    expect((await call(port, 'GET', '/phases', { token: 'pgt_not-a-real-token-at-all' })).status).toBe(401);
+    expect((await call(port, 'GET', '/phases', { token: approverToken })).status).toBe(200);
+
+    // Another site's page, or a rebound DNS name, cannot drive it.
+    expect((await call(port, 'GET', '/phases', { token: approverToken, headers: { host: 'evil.example:80' } })).body.kind).toBe('forbidden');
+    expect((await call(port, 'GET', '/phases', { token: approverToken, headers: { origin: 'http://evil.example' } })).status).toBe(403);
+    expect((await call(port, 'GET', '/phases', { token: approverToken, headers: { origin: `http://localhost:${port}` } })).status).toBe(200);
+    const form = await call(port, 'POST', '/phases', { token: approverToken, body: 'protocol=x', headers: { 'content-type': 'application/x-www-form-urlencoded' } });
+    expect(form).toMatchObject({ status: 400, body: { error: 'content-type: must be application/json' } });
+    expect((await call(port, 'GET', '/phases/%E0%A4%A', { token: approverToken })).status).toBe(400);
+    expect((await call(port, 'GET', '/nothing', { token: approverToken })).status).toBe(404);
+    expect((await call(port, 'GET', '/phases/no-such-phase', { token: approverToken })).status).toBe(404);
+
+    // Protocol files only from the configured folders, never quoted.
+    const outside = await call(port, 'POST', '/phases', { token: approverToken, body: { protocol: '/etc/passwd' } });
+    expect(outside.status).toBe(400);
+    expect(outside.body.error).toContain('not inside a configured protocol folder');
+    expect(outside.body.error).not.toContain('root:');
+    expect((await call(port, 'POST', '/phases', { token: approverToken, body: '{"protocol": ' })).body.error).toBe('body: not valid JSON');
+
+    const started = await call(port, 'POST', '/phases', { token: approverToken, body: { protocol: loaded.protocolPath } });
+    expect(started).toMatchObject({ status: 200, body: { phaseId: loaded.phaseId, started: true } });
+    const phaseId = loaded.phaseId;
+    await waitFor(async () => (await getState(pc, phaseId)).estimate !== null);
+    const target = await decisionTarget(pc, phaseId);
+    const decision = sign('demo-approver', { kind: 'approve-budget', ...target, content: { usd: '1', note: 'over http' } });
+
+    // The server never signs: an unsigned body is refused, and a token may only send its own person's decisions.
+    const unsigned = await call(port, 'POST', `/phases/${phaseId}/approve-budget`, { token: approverToken, body: { by: 'demo-approver', usd: 1 } });
+    expect(unsigned).toMatchObject({ status: 400, body: { kind: 'invalid' } });
+    const relayed = await call(port, 'POST', `/phases/${phaseId}/approve-budget`, { token: reviewerToken, body: decision });
+    expect(relayed).toMatchObject({ status: 403, body: { kind: 'forbidden' } });
+    expect(relayed.body.error).toContain("the token is demo-reviewer's");
+    const forged = sign('demo-approver', { kind: 'approve-budget', ...target, content: { usd: '1', note: '' } }, 'mallory');
+    const refused = await call(port, 'POST', `/phases/${phaseId}/approve-budget`, { token: approverToken, body: forged });
+    expect(refused).toMatchObject({ status: 409, body: { kind: 'refused' } });
+    expect(refused.body.error).toContain("does not verify with demo-approver's key");
+
+    const approved = await call(port, 'POST', `/phases/${phaseId}/approve-budget`, { token: approverToken, body: decision });
+    expect(approved).toMatchObject({ status: 200, body: { applied: true, status: 'AWAITING_REVIEW' } });
+    const view = await call(port, 'GET', `/phases/${phaseId}`, { token: reviewerToken });
+    expect(view.body).toMatchObject({ status: 'AWAITING_REVIEW', approvedUsd: 1 });
+
+    // A revoked token stops working at once.
+    revokeToken(tokenStore, 'demo-reviewer');
+    expect((await call(port, 'GET', `/phases/${phaseId}`, { token: reviewerToken })).status).toBe(401);
+    expect((await call(port, 'POST', `/phases/${phaseId}/cancel`, { token: approverToken, body: {} })).status).toBe(200);
+  });
+  await new Promise<void>((r) => (http ? http.close(() => r()) : r()));
+});
+
+async function waitFor(check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
