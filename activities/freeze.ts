@@ -54,7 +54,8 @@ function makeWritable(dir: string): void {
   }
 }
 
-export function freezePhase(deps: { artifactsDir: string; repoRoot: string }, freeze: FreezeInput): FreezeRecord {
+export function freezePhase(deps: { artifactsDir: string; repoRoot: string }, freeze: FreezeInput, heartbeat: () => void = () => undefined): FreezeRecord {
+  heartbeat();
   const { input, state } = freeze;
   const dir = path.join(deps.artifactsDir, input.phaseId);
   const manifestPath = path.join(dir, MANIFEST);
@@ -98,6 +99,7 @@ export function freezePhase(deps: { artifactsDir: string; repoRoot: string }, fr
       copyFileSync(path.join(runDir, unit.direction_file), path.join(dir, rel));
       directions.push(rel);
     }
+    heartbeat();
     const artifactRel = path.join('models', `${model.key}.json`);
     const ledger = state.ledger.filter((e) => e.modelKey === model.key);
     const artifact = {

@@ -7,6 +7,7 @@ import type { Logger } from 'pino';
 import type { ComputeBackend } from './backends/backend';
 import { estimateActivity } from './estimate';
 import { freezePhase } from './freeze';
+import { recordPhase, verifyResume } from './record';
 import { runModel } from './run-model';
 import { scorePhase } from './score';
 import type { PhaseActivities } from './types';
@@ -16,6 +17,7 @@ export type { PhaseActivities } from './types';
 export interface ActivityDeps {
   artifactsDir: string;
   workDir: string;
+  recordsDir: string;
   modelCacheDir: string;
   repoRoot: string;
   python: string;
@@ -32,6 +34,12 @@ export function createActivities(deps: ActivityDeps): PhaseActivities {
       const ctx = Context.current();
       return scorePhase(deps, input, ctx.cancellationSignal, () => ctx.heartbeat());
     },
-    freezePhase: (input) => Promise.resolve(freezePhase(deps, input)),
+    freezePhase: (input) => {
+      // Heartbeats say the freeze is alive: a worker that dies mid-freeze is noticed within the heartbeat timeout.
+      const ctx = Context.current();
+      return Promise.resolve(freezePhase(deps, input, () => ctx.heartbeat()));
+    },
+    recordPhase: (input) => Promise.resolve(recordPhase(deps, input)),
+    verifyResume: (input) => verifyResume(Context.current().client, input),
   };
 }

@@ -47,7 +47,21 @@ export interface FreezeInput {
   state: PhaseState;
 }
 
+export interface RecordInput {
+  input: PhaseInput;
+  state: PhaseState;
+}
+
+export interface ResumeCheckInput {
+  phaseId: string;
+  previousRunId: string;
+  taskQueue: string;
+  resume: PhaseState;
+}
+
 export interface PhaseActivities {
+  recordPhase(input: RecordInput): Promise<void>;
+  verifyResume(input: ResumeCheckInput): Promise<void>;
   estimatePhase(input: EstimateInput): Promise<Estimate>;
   runModel(input: RunModelInput): Promise<ModelRunResult>;
   scorePhase(input: ScoreInput): Promise<ScoreSummary>;

@@ -6,7 +6,8 @@
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { ConfigError, parseEnv, type Env } from '../common/config';
+import { ConfigError, parseEnv, resolvePaths, type Env } from '../common/config';
+import { PhaseRecordStore } from '../common/phase-records';
 import { createLogger } from '../common/logger';
 import { connectionSettings } from '../common/temporal-connection';
 import { ACTIVE_STATUSES, TERMINAL_STATUSES, type PhaseStatus, type ReviewVerdict } from '../workflows/definitions';
@@ -148,7 +149,7 @@ function clientRunner(env: Readonly<Env>, connect: CliIo['connect']): WithClient
       throw new PhaseError('unavailable', `cannot reach Temporal at ${settings.address}: ${(err as Error).message}. Is \`bin/phasegate server\` running?`);
     });
     try {
-      return await fn({ client, taskQueue: env.PHASEGATE_TASK_QUEUE });
+      return await fn({ client, taskQueue: env.PHASEGATE_TASK_QUEUE, records: new PhaseRecordStore(resolvePaths(env).recordsDir) });
     } finally {
       await client.connection.close();
     }

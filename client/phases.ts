@@ -38,7 +38,8 @@ import {
   type SubmitReviewInput,
 } from '../workflows/definitions';
 import { phaseWorkflow } from '../workflows/phase';
-import { decisionRecordProblems, spentUsd } from '../workflows/phase-logic';
+import { decisionRecordProblems, gateProblems, runPlan, spentUsd } from '../workflows/phase-logic';
+import type { PhaseRecord, PhaseRecordStore } from '../common/phase-records';
 import { PhaseError } from './errors';
 
 export { PhaseError } from './errors';
@@ -46,6 +47,27 @@ export { PhaseError } from './errors';
 export interface PhaseClient {
   client: Client;
   taskQueue: string;
+  /** The phase records: the answer when Temporal no longer has a phase (its history passed retention). */
+  records: PhaseRecordStore;
+}
+
+/** The phase's record if it says FROZEN: final, and the answer whatever Temporal holds under the id. */
+function frozenIn(pc: PhaseClient, phaseId: string): PhaseRecord | null {
+  const record = pc.records.read(phaseId);
+  return record?.state.status === 'FROZEN' ? record : null;
+}
+
+/** The phase's record when Temporal has no execution for it (deleted, or past retention); else null. */
+async function recordOnly(pc: PhaseClient, phaseId: string): Promise<PhaseRecord | null> {
+  const record = pc.records.read(phaseId);
+  if (record === null) return null;
+  try {
+    await handleOf(pc, phaseId).describe();
+    return null;
+  } catch (err) {
+    if (err instanceof WorkflowNotFoundError) return record;
+    throw err;
+  }
 }
 
 const handleOf = (pc: PhaseClient, phaseId: string): WorkflowHandle<typeof phaseWorkflow> => pc.client.workflow.getHandle<typeof phaseWorkflow>(phaseId);
@@ -85,6 +107,8 @@ export async function unmetPrerequisites(pc: PhaseClient, required: string[]): P
       found = true;
       break;
     }
+    // A FROZEN phase whose history has passed retention is still frozen: its record says so.
+    if (!found) found = pc.records.list().some((r) => r.phaseName === name && r.state.status === 'FROZEN');
     if (!found) unmet.push(name);
   }
   return unmet;
@@ -101,7 +125,19 @@ export async function startPhase(
   if (unmet.length > 0) {
     throw new PhaseError('refused', `refused: requires_frozen: phase(s) ${unmet.join(', ')} must be FROZEN before ${loaded.protocol.phase} may start`);
   }
-  const priorLedger = await ledgerOfEndedRun(pc, phaseId);
+  // A FROZEN record is final, whatever Temporal holds under the id now (a run started behind phasegate's back).
+  const frozenRecord = frozenIn(pc, phaseId);
+  const gone = frozenRecord ?? (await recordOnly(pc, phaseId));
+  if (gone !== null && !['FAILED', 'CANCELLED'].includes(gone.state.status)) {
+    throw new PhaseError(
+      'refused',
+      gone.state.status === 'FROZEN'
+        ? `refused: phase ${phaseId} is FROZEN (its record; Temporal's history of it is gone); its artifacts are final. To rerun after a defect: phasegate reopen ${phaseId} --defect "..."`
+        : `refused: phase ${phaseId} already ended as ${gone.state.status} (its record); change the protocol to start a new phase`,
+    );
+  }
+  // Spend of earlier runs counts: from Temporal while it has the run, from the record after that.
+  const priorLedger = gone !== null ? gone.state.ledger : await ledgerOfEndedRun(pc, phaseId);
   const input: PhaseInput = {
     phaseId,
     protocol: loaded.protocol,
@@ -135,7 +171,14 @@ export async function startPhase(
   } catch (err) {
     if (!(err instanceof WorkflowExecutionAlreadyStartedError)) throw err;
     const description = await handleOf(pc, phaseId).describe();
-    if (description.status.name === 'RUNNING') return { phaseId, started: false, protocolHash: loaded.protocolHash };
+    if (description.status.name === 'RUNNING') {
+      // The id names only 48 bits of the hash: a running phase under it must be this very protocol.
+      const running = await handleOf(pc, phaseId).query(stateQuery).catch(() => null);
+      if (running !== null && running.protocolHash !== loaded.protocolHash) {
+        throw new PhaseError('refused', `refused: phase id ${phaseId} is taken by a different protocol (hash ${running.protocolHash.slice(0, 16)}…, this one ${loaded.protocolHash.slice(0, 16)}…); do not decide on it`);
+      }
+      return { phaseId, started: false, protocolHash: loaded.protocolHash };
+    }
     const state = await handleOf(pc, phaseId).query(stateQuery).catch(() => null);
     const status = state?.status ?? description.status.name;
     throw new PhaseError(
@@ -246,22 +289,37 @@ export interface StatusView {
 
 export async function getState(pc: PhaseClient, phaseId: string): Promise<PhaseState> {
   checkPhaseId(phaseId);
+  const frozen = frozenIn(pc, phaseId);
+  if (frozen !== null) return frozen.state;
   try {
     return await handleOf(pc, phaseId).query(stateQuery);
   } catch (err) {
+    const record = err instanceof WorkflowNotFoundError ? await recordOnly(pc, phaseId) : null;
+    if (record !== null) return record.state;
     throw await explainMissing(pc, phaseId, err);
   }
 }
 
+/** Shown as `workflowStatus` when a phase is answered from its record because Temporal no longer has it. */
+export const RECORD_ONLY = 'RECORD_ONLY';
+
 export async function getStatus(pc: PhaseClient, phaseId: string): Promise<StatusView> {
   const handle = handleOf(pc, phaseId);
   const state = await getState(pc, phaseId);
-  const description = await handle.describe();
+  const description = await handle.describe().catch((err: unknown) => {
+    if (err instanceof WorkflowNotFoundError) return null;
+    throw err;
+  });
+  if (description === null || (frozenIn(pc, phaseId) !== null && description.status.name !== 'COMPLETED')) return statusView(phaseId, state, RECORD_ONLY, null);
   // Live progress is read from the pending activity's last heartbeat, so it costs no workflow history.
   let progress: RunProgress | null = null;
   const pending = description.raw.pendingActivities?.find((p) => p.activityType?.name === 'runModel');
   const payload = pending?.heartbeatDetails?.payloads?.[0];
   if (payload) progress = defaultPayloadConverter.fromPayload<RunProgress>(payload);
+  return statusView(phaseId, state, description.status.name, progress);
+}
+
+function statusView(phaseId: string, state: PhaseState, workflowStatus: string, progress: RunProgress | null): StatusView {
   const running = state.models.find((m) => m.status === 'running')?.modelKey;
   const spent = spentUsd(state.ledger);
   return {
@@ -269,7 +327,7 @@ export async function getStatus(pc: PhaseClient, phaseId: string): Promise<Statu
     phase: state.phaseName,
     protocolHash: state.protocolHash,
     status: state.status,
-    workflowStatus: description.status.name,
+    workflowStatus,
     gates: { budget: state.budget, review: state.review },
     estimateUsd: state.estimate?.totalUsd ?? null,
     approvedUsd: state.budget.approvedUsd,
@@ -294,6 +352,8 @@ export async function getPlan(pc: PhaseClient, phaseId: string): Promise<RunPlan
   try {
     return await handleOf(pc, phaseId).query(planQuery);
   } catch (err) {
+    const record = err instanceof WorkflowNotFoundError ? await recordOnly(pc, phaseId) : null;
+    if (record !== null) return runPlan(record.input, record.state);
     throw await explainMissing(pc, phaseId, err);
   }
 }
@@ -318,6 +378,7 @@ export async function waitForStatus(
 }
 
 export async function cancelPhase(pc: PhaseClient, phaseId: string): Promise<void> {
+  checkPhaseId(phaseId);
   try {
     await handleOf(pc, phaseId).cancel();
   } catch (err) {
@@ -345,6 +406,13 @@ export async function listPhases(pc: PhaseClient, limit = 100): Promise<PhaseSum
     });
     if (out.length >= limit) break;
   }
+  // Phases Temporal no longer has (past retention, or deleted) are still phases: listed from their records.
+  const listed = new Set(out.map((p) => p.phaseId));
+  for (const r of pc.records.list()) {
+    if (out.length >= limit) break;
+    if (listed.has(r.phaseId) || (await recordOnly(pc, r.phaseId)) === null) continue;
+    out.push({ phaseId: r.phaseId, phase: r.phaseName, status: r.state.status, workflowStatus: RECORD_ONLY, startTime: r.state.startedAt });
+  }
   return out;
 }
 
@@ -355,11 +423,7 @@ export async function reopenPhase(pc: PhaseClient, phaseId: string, defect: stri
   if (defect.length > 2000) throw new PhaseError('invalid', '--defect: at most 2000 characters');
   const state = await getState(pc, phaseId);
   if (state.status !== 'FROZEN') throw new PhaseError('refused', `refused: only a FROZEN phase can be reopened; ${phaseId} is ${state.status}`);
-  const described = await handleOf(pc, phaseId).describe();
-  const input = (await pc.client.workflowService.getWorkflowExecutionHistory({ namespace: pc.client.options.namespace, execution: { workflowId: phaseId, runId: described.runId }, maximumPageSize: 1 })).history?.events?.[0];
-  const payload = input?.workflowExecutionStartedEventAttributes?.input?.payloads?.[0]?.data;
-  if (!payload) throw new PhaseError('failed', `cannot read the start input of ${phaseId}`);
-  const original = JSON.parse(Buffer.from(payload).toString('utf8')) as PhaseInput;
+  const original = pc.records.read(phaseId)?.input ?? (await startInputFromHistory(pc, phaseId));
   // The reopened phase runs the frozen phase's locked protocol, not whatever the file says now; its runs re-check
   // the prompt files against the locked hashes and refuse if they changed.
   const loaded: LoadedProtocol = {
@@ -379,6 +443,14 @@ export interface PhaseVerification extends VerifyReport {
   dir: string;
   /** Every gate decision frozen in phase.json, checked again offline: signer, key, phase, signature. */
   decisions: { checked: number; problems: string[] };
+}
+
+/** The start input of a phase's first run, from Temporal's history (for phases older than their records). */
+async function startInputFromHistory(pc: PhaseClient, phaseId: string): Promise<PhaseInput> {
+  const first = (await pc.client.workflowService.getWorkflowExecutionHistory({ namespace: pc.client.options.namespace, execution: { workflowId: phaseId }, maximumPageSize: 1 })).history?.events?.[0];
+  const payload = first?.workflowExecutionStartedEventAttributes?.input?.payloads?.[0]?.data;
+  if (!payload) throw new PhaseError('failed', `cannot read the start input of ${phaseId}`);
+  return JSON.parse(Buffer.from(payload).toString('utf8')) as PhaseInput;
 }
 
 export async function verifyPhase(pc: PhaseClient, phaseId: string): Promise<PhaseVerification> {
@@ -406,7 +478,8 @@ function verifyFrozenDecisions(dir: string): PhaseVerification['decisions'] {
   }
   if (phase.people === undefined || phase.state?.budget === undefined) return { checked: 0, problems: ['phase.json: holds no roster or decisions (frozen by an older phasegate?)'] };
   const checked = phase.state.budget.approvals.length + (phase.state.budget.rejection ? 1 : 0) + (phase.state.review ? 1 : 0);
-  const problems = decisionRecordProblems(phase, phase.state);
+  // Each signature holds, and together they account for the gates this phase passed and the amount it was given.
+  const problems = [...decisionRecordProblems(phase, phase.state), ...gateProblems(phase.state)];
   const input = phase as unknown as PhaseInput;
   const hash = protocolHashOf({
     protocol: input.protocol,

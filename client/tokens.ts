@@ -4,7 +4,7 @@
  * A token says who is calling; it never stands in for a decision's signature.
  */
 import { createHash, randomBytes, timingSafeEqual } from 'node:crypto';
-import { mkdirSync, readFileSync, renameSync, writeFileSync } from 'node:fs';
+import { mkdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { PERSON_NAME, PERSON_NAME_RULE } from '../domain/decisions';
 import { resolvePaths, type Env } from '../common/config';
@@ -36,22 +36,55 @@ function writeStore(file: string, store: TokenStore): void {
   renameSync(tmp, file);
 }
 
+/**
+ * Runs a read-modify-write of the store under a lock (a lock directory: mkdir is atomic), so a revocation is
+ * never undone by a concurrent issue. A lock older than 30 s is taken as left by a dead process.
+ */
+function withStoreLock<T>(file: string, fn: () => T): T {
+  const lock = `${file}.lock`;
+  mkdirSync(path.dirname(file), { recursive: true });
+  for (let tries = 0; ; tries++) {
+    try {
+      mkdirSync(lock);
+      break;
+    } catch (err) {
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err;
+      try {
+        if (Date.now() - statSync(lock).mtimeMs > 30_000) rmSync(lock, { recursive: true, force: true });
+      } catch {
+        // Gone between the two calls: try again.
+      }
+      if (tries > 500) throw new PhaseError('failed', `the token store ${file} is locked (${lock})`);
+      Atomics.wait(new Int32Array(new SharedArrayBuffer(4)), 0, 0, 10);
+    }
+  }
+  try {
+    return fn();
+  } finally {
+    rmSync(lock, { recursive: true, force: true });
+  }
+}
+
 /** Issues NAME a new token (replacing any earlier one) and returns it; only its hash is stored. */
 export function issueToken(file: string, name: string, now: Date = new Date()): string {
   if (!PERSON_NAME.test(name)) throw new PhaseError('invalid', `NAME: must be ${PERSON_NAME_RULE}`);
   const token = `pgt_${randomBytes(32).toString('base64url')}`;
-  const store = readStore(file);
-  store[name] = { sha256: hash(token), issuedAt: now.toISOString() };
-  writeStore(file, store);
+  withStoreLock(file, () => {
+    const store = readStore(file);
+    store[name] = { sha256: hash(token), issuedAt: now.toISOString() };
+    writeStore(file, store);
+  });
   return token;
 }
 
 export function revokeToken(file: string, name: string): boolean {
-  const store = readStore(file);
-  if (store[name] === undefined) return false;
-  delete store[name];
-  writeStore(file, store);
-  return true;
+  return withStoreLock(file, () => {
+    const store = readStore(file);
+    if (store[name] === undefined) return false;
+    delete store[name];
+    writeStore(file, store);
+    return true;
+  });
 }
 
 /** The person a bearer token belongs to, or null. Compared in constant time over the stored hashes. */

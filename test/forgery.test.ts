@@ -127,6 +127,27 @@ test('a crafted start input (a resumed RUNNING state, a foreign roster under a r
   });
 });
 
+test('a cron start carrying a resumed state is refused on every run, and runs nothing', async () => {
+  const { worker, taskQueue } = await testWorker(server, 'cron');
+  const loaded = testProtocol('cron');
+  const input: PhaseInput = { phaseId: loaded.phaseId, protocol: loaded.protocol, protocolHash: loaded.protocolHash, protocolPath: loaded.protocolPath, prompts: loaded.prompts, pricing: loaded.pricing, people: loaded.people };
+  // A cron run carries the previous run's id, as a continue-as-new does: that alone must not make a resume trusted.
+  const resume = { ...initialState(input, new Date().toISOString()), status: 'RUNNING', budget: { approvedUsd: 1e6, approvedMicros: 1e12, approvals: [], rejection: null } };
+  await worker.runUntil(async () => {
+    const r = await temporalCli(['workflow', 'start', '--type', 'phaseWorkflow', '--task-queue', taskQueue, '--workflow-id', loaded.phaseId, '--cron', '@every 2s', '--input-file', inputFile({ ...input, resume })]);
+    expect(r.code).toBe(0);
+    await new Promise((res) => setTimeout(res, 7000));
+    const runs: string[] = [];
+    for await (const wf of server.env.client.workflow.list({ query: `WorkflowId = '${loaded.phaseId}'` })) runs.push(wf.runId);
+    expect(runs.length).toBeGreaterThanOrEqual(2);
+    for (const runId of runs) {
+      const history = await server.env.client.workflow.getHandle(loaded.phaseId, runId).fetchHistory();
+      expect(scheduledActivities(history.events ?? [])).toHaveLength(0);
+    }
+    await server.env.client.workflow.getHandle(loaded.phaseId).terminate('test over');
+  });
+});
+
 test('a decision through phasegate\'s client with a wrong key is refused as a PhaseError of kind refused', async () => {
   const { worker, pc } = await testWorker(server, 'wrongkey');
   const loaded = testProtocol('wrongkey');

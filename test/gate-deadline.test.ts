@@ -28,7 +28,8 @@ test('records a reminder each time a gate deadline passes and keeps waiting for 
     state = await getState(pc, phaseId);
     expect(state.events.filter((e) => e.kind === 'reminder')).toHaveLength(2);
 
-    await approveAs(pc, phaseId, { by: 'demo-approver', usd: 1 });
+    // Signed at the server's clock: a decision signed days before the workflow's "now" would be stale.
+    await approveAs(pc, phaseId, { by: 'demo-approver', usd: 1, at: new Date(await server.env.currentTimeMs()) });
     await server.env.sleep('73 hours');
     state = await getState(pc, phaseId);
     expect(state.status).toBe('AWAITING_REVIEW');

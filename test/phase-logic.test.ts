@@ -19,6 +19,7 @@ import {
   validateSubmitReview,
 } from '../workflows/phase-logic';
 import { decisionMessage, type ReviewVerdict } from '../domain/decisions';
+import { protocolHashOf } from '../domain/lock';
 import { signDecision } from '../client/keys';
 import { keyOf, sign } from './helpers/decisions';
 import { estimatePhase, type CalibrationPoint, workOf } from '../activities/estimate';
@@ -142,6 +143,12 @@ describe('forged decisions are refused with their reason', () => {
     const resigned = { ...replay, signature: nodeSign(null, decisionMessage(replay), keyOf('demo-approver')).toString('base64') };
     expect(validateApproveBudget(ctx, t, resigned)).toMatch(/^nonce: already used by another decision/);
   });
+  test('a decision signed more than a day ago, or in the future, is stale', () => {
+    const now = Date.parse(good.signedAt);
+    expect(validateApproveBudget(ctx, s, good, now + 23 * 3_600_000)).toBeNull();
+    expect(validateApproveBudget(ctx, s, good, now + 25 * 3_600_000)).toMatch(/^signedAt: signed more than 24 h ago/);
+    expect(validateApproveBudget(ctx, s, good, now - 11 * 60_000)).toMatch(/^signedAt: more than ten minutes in the future/);
+  });
   test('over-long text and names that are paths are refused by their field', () => {
     expect(validateApproveBudget(ctx, s, approval('demo-approver', '1', 'n'.repeat(2001)))).toMatch(/^content.note: longer than 2000/);
     expect(validateApproveBudget(ctx, s, { ...good, by: '../../etc/passwd' })).toMatch(/^by: must be a person's name/);
@@ -176,6 +183,23 @@ describe('the start input', () => {
     expect(startInputProblem({ ...input, resume }, false)).toMatch(/^resume: a resumed state is accepted only from the phase's own continue-as-new/);
     const earlier = ledgerEntryFor({ modelKey: 'tiny-qwen2', attempt: 1, gpu: 'cpu', usdPerSecond: 1, outcome: 'failed', measuredSeconds: 1, startedAtMs: 0, endedAtMs: 0, backendIds: {} });
     expect(startInputProblem({ ...input, priorLedger: [{ ...earlier, usd: -100 }] }, false)).toMatch(/^priorLedger/);
+  });
+
+  test('a phase name that is a pattern cannot claim another phase\'s id', () => {
+    // The reviewer's attack: a name that, used in a regular expression, matched the real phase's id.
+    const evil = { ...protocol, phase: `x|^${input.phaseId}$|y` };
+    const hash = protocolHashOf({ protocol: evil, promptSha256: { harmful: input.prompts.harmful.sha256, harmless: input.prompts.harmless.sha256, eval: input.prompts.eval.sha256 }, pricing: input.pricing, people: input.people });
+    const crafted = { ...input, protocol: evil, protocolHash: hash, phaseId: input.phaseId, reopenOf: { phaseId: `${evil.phase}-${hash.slice(0, 12)}`, defect: 'x' } };
+    expect(startInputProblem(crafted, false)).toMatch(/^protocol\.phase: not a phase name/);
+  });
+
+  test('a resumed state must be accounted for by its signed decisions', () => {
+    const s = fresh();
+    applyApproveBudget(ctx, s, approval('demo-approver', '1'), NOW);
+    expect(startInputProblem({ ...input, resume: s }, true)).toBeNull();
+    expect(startInputProblem({ ...input, resume: { ...s, budget: { ...s.budget, approvedMicros: 1e12 } } }, true)).toMatch(/^resume: budget\.approvedMicros/);
+    expect(startInputProblem({ ...input, resume: { ...s, status: 'RUNNING' } }, true)).toMatch(/without an approving signed review/);
+    expect(startInputProblem({ ...input, resume: { ...fresh(), status: 'SCORING' } }, true)).toMatch(/without a signed budget decision/);
   });
 
   test('a continued run re-checks every decision in its state', () => {

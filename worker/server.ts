@@ -3,7 +3,11 @@
  * state folder) unless TEMPORAL_ADDRESS points at a cluster, registers the search attributes, and runs the worker.
  * SIGINT/SIGTERM stop the worker (letting a running attempt stop cleanly) and then the server.
  */
+import type { Client } from '@temporalio/client';
+import { msToTs } from '@temporalio/common/lib/time';
 import { NativeConnection } from '@temporalio/worker';
+import path from 'node:path';
+import { PhaseError } from '../client/errors';
 import type { Logger } from 'pino';
 import { connectClient, ensureSearchAttributes } from '../client/connection';
 import { resolvePaths, type Env } from '../common/config';
@@ -35,6 +39,9 @@ export async function runServer(env: Readonly<Env>, logger: Logger, options: { w
   const client = await connectClient(settings);
   const added = await ensureSearchAttributes(client, settings.namespace);
   if (added.length > 0) logger.info({ added }, 'registered search attributes');
+  // The embedded server's namespace keeps closed histories for an explicit time (the dev server's default is a
+  // day); what must outlive any retention is in the phase records. A cluster's retention is its operator's.
+  if (devServer !== null) await setRetention(client, settings.namespace, env.PHASEGATE_RETENTION_DAYS);
   await client.connection.close();
 
   const connection = await NativeConnection.connect({
@@ -58,6 +65,14 @@ export async function runServer(env: Readonly<Env>, logger: Logger, options: { w
   };
   process.once('SIGINT', () => stop('SIGINT'));
   process.once('SIGTERM', () => stop('SIGTERM'));
+  // The embedded server dying under a running worker must not go unnoticed: stop the worker and exit non-zero.
+  let serverDied: string | null = null;
+  devServer?.process.once('exit', (code, signal) => {
+    if (worker.getState() !== 'RUNNING') return;
+    serverDied = `the embedded Temporal dev server exited unexpectedly (${code ?? signal}); see ${path.join(paths.stateDir, 'temporal-server.log')}`;
+    logger.error(serverDied);
+    worker.shutdown();
+  });
   process.stdout.write(`phasegate worker on task queue "${env.PHASEGATE_TASK_QUEUE}"; Ctrl-C stops it\n`);
   try {
     await worker.run();
@@ -68,4 +83,9 @@ export async function runServer(env: Readonly<Env>, logger: Logger, options: { w
       await devServer.stop();
     }
   }
+  if (serverDied !== null) throw new PhaseError('unavailable', `${serverDied as string}; the worker stopped. Start \`phasegate server\` again: phases resume from the same state`);
+}
+
+async function setRetention(client: Client, namespace: string, days: number): Promise<void> {
+  await client.workflowService.updateNamespace({ namespace, config: { workflowExecutionRetentionTtl: msToTs(`${days} days`) } });
 }

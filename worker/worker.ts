@@ -38,6 +38,7 @@ export async function createPhaseWorker(o: PhaseWorkerOptions): Promise<Worker> 
     activities: createActivities({
       artifactsDir: o.paths.artifactsDir,
       workDir: o.paths.workDir,
+      recordsDir: o.paths.recordsDir,
       modelCacheDir: path.join(o.paths.stateDir, 'models'),
       repoRoot,
       python: o.paths.python,

@@ -25,7 +25,7 @@ import {
   type SignatureRecord,
   type SignedDecision,
 } from '../domain/decisions';
-import { isReopenIdOf, phaseIdFor, protocolHashOf } from '../domain/lock';
+import { isReopenIdOf, PHASE_NAME, phaseIdFor, protocolHashOf } from '../domain/lock';
 import { formatMicros, microsToUsd, parseUsd, usdToMicros } from '../domain/money';
 
 export function initialState(input: PhaseInput, now: string): PhaseState {
@@ -190,7 +190,7 @@ function signaturesIn(state: PhaseState): SignatureRecord[] {
  * in the locked protocol, its signature verifies with that person's key for this phase and protocol hash, and
  * its nonce has not been used by another decision. Returns the reason to refuse, or null.
  */
-export function decisionProblem<K extends DecisionKind>(ctx: GateContext, state: PhaseState, kind: K, d: unknown): string | null {
+export function decisionProblem<K extends DecisionKind>(ctx: GateContext, state: PhaseState, kind: K, d: unknown, nowMs: number): string | null {
   const shape = decisionShapeProblem(d, kind);
   if (shape !== null) return shape;
   const decision = d as SignedDecision<K>;
@@ -207,6 +207,8 @@ export function decisionProblem<K extends DecisionKind>(ctx: GateContext, state:
   if (bad !== null) return bad;
   const reused = signaturesIn(state).find((r) => r.signed.nonce === decision.nonce);
   if (reused !== undefined && reused.signed.signature !== decision.signature) return `nonce: already used by another decision (a replay)`;
+  // The identical decision resent is acknowledged whatever its age; a new one must be fresh.
+  if (reused === undefined) return staleDecision(decision.signedAt, nowMs);
   return null;
 }
 
@@ -226,8 +228,8 @@ function dutyConflict(ctx: GateContext, state: PhaseState, kind: DecisionKind, b
 const money = (micros: number): string => formatMicros(micros);
 
 /** Returns why an approval must be refused, or null. A valid decision already applied is never refused. */
-export function validateApproveBudget(ctx: GateContext, state: PhaseState, d: unknown): string | null {
-  const problem = decisionProblem(ctx, state, 'approve-budget', d);
+export function validateApproveBudget(ctx: GateContext, state: PhaseState, d: unknown, nowMs: number = Date.now()): string | null {
+  const problem = decisionProblem(ctx, state, 'approve-budget', d, nowMs);
   if (problem !== null) return problem;
   const i = d as ApproveBudgetInput;
   if (state.appliedDecisions.includes(approveKey(i))) return null;
@@ -266,8 +268,8 @@ export function applyApproveBudget(ctx: GateContext, state: PhaseState, i: Appro
   return { applied: true, status: state.status, approvedUsd: state.budget.approvedUsd };
 }
 
-export function validateRejectBudget(ctx: GateContext, state: PhaseState, d: unknown): string | null {
-  const problem = decisionProblem(ctx, state, 'reject-budget', d);
+export function validateRejectBudget(ctx: GateContext, state: PhaseState, d: unknown, nowMs: number = Date.now()): string | null {
+  const problem = decisionProblem(ctx, state, 'reject-budget', d, nowMs);
   if (problem !== null) return problem;
   const i = d as RejectBudgetInput;
   if (state.appliedDecisions.includes(rejectKey(i))) return null;
@@ -290,8 +292,8 @@ export function applyRejectBudget(ctx: GateContext, state: PhaseState, i: Reject
   return { applied: true, status: state.status, approvedUsd: state.budget.approvedUsd };
 }
 
-export function validateSubmitReview(ctx: GateContext, state: PhaseState, d: unknown): string | null {
-  const problem = decisionProblem(ctx, state, 'review', d);
+export function validateSubmitReview(ctx: GateContext, state: PhaseState, d: unknown, nowMs: number = Date.now()): string | null {
+  const problem = decisionProblem(ctx, state, 'review', d, nowMs);
   if (problem !== null) return problem;
   const i = d as SubmitReviewInput;
   if (state.appliedDecisions.includes(reviewKey(i))) return null;
@@ -330,15 +332,51 @@ export function startInputProblem(input: PhaseInput, continuedFromOwnRun: boolea
     pricing: input.pricing,
     people: input.people,
   });
+  if (typeof input.protocol.phase !== 'string' || !PHASE_NAME.test(input.protocol.phase)) return 'protocol.phase: not a phase name';
   if (hash !== input.protocolHash) return 'protocolHash: does not match the protocol, prompt hashes, pricing and people in the start input';
   const own = phaseIdFor(input.protocol.phase, hash);
-  const idOk = input.reopenOf === undefined ? input.phaseId === own : input.reopenOf.phaseId === own && isReopenIdOf(input.phaseId, own);
+  // A reopened phase (of a reopened phase, ...) keeps the frozen phase's lock: its id extends that phase's id.
+  const reopensOwn = (id: string): boolean => id === own || id.startsWith(`${own}-reopen-`);
+  const idOk = input.reopenOf === undefined ? input.phaseId === own : reopensOwn(input.reopenOf.phaseId) && isReopenIdOf(input.phaseId, input.reopenOf.phaseId);
   if (!idOk) return `phaseId: ${input.phaseId.slice(0, 80)} is not the id the locked protocol names (${own})`;
   const bad = (input.priorLedger ?? []).find((e) => !(Number.isFinite(e.usd) && e.usd >= 0 && Number.isFinite(e.seconds) && e.seconds >= 0));
   if (bad !== undefined) return 'priorLedger: every carried-over line must have a finite, non-negative cost';
   if (input.resume !== undefined) {
-    for (const problem of decisionRecordProblems(input, input.resume)) return `resume: ${problem}`;
+    for (const problem of [...decisionRecordProblems(input, input.resume), ...gateProblems(input.resume)]) return `resume: ${problem}`;
   }
+  return null;
+}
+
+/**
+ * What the signed decisions in a state must account for: an approved amount equal to the last signed approval,
+ * a budget gate passed only by an approval or a rejection, and a run only after an approving review. Used on a
+ * resumed state (with decisionRecordProblems) and by `verify` on a frozen phase.
+ */
+export function gateProblems(state: PhaseState): string[] {
+  const problems: string[] = [];
+  const last = state.budget.approvals[state.budget.approvals.length - 1];
+  const signed = last === undefined ? { micros: 0 } : parseUsd((last.signature.signed.content as { usd?: unknown }).usd);
+  const micros = 'micros' in signed ? signed.micros : -1;
+  if (state.budget.approvedMicros !== micros) problems.push(`budget.approvedMicros: ${state.budget.approvedMicros} is not the last signed approval (${micros})`);
+  if (last !== undefined && last.usdMicros !== micros) problems.push('budget.approvals: a recorded amount differs from its signed amount');
+  const pastBudget = state.status !== 'AWAITING_BUDGET';
+  if (pastBudget && last === undefined && state.budget.rejection === null && !(state.status === 'CANCELLED' || state.status === 'FAILED')) {
+    problems.push(`status: ${state.status} without a signed budget decision`);
+  }
+  const ran = ['RUNNING', 'BUDGET_HOLD', 'SCORING', 'FREEZING', 'FROZEN'].includes(state.status) || state.ledger.some((e) => e.earlierRun !== true);
+  if (ran && (state.review === null || state.review.verdict === 'CHANGES_REQUESTED')) problems.push(`status: ${state.status} (or GPU attempts) without an approving signed review`);
+  if (ran && last === undefined) problems.push(`status: ${state.status} (or GPU attempts) without a signed budget approval`);
+  return problems;
+}
+
+/** A signed decision is good for a day (and may not come from more than ten minutes in the future). */
+export const DECISION_MAX_AGE_MS = 24 * 3_600_000;
+
+export function staleDecision(signedAt: string, nowMs: number): string | null {
+  const at = Date.parse(signedAt);
+  if (!Number.isFinite(at)) return 'signedAt: not a time';
+  if (at > nowMs + 10 * 60_000) return 'signedAt: more than ten minutes in the future (check the signer\'s clock)';
+  if (at < nowMs - DECISION_MAX_AGE_MS) return 'signedAt: signed more than 24 h ago; a stale decision is refused (sign it again)';
   return null;
 }
 

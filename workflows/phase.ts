@@ -69,15 +69,26 @@ const { estimatePhase } = proxyActivities<PhaseActivities>({
   startToCloseTimeout: '2 minutes',
   retry: { maximumAttempts: 5, initialInterval: '2s', nonRetryableErrorTypes: [ErrorTypes.invalidInput, ErrorTypes.lockViolation] },
 });
+// Scoring and freeze are idempotent and come after the GPU money is spent: an outage of any length must not end
+// the phase FAILED, so they retry without limit (at most a minute apart) until they succeed or fail for good.
 const finalRetry: RetryPolicy = {
-  maximumAttempts: 5,
+  // No maximumAttempts: unlimited.
   initialInterval: '5s',
+  maximumInterval: '1 minute',
   nonRetryableErrorTypes: [ErrorTypes.invalidInput, ErrorTypes.lockViolation, ErrorTypes.alreadyFrozen],
 };
 // Scoring runs the runtime and heartbeats every few seconds, so a cancellation reaches its process.
 const { scorePhase } = proxyActivities<PhaseActivities>({ startToCloseTimeout: '10 minutes', heartbeatTimeout: '1 minute', retry: finalRetry });
-// The freeze writes files for a few seconds and never heartbeats; it runs to the end even if the phase is cancelled.
-const { freezePhase } = proxyActivities<PhaseActivities>({ startToCloseTimeout: '10 minutes', retry: finalRetry });
+// The freeze writes files for a few seconds, heartbeating between steps, so a worker that dies mid-freeze is
+// noticed in a minute; it runs to the end even if the phase is cancelled.
+const { freezePhase } = proxyActivities<PhaseActivities>({ startToCloseTimeout: '10 minutes', heartbeatTimeout: '1 minute', retry: finalRetry });
+// The phase record outside Temporal's history (common/phase-records.ts): written at every change, retried
+// without limit; a FROZEN record refuses a rerun of the phase (AlreadyFrozen, not retried).
+const { verifyResume } = proxyActivities<PhaseActivities>({ startToCloseTimeout: '1 minute', retry: { initialInterval: '1s', maximumInterval: '1 minute', nonRetryableErrorTypes: [ErrorTypes.invalidInput] } });
+const { recordPhase } = proxyActivities<PhaseActivities>({
+  startToCloseTimeout: '30 seconds',
+  retry: { initialInterval: '1s', maximumInterval: '1 minute', nonRetryableErrorTypes: [ErrorTypes.alreadyFrozen] },
+});
 
 function modelRunner(timeoutSeconds: number): PhaseActivities['runModel'] {
   return proxyActivities<PhaseActivities>({
@@ -97,7 +108,11 @@ const nowIso = (): string => new Date(Date.now()).toISOString();
 export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
   const protocol = input.protocol;
   // Anyone who reaches Temporal can start this workflow with any input: check what it claims before anything else.
-  const refused = startInputProblem(input, workflowInfo().continuedFromExecutionRunId !== undefined);
+  // A resumed state is accepted only on a run that continued another (not a cron or retry run, which also
+  // carry a previous run id); its content is checked here and against the phase record below.
+  const info = workflowInfo();
+  const continued = info.continuedFromExecutionRunId !== undefined && info.cronSchedule === undefined && info.attempt === 1;
+  const refused = startInputProblem(input, continued);
   if (refused !== null) throw ApplicationFailure.create({ type: ErrorTypes.invalidInput, message: `refused start input: ${refused}`, nonRetryable: true });
   const state: PhaseState = input.resume ?? initialState(input, nowIso());
   const gate = gateContext(input);
@@ -106,13 +121,13 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
   setHandler(stateQuery, () => state);
   setHandler(planQuery, () => runPlan(input, state));
   setHandler(approveBudgetUpdate, (i) => applyApproveBudget(gate, state, i, nowIso()), {
-    validator: (i: ApproveBudgetInput) => refuseIf(validateApproveBudget(gate, state, i)),
+    validator: (i: ApproveBudgetInput) => refuseIf(validateApproveBudget(gate, state, i, Date.now())),
   });
   setHandler(rejectBudgetUpdate, (i) => applyRejectBudget(gate, state, i, nowIso()), {
-    validator: (i: RejectBudgetInput) => refuseIf(validateRejectBudget(gate, state, i)),
+    validator: (i: RejectBudgetInput) => refuseIf(validateRejectBudget(gate, state, i, Date.now())),
   });
   setHandler(submitReviewUpdate, (i) => applySubmitReview(gate, state, i, nowIso()), {
-    validator: (i: SubmitReviewInput) => refuseIf(validateSubmitReview(gate, state, i)),
+    validator: (i: SubmitReviewInput) => refuseIf(validateSubmitReview(gate, state, i, Date.now())),
   });
 
   // Search attributes are upserted only when the status changes, so history does not grow with re-checks.
@@ -128,12 +143,29 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
     publish();
   };
   publish();
+  // Writes the phase record when anything it holds has changed since the last write.
+  let recorded = '';
+  const persist = async (): Promise<void> => {
+    const mark = recordMark(state);
+    if (mark === recorded) return;
+    // A snapshot: the activity's input is serialized when the activation ends, and a decision applied in between
+    // must not slip into a record of the state before it.
+    const snapshot = JSON.parse(JSON.stringify(state)) as PhaseState;
+    await recordPhase({ input: { ...input, resume: undefined }, state: snapshot });
+    recorded = mark;
+  };
 
+  if (input.resume !== undefined) {
+    // Before anything else, and before anything is recorded: the run this one continues must be this phase's own.
+    await verifyResume({ phaseId: input.phaseId, previousRunId: info.continuedFromExecutionRunId!, taskQueue: info.taskQueue, resume: input.resume });
+  }
   try {
+    await persist();
     // The estimate first, whatever the state: a decision may already have arrived with the start.
     if (state.estimate === null) state.estimate = await estimatePhase({ phaseId: input.phaseId, protocol, pricing: input.pricing });
     while (!isTerminal(state.status)) {
-      await maybeContinueAsNew(input, state);
+      await persist();
+      await maybeContinueAsNew(input, state, persist);
       switch (state.status) {
         case 'AWAITING_BUDGET':
           // The decision handlers make the transition (see phase-logic); here the loop waits, then publishes it.
@@ -146,7 +178,7 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
           break;
         case 'RUNNING':
         case 'BUDGET_HOLD':
-          await runModels(input, state, moveTo, publish);
+          await runModels(input, state, moveTo, publish, persist);
           if (!isTerminal(state.status)) moveTo('SCORING', 'every model ran');
           break;
         case 'SCORING': {
@@ -165,26 +197,39 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
     }
   } catch (err) {
     if (err instanceof ContinueAsNew) throw err;
-    if (isCancellation(err)) {
+    if (isCancellation(err) && state.status !== 'FROZEN') {
       // Recording the outcome must not itself be cancelled.
       await CancellationScope.nonCancellable(async () => {
         for (const m of state.models) if (m.status === 'running') m.status = 'cancelled';
         moveTo('CANCELLED', 'cancelled by a user');
+        await persist();
         await condition(allHandlersFinished);
       });
       throw err;
     }
     // A bug in workflow code (a TypeError, say) fails the workflow task instead, so a fixed deployment resumes.
-    if (!(err instanceof ActivityFailure || err instanceof ApplicationFailure)) throw err;
-    state.failure = errorMessage(err);
-    moveTo('FAILED', state.failure);
-    throw ApplicationFailure.create({ type: ErrorTypes.phaseFailed, message: state.failure, details: [state], nonRetryable: true });
+    if (!isCancellation(err) && !(err instanceof ActivityFailure || err instanceof ApplicationFailure)) throw err;
+    if (state.status !== 'FROZEN') {
+      state.failure = errorMessage(err);
+      moveTo('FAILED', state.failure);
+      await CancellationScope.nonCancellable(() => persist());
+      throw ApplicationFailure.create({ type: ErrorTypes.phaseFailed, message: state.failure, details: [state], nonRetryable: true });
+    }
   }
-  await condition(allHandlersFinished);
+  // A frozen phase ends FROZEN whatever arrives late: a cancel during the freeze (or now) changes nothing.
+  await CancellationScope.nonCancellable(async () => {
+    await persist();
+    await condition(allHandlersFinished);
+  });
   if (state.status === 'FAILED') {
     throw ApplicationFailure.create({ type: ErrorTypes.phaseFailed, message: state.failure ?? 'failed', details: [state], nonRetryable: true });
   }
   return state;
+}
+
+/** What the phase record holds, in a few numbers: when it changes, the record is written again. */
+function recordMark(s: PhaseState): string {
+  return [s.status, s.estimate === null, s.budget.approvals.length, s.budget.rejection !== null, s.review !== null, s.ledger.length, s.score !== null, s.freeze !== null, s.events.length].join('|');
 }
 
 function refuseIf(reason: string | null): void {
@@ -210,7 +255,13 @@ async function waitForGate(
 }
 
 /** Runs every model that has not succeeded yet, one after the other, each attempt behind a budget check. */
-async function runModels(input: PhaseInput, state: PhaseState, moveTo: (s: PhaseStatus, why: string) => void, publish: () => void): Promise<void> {
+async function runModels(
+  input: PhaseInput,
+  state: PhaseState,
+  moveTo: (s: PhaseStatus, why: string) => void,
+  publish: () => void,
+  persist: () => Promise<void>,
+): Promise<void> {
   const protocol = input.protocol;
   for (const model of protocol.models) {
     const progress = state.models.find((m) => m.modelKey === model.key);
@@ -230,6 +281,7 @@ async function runModels(input: PhaseInput, state: PhaseState, moveTo: (s: Phase
       // The budget gate before every dispatch: overspending can no longer happen silently.
       for (let check = checkBudget(state, attemptUsd); !check.ok; check = checkBudget(state, attemptUsd)) {
         moveTo('BUDGET_HOLD', `${model.key} attempt ${attempt} needs $${check.neededUsd.toFixed(4)} (spent $${check.spentUsd.toFixed(4)} + estimate $${check.nextUsd.toFixed(4)}), approved $${check.approvedUsd.toFixed(4)}`);
+        await persist();
         const approvedBefore = state.budget.approvedUsd;
         await waitForGate(state, 'budget', protocol.budget.deadline_hours, () => state.budget.approvedUsd > approvedBefore || state.budget.rejection !== null);
         if (state.budget.rejection !== null) {
@@ -262,6 +314,8 @@ async function runModels(input: PhaseInput, state: PhaseState, moveTo: (s: Phase
       );
       Object.assign(progress.backendIds, backendIds);
       state.events.push({ at: nowIso(), kind: 'attempt', message: `${model.key} attempt ${attempt}: ${outcome}${error ? ` (${error})` : ''}` });
+      // Every attempt's line is on the record before anything else happens (a cancel, a retry, a hold).
+      await CancellationScope.nonCancellable(() => persist());
       if (result !== null) {
         progress.status = 'succeeded';
         progress.resultPath = result.resultPath;
@@ -295,13 +349,14 @@ function publishState(state: PhaseState, searchable: boolean): void {
 }
 
 /** Continue-as-new at a stable point, before history grows large; the state travels in the input. */
-async function maybeContinueAsNew(input: PhaseInput, state: PhaseState): Promise<void> {
+async function maybeContinueAsNew(input: PhaseInput, state: PhaseState, persist: () => Promise<void>): Promise<void> {
   const info = workflowInfo();
   const limit = input.continueAsNewAfterEvents;
   if (!info.continueAsNewSuggested && !(limit !== undefined && info.historyLength >= limit)) return;
   await condition(allHandlersFinished);
   state.continuedAsNew += 1;
   state.events.push({ at: nowIso(), kind: 'note', message: `continued as new after ${info.historyLength} history events` });
+  await persist();
   await continueAsNew<typeof phaseWorkflow>({ ...input, resume: state });
 }
 

@@ -37,16 +37,17 @@ export function testRoster(): Record<string, string> {
   return { 'demo-approver': publicKeys['demo-approver']!, 'demo-reviewer': publicKeys['demo-reviewer']!, 'second-approver': publicKeys['second-approver']! };
 }
 
-export function sign<K extends DecisionKind>(by: string, draft: Omit<DecisionDraft<K>, 'by'>, as: string = by): SignedDecision<K> {
-  return signDecision(keyOf(as), { ...draft, by });
+export function sign<K extends DecisionKind>(by: string, draft: Omit<DecisionDraft<K>, 'by'>, as: string = by, at?: Date): SignedDecision<K> {
+  return signDecision(keyOf(as), { ...draft, by }, at);
 }
 
 /** A dollar amount as the CLI sends it: a decimal string with at most 6 decimals. */
 export const usdText = (usd: number | string): string => (typeof usd === 'string' ? usd : Number.isFinite(usd) ? String(Number(usd.toFixed(6))) : String(usd));
 
-export async function approveAs(pc: PhaseClient, phaseId: string, i: { by: string; usd: number | string; note?: string }): Promise<DecisionResult> {
+/** `at`: the signer's clock (a time-skipping test signs at the server's time, days ahead of the wall clock). */
+export async function approveAs(pc: PhaseClient, phaseId: string, i: { by: string; usd: number | string; note?: string; at?: Date }): Promise<DecisionResult> {
   const target = await decisionTarget(pc, phaseId);
-  return approveBudget(pc, sign(i.by, { kind: 'approve-budget', ...target, content: { usd: usdText(i.usd), note: i.note ?? '' } }));
+  return approveBudget(pc, sign(i.by, { kind: 'approve-budget', ...target, content: { usd: usdText(i.usd), note: i.note ?? '' } }, i.by, i.at));
 }
 
 export async function rejectAs(pc: PhaseClient, phaseId: string, i: { by: string; reason: string }): Promise<DecisionResult> {

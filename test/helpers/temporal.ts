@@ -18,6 +18,7 @@ import type { phaseWorkflow } from '../../workflows/phase';
 import { createPhaseWorker, workflowsPath } from '../../worker/worker';
 import type { PhaseClient } from '../../client/phases';
 import { testRoster } from './decisions';
+import { PhaseRecordStore } from '../../common/phase-records';
 
 export const repoPaths = resolvePaths(parseEnv({}));
 export const quietLogger = pino({ level: process.env.TEST_LOG_LEVEL ?? 'warn' });
@@ -86,7 +87,7 @@ export function recordHistory(env: TestWorkflowEnvironment, phaseId: string, nam
 /** A fresh state folder per test: artifacts, runtime work folders; tiny models are shared across tests. */
 export function testPaths(name: string): Paths {
   const stateDir = mkdtempSync(path.join(os.tmpdir(), `phasegate-${name}-`));
-  return { ...repoPaths, stateDir, artifactsDir: path.join(stateDir, 'artifacts'), workDir: path.join(stateDir, 'work') };
+  return { ...repoPaths, stateDir, artifactsDir: path.join(stateDir, 'artifacts'), workDir: path.join(stateDir, 'work'), recordsDir: path.join(stateDir, 'records') };
 }
 
 let counter = 0;
@@ -100,8 +101,9 @@ export function phaseResult(client: Client, phaseId: string): Promise<PhaseState
   return client.workflow.getHandle<typeof phaseWorkflow>(phaseId).result();
 }
 
-export function phaseClient(env: TestWorkflowEnvironment, taskQueue: string): PhaseClient {
-  return { client: env.client, taskQueue };
+/** A client of the file's server that reads phase records from `paths` (the test worker's state folder). */
+export function phaseClient(env: TestWorkflowEnvironment, taskQueue: string, paths: Paths): PhaseClient {
+  return { client: env.client, taskQueue, records: new PhaseRecordStore(paths.recordsDir) };
 }
 
 export async function makeWorker(env: TestWorkflowEnvironment, workflowBundle: WorkflowBundleWithSourceMap, paths: Paths, taskQueue: string): Promise<Worker> {
@@ -120,7 +122,7 @@ export async function testWorker(server: FileServer, name: string): Promise<Test
   const taskQueue = uniqueQueue(name);
   const paths = testPaths(name);
   const worker = await makeWorker(server.env, server.workflowBundle, paths, taskQueue);
-  return { worker, pc: phaseClient(server.env, taskQueue), paths, taskQueue };
+  return { worker, pc: phaseClient(server.env, taskQueue, paths), paths, taskQueue };
 }
 
 /**
