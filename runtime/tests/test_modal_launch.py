@@ -11,7 +11,7 @@ import pytest
 
 from phasegate_runtime import modal_launch
 from phasegate_runtime.modal_fake import FakeCall, FakeModal
-from phasegate_runtime.modal_job import claim_key, release_claim, take_claim
+from phasegate_runtime.modal_job import call_is_over, claim_key, release_claim, take_claim
 from phasegate_runtime.modal_launch import RECORD_FILE, Emit, Job, cancel, launch, main
 
 from _data import run_spec_dict, write_json
@@ -265,3 +265,59 @@ def test_reconcile_without_an_account_says_billing_could_not_be_read(
     assert report["billing_note"].startswith("billing could not be read: no Modal credentials")
     assert "billing could not be read" in out.err
     assert "estimate $" in out.err
+
+
+def test_a_network_error_while_probing_a_live_call_does_not_spawn_a_second_one(job: Job) -> None:
+    # Attempt 1 spawned a call that runs on; the worker died. Attempt 2 probes it and the poll fails on the
+    # network: that says nothing about the call, so it must be treated as live, never paid for twice.
+    fake = FakeModal(outcome="hang")
+    fake.die_on_get = WorkerDied()
+    with pytest.raises(WorkerDied):
+        _launch(job, fake)
+    fake.die_on_get = None
+    fake.set_outcome("fc-fake-1", "probe_error")
+    code, events = _launch(_attempt(job, 2), fake)
+    assert fake.spawned == ["fc-fake-1"]
+    assert code == 1  # the poll keeps failing: retryable, and the retry reattaches to the same call
+    assert any(e["event"] == "launched" and e.get("reattached") for e in events)
+
+
+def test_the_claim_is_kept_when_its_owner_cannot_be_polled(tmp_path: Path) -> None:
+    fake = FakeModal()
+    key = claim_key("p", "m")
+    unknown = {"fc-a"}  # fc-a's state cannot be read (network error): it may be running
+
+    def is_live(call_id: str) -> bool:
+        return call_id in unknown
+
+    assert take_claim(fake.launches, key, "fc-a", is_live=is_live) is None
+    assert take_claim(fake.launches, key, "fc-b", is_live=is_live, sleep=lambda _: None) == "fc-a"
+
+
+def test_a_timeout_error_raised_by_the_remote_function_is_a_failure_not_still_running(job: Job) -> None:
+    fake = FakeModal(outcome="remote_timeout")
+    code, events = _launch(job, fake)
+    assert code == 1
+    assert events[-1]["event"] == "error"
+    assert "raised by the remote function" in events[-1]["message"]
+
+
+def test_releasing_a_claim_that_is_already_gone_is_not_an_error() -> None:
+    fake = FakeModal()
+    key = claim_key("p", "m")
+    assert take_claim(fake.launches, key, "fc-a", is_live=lambda _: False) is None
+    fake.launches.pop(key)
+    release_claim(fake.launches, key, "fc-a")  # no KeyError: a finished run is not turned into a failure
+    assert fake.launches.get(key) is None
+
+
+def test_only_known_modal_exceptions_mean_the_call_is_over() -> None:
+    from phasegate_runtime.modal_fake import (
+        InputCancellation,
+        NotFoundError,
+        ProbeConnectionError,
+        RemoteError,
+    )
+
+    assert all(call_is_over(e) for e in (RemoteError("x"), NotFoundError("x"), InputCancellation("x")))
+    assert not any(call_is_over(e) for e in (ProbeConnectionError("x"), ConnectionError("x"), OSError("x")))

@@ -14,6 +14,7 @@ call with ``Function.with_options`` (each GPU type gets its own container pool).
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from .modal_job import (
     SECRET_NAME,
     VOLUME_NAME,
     VolumePaths,
+    call_is_over,
     claim_key,
     release_claim,
     run_model_body,
@@ -62,12 +64,14 @@ launches = modal.Dict.from_name(DICT_NAME, create_if_missing=True)
 
 
 def _is_live(call_id: str) -> bool:
+    """Only a returned value or an exception that says the call is over means "not live": a network error
+    while polling says nothing, and a claim held by a call that may be running must not be taken over."""
     try:
         modal.FunctionCall.from_id(call_id).get(timeout=0)
     except TimeoutError:  # the builtin: no output yet, the call is queued or running
         return True
-    except Exception:  # noqa: BLE001 - finished with an error, cancelled, expired or unknown: not live
-        return False
+    except Exception as err:  # noqa: BLE001 - sorted by call_is_over
+        return not call_is_over(err)
     return False
 
 
@@ -75,9 +79,13 @@ def _is_live(call_id: str) -> bool:
     gpu="A10G",
     timeout=DEFAULT_TIMEOUT_S,
     volumes={str(VOLUME_ROOT): volume},
-    secrets=[modal.Secret.from_name(SECRET_NAME)],
+    # A missing HF_TOKEN is found when the app is deployed, not on a paid GPU.
+    secrets=[modal.Secret.from_name(SECRET_NAME, required_keys=["HF_TOKEN"])],
     # No platform retries: the workflow retries, and every attempt must get its own ledger line.
     retries=0,
+    # A container idles (and is billed) this long after its call; one call per phase and model needs no
+    # warm pool (Modal's default is 60 s).
+    scaledown_window=2,
 )
 def run_model(spec: dict[str, Any]) -> dict[str, Any]:
     call_id = modal.current_function_call_id() or "unknown"
@@ -87,8 +95,24 @@ def run_model(spec: dict[str, Any]) -> dict[str, Any]:
         return {"status": "duplicate", "owner": owner, "gpu_seconds": 0.0, "files": {}, "message": None}
     try:
         volume.reload()
-        return run_model_body(spec, VolumePaths(VOLUME_ROOT))
+        result = run_model_body(spec, VolumePaths(VOLUME_ROOT))
+    except TimeoutError as err:
+        # Never let a TimeoutError escape: the caller's SDK raises that same builtin for "no output yet".
+        result = {
+            "status": "failure",
+            "gpu_seconds": None,
+            "files": {},
+            "message": f"TimeoutError in the container: {err}",
+        }
     finally:
+        # Clean-up must not throw a finished run away (a retry would pay for it again): its errors are logged.
         # Checkpoints must outlive this container for a retry to resume (Volumes also commit on exit).
-        volume.commit()
-        release_claim(launches, key, call_id)
+        for step, action in (
+            ("volume commit", volume.commit),
+            ("claim release", lambda: release_claim(launches, key, call_id)),
+        ):
+            try:
+                action()
+            except Exception as err:  # noqa: BLE001 - logged; the result stands
+                print(f"phasegate: {step} failed after the run: {type(err).__name__}: {err}", file=sys.stderr)
+    return result

@@ -24,19 +24,23 @@ from typing import Any
 
 import numpy as np
 
-OUTCOMES = ("ok", "fail", "invalid", "crash", "hang")
+OUTCOMES = ("ok", "fail", "invalid", "crash", "hang", "probe_error", "remote_timeout")
 
 
-class FakeNotFoundError(Exception):
+class RemoteError(Exception):
+    """Modal's RemoteError: a call that crashed on the platform (same class name: modal_job.CALL_OVER)."""
+
+
+class NotFoundError(Exception):
     """Modal's NotFoundError for an unknown call id."""
 
 
-class FakeCancelledError(Exception):
-    """What ``get`` raises for a cancelled call (Modal raises an error too; its class does not matter)."""
+class InputCancellation(Exception):
+    """What ``get`` raises for a cancelled call."""
 
 
-class FakeRemoteError(Exception):
-    """A call that crashed or timed out on the platform."""
+class ProbeConnectionError(Exception):
+    """A network error while polling: says nothing about whether the call runs (Modal's ConnectionError)."""
 
 
 def fake_result(spec: dict[str, Any], call_id: str) -> dict[str, Any]:
@@ -129,15 +133,20 @@ class FakeCall:
         with self._fake.state() as s:
             call = s["calls"].get(self.object_id)
         if call is None:
-            raise FakeNotFoundError(f"function call {self.object_id} not found")
+            raise NotFoundError(f"function call {self.object_id} not found")
         if call["cancelled"]:
-            raise FakeCancelledError(f"function call {self.object_id} was cancelled")
+            raise InputCancellation(f"function call {self.object_id} was cancelled")
         outcome = str(call["outcome"])
         if outcome == "hang":
             time.sleep(min(timeout or 0.0, 0.2))
             raise TimeoutError()
+        if outcome == "probe_error":
+            # The call runs; polling it fails on the network.
+            raise ProbeConnectionError("polling failed: connection reset")
+        if outcome == "remote_timeout":
+            raise TimeoutError("a TimeoutError raised by the remote function itself")
         if outcome == "crash":
-            raise FakeRemoteError("container exited unexpectedly")
+            raise RemoteError("container exited unexpectedly")
         if outcome.startswith("duplicate:"):
             return {"status": "duplicate", "owner": outcome.split(":", 1)[1], "gpu_seconds": 0.0, "files": {}}
         if outcome in ("fail", "invalid"):
@@ -166,6 +175,6 @@ class FakeDict:
             s["dict"][key] = value
             return True
 
-    def pop(self, key: str) -> Any:
+    def pop(self, key: str, default: Any = None) -> Any:
         with self._fake.state() as s:
-            return s["dict"].pop(key)
+            return s["dict"].pop(key, default)

@@ -114,6 +114,26 @@ def run_model_body(spec: dict[str, Any], paths: VolumePaths, *, python: str | No
     }
 
 
+# Exceptions of ``FunctionCall.get`` that say for certain the call is over (modal.exception, by class name, so
+# that the double can raise the same names): it failed remotely, timed out on the platform, was cancelled, its
+# output expired, or the id is unknown. Anything else (a network error, a gRPC status, an SDK bug) says
+# nothing about the call, and a call that may be running must never be judged dead: that would pay twice.
+CALL_OVER = frozenset(
+    {
+        "RemoteError",
+        "FunctionTimeoutError",
+        "OutputExpiredError",
+        "NotFoundError",
+        "InputCancellation",
+        "ExecutionError",
+    }
+)
+
+
+def call_is_over(err: BaseException) -> bool:
+    return type(err).__name__ in CALL_OVER
+
+
 # --- Modal-side deduplication ------------------------------------------------------------------------------
 #
 # The launcher records a spawned call id in a Modal Dict right after `spawn` returns. A worker that dies
@@ -136,7 +156,7 @@ CLAIM_SETTLE_S = 5.0
 class ClaimStore(Protocol):
     def get(self, key: str) -> Any: ...
     def put(self, key: str, value: Any, *, skip_if_exists: bool = False) -> bool: ...
-    def pop(self, key: str) -> Any: ...
+    def pop(self, key: str, default: Any = None) -> Any: ...
 
 
 def claim_key(phase_id: str, model_key: str) -> str:
@@ -168,4 +188,4 @@ def take_claim(
 
 def release_claim(store: ClaimStore, key: str, call_id: str) -> None:
     if store.get(key) == call_id:
-        store.pop(key)
+        store.pop(key, None)  # gone already (another release, an expiry): nothing to do

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .checkpoint import atomic_write_bytes, atomic_write_json
-from .modal_job import APP_NAME, APP_TAGS, DICT_NAME, FUNCTION_NAME, claim_key
+from .modal_job import APP_NAME, APP_TAGS, DICT_NAME, FUNCTION_NAME, call_is_over, claim_key
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_MISSING_CREDENTIALS = 0, 1, 2, 3
 RECORD_FILE = "modal-launch.json"
@@ -159,13 +159,17 @@ def write_record(out_dir: Path, record: dict[str, Any]) -> None:
 
 
 def _probe(port: ModalPort, call_id: str) -> tuple[str, Any]:
-    """("live", None) | ("done", result dict) | ("failed", reason)."""
+    """("live", None) | ("done", result dict) | ("failed", reason). Unknown means live."""
     try:
         return "done", port.from_id(call_id).get(timeout=0)
-    except TimeoutError:  # the builtin: no output yet; Modal's own timeouts are not builtin TimeoutErrors
-        return "live", None
-    except Exception as err:  # noqa: BLE001 - failed, cancelled, expired, unknown: all mean "spawn anew"
-        return "failed", f"{type(err).__name__}: {err}"
+    except TimeoutError as err:
+        # The SDK raises the builtin TimeoutError, without arguments, while a call has no output yet. (The
+        # container never lets a TimeoutError of its own escape: see modal_app.run_model.)
+        return ("live", None) if not err.args else ("failed", f"TimeoutError: {err}")
+    except Exception as err:  # noqa: BLE001 - sorted below: only a known "it is over" means spawn anew
+        if call_is_over(err):
+            return "failed", f"{type(err).__name__}: {err}"
+        return "live", f"could not tell ({type(err).__name__}: {err}); treated as live"
 
 
 def _install_files(out_dir: Path, files: dict[str, bytes]) -> Path:
@@ -249,7 +253,13 @@ def launch(
     while True:
         try:
             result = call.get(timeout=poll_s)
-        except TimeoutError:
+        except TimeoutError as err:
+            if err.args:  # a TimeoutError with a message came from the remote side: the call is over
+                record.update(status="failed")
+                write_record(job.out_dir, record)
+                emit("error", kind="failure", message=f"modal call {call.object_id}: TimeoutError: {err}",
+                     call_id=call.object_id, app_id=app_id, gpu_seconds=None)  # fmt: skip
+                return EXIT_FAILURE
             emit("running", call_id=call.object_id, elapsed_s=round(clock() - started, 1))
             continue
         except Exception as err:  # noqa: BLE001 - a remote failure (timeout, crash, cancel): retryable
