@@ -85,10 +85,19 @@ export async function runModel(deps: RunModelDeps, input: RunModelInput): Promis
   log.info({ backend: backend.name, outDir }, 'model run started');
   try {
     const result = await backend.run(
-      { phaseId: input.phaseId, modelKey: model.key, attempt: input.attempt, gpu: model.gpu, timeoutMinutes: model.timeout_minutes, specPath, outDir },
+      {
+        phaseId: input.phaseId,
+        modelKey: model.key,
+        attempt: input.attempt,
+        gpu: model.gpu,
+        timeoutMinutes: attemptTimeoutMinutes(model.timeout_minutes, ctx.info.startToCloseTimeoutMs),
+        specPath,
+        outDir,
+      },
       {
         signal: ctx.cancellationSignal,
         cancelRequested: () => ctx.cancellationDetails?.cancelRequested === true,
+        timedOut: () => ctx.cancellationDetails?.timedOut === true,
         progress: (p) => {
           Object.assign(progress, p);
           beat();
@@ -107,4 +116,14 @@ export async function runModel(deps: RunModelDeps, input: RunModelInput): Promis
   } finally {
     clearInterval(timer);
   }
+}
+
+/**
+ * The remote time limit of an attempt: the workflow set this activity's start-to-close timeout to what the
+ * approval left can pay for (or the protocol's timeout, if less), and a remote call gets no more than that, so
+ * Modal itself stops it there even if nothing else does.
+ */
+export function attemptTimeoutMinutes(protocolMinutes: number, startToCloseMs: number | undefined): number {
+  if (startToCloseMs === undefined || !(startToCloseMs > 0)) return protocolMinutes;
+  return Math.min(protocolMinutes, startToCloseMs / 60_000);
 }

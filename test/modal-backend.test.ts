@@ -42,12 +42,16 @@ function setup(outcome = 'ok'): { job: BackendJob; env: NodeJS.ProcessEnv; state
   return { job, env, statePath, state: () => JSON.parse(readFileSync(statePath, 'utf8')) as FakeState };
 }
 
-/** `abort()` is a user's cancellation; `shutdown()` aborts the same signal the way a stopping worker does. */
-function recorder(): { ctx: BackendContext; stages: string[]; abort: () => void; shutdown: () => void; onStage: (stage: string, f: () => void) => void } {
+/**
+ * `abort()` is a user's cancellation; `shutdown()` aborts the same signal the way a stopping worker does;
+ * `timeout()` the way the attempt's own time limit (the budget left) does.
+ */
+function recorder(): { ctx: BackendContext; stages: string[]; abort: () => void; shutdown: () => void; timeout: () => void; onStage: (stage: string, f: () => void) => void } {
   const controller = new AbortController();
   const stages: string[] = [];
   const hooks: Array<[string, () => void]> = [];
   let requested = false;
+  let timedOut = false;
   return {
     stages,
     abort: () => {
@@ -55,10 +59,15 @@ function recorder(): { ctx: BackendContext; stages: string[]; abort: () => void;
       controller.abort();
     },
     shutdown: () => controller.abort(),
+    timeout: () => {
+      timedOut = true;
+      controller.abort();
+    },
     onStage: (stage, f) => hooks.push([stage, f]),
     ctx: {
       signal: controller.signal,
       cancelRequested: () => requested,
+      timedOut: () => timedOut,
       progress: (p) => {
         if (p.stage === undefined) return;
         stages.push(p.stage);
@@ -139,6 +148,18 @@ describe('Modal backend (launcher with the Modal double)', () => {
     expect(err.kind).toBe('failure');
     expect(err.message).toContain('detached');
     expect(callOf(state(), 'fc-fake-1').cancelled).toBeFalsy();
+  }, TEST_TIMEOUT_MS);
+
+  test('an attempt whose time limit (the budget left) runs out stops the remote call, which gets no longer limit', async () => {
+    const { job, env, state } = setup('hang');
+    const rec = recorder();
+    rec.onStage('running', rec.timeout);
+    const err = await failure(modalBackendFromEnv({ python, runtimeSrc }, undefined, env).run({ ...job, timeoutMinutes: 32.5 }, rec.ctx));
+    expect(err.kind).toBe('failure');
+    expect(err.message).toContain('time limit ran out');
+    expect(callOf(state(), 'fc-fake-1').cancelled).toBe(true);
+    // The call itself was spawned with the attempt's limit, so Modal stops it there even if nothing else does.
+    expect(callOf(state(), 'fc-fake-1').timeout_s).toBe(1950);
   }, TEST_TIMEOUT_MS);
 
   test('a failed call is a retryable failure with its GPU seconds, and the retry spawns a new call', async () => {

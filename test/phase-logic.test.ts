@@ -2,8 +2,10 @@
 import type { PhaseInput, PhaseState } from '../workflows/definitions';
 import { sign as nodeSign } from 'node:crypto';
 import {
+  attemptReserveUsd,
   attemptTimeoutSeconds,
   applyApproveBudget,
+  MIN_ATTEMPT_SECONDS,
   applyRejectBudget,
   checkBudget,
   costUsd,
@@ -232,11 +234,18 @@ describe('ledger and budget check', () => {
     expect(checkBudget(s, 0.01).ok).toBe(false);
   });
 
-  test('an attempt may not outlive the budget left, but gets at least a minute', () => {
+  test('an attempt may not outlive the budget left, and one too short to be useful is held, not dispatched', () => {
     expect(attemptTimeoutSeconds(60, 100, 0.001)).toBe(3600);
     expect(attemptTimeoutSeconds(60, 1, 0.001)).toBe(1000);
-    expect(attemptTimeoutSeconds(60, 0.001, 0.001)).toBe(60);
+    // No floor above what the budget pays: $0.01 at $0.001/s is 10 s, not a minute.
+    expect(attemptTimeoutSeconds(60, 0.01, 0.001)).toBe(10);
     expect(attemptTimeoutSeconds(10, 5, 0)).toBe(600);
+    // The budget check reserves at least MIN_ATTEMPT_SECONDS, so a dispatched attempt always gets that long.
+    expect(attemptReserveUsd(0.001, 0.001)).toBe(MIN_ATTEMPT_SECONDS * 0.001);
+    expect(attemptReserveUsd(5, 0.001)).toBe(5);
+    const s = fresh();
+    s.budget.approvedMicros = 20_000; // $0.02: 20 s at $0.001/s
+    expect(checkBudget(s, attemptReserveUsd(0.001, 0.001)).ok).toBe(false);
   });
 
   test('cost and back-off arithmetic', () => {

@@ -137,12 +137,21 @@ export function ledgerEntryFor(r: AttemptRecord): LedgerEntry {
 
 /**
  * An attempt's time limit: the protocol's per-model timeout, or less when the approved budget left would run out
- * first (at least a minute, so a nearly spent budget still gets a clean stop rather than an instant timeout).
+ * first. Never more than the budget left can pay for: an attempt that could not run MIN_ATTEMPT_SECONDS is not
+ * dispatched at all (see attemptReserveUsd), it waits in BUDGET_HOLD.
  */
 export function attemptTimeoutSeconds(timeoutMinutes: number, budgetLeftUsd: number, usdPerSecond: number): number {
   const protocolLimit = Math.round(timeoutMinutes * 60);
   if (usdPerSecond <= 0) return protocolLimit;
-  return Math.max(60, Math.min(protocolLimit, Math.floor(budgetLeftUsd / usdPerSecond)));
+  return Math.max(1, Math.min(protocolLimit, Math.floor(budgetLeftUsd / usdPerSecond)));
+}
+
+/** The shortest attempt worth paying for: less than this left in the budget is a hold, not a dispatch. */
+export const MIN_ATTEMPT_SECONDS = 30;
+
+/** What the budget check reserves for an attempt: its estimate, and at least MIN_ATTEMPT_SECONDS of its GPU. */
+export function attemptReserveUsd(estimateUsd: number, usdPerSecond: number): number {
+  return roundUsd(Math.max(estimateUsd, MIN_ATTEMPT_SECONDS * usdPerSecond));
 }
 
 /** Delay before attempt `attempt` (2, 3, ...) under the protocol's back-off. */

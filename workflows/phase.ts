@@ -56,6 +56,7 @@ import {
   runPlan,
   spentUsd,
   attemptTimeoutSeconds,
+  attemptReserveUsd,
   startInputProblem,
   transition,
   validateApproveBudget,
@@ -267,8 +268,8 @@ async function runModels(
     const progress = state.models.find((m) => m.modelKey === model.key);
     if (progress === undefined || progress.status === 'succeeded') continue;
     const estimate = state.estimate?.models.find((e) => e.modelKey === model.key);
-    const attemptUsd = estimate?.usd ?? 0;
     const usdPerSecond = input.pricing.usdPerSecond[model.gpu] ?? 0;
+    const attemptUsd = attemptReserveUsd(estimate?.usd ?? 0, usdPerSecond);
 
     while (progress.status !== 'succeeded') {
       const attempt = progress.attempts + 1;

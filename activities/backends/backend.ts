@@ -24,6 +24,11 @@ export interface BackendContext {
    * an attempt that timed out must not cancel a remote call that a retry can still reattach to.
    */
   cancelRequested(): boolean;
+  /**
+   * Whether the abort was the attempt's own time limit: the protocol's timeout, or the seconds the approved
+   * budget left could pay for. A remote call must not run on, unpaid, past it.
+   */
+  timedOut(): boolean;
   progress(p: Partial<RunProgress>): void;
 }
 

@@ -70,10 +70,15 @@ export class ModalBackend implements ComputeBackend {
     });
 
     if (exit.cancelled) {
+      if (ctx.timedOut()) {
+        // The attempt's time limit is what the approval can pay for: the call must not run on past it, unpaid.
+        const why = await this.cancelRemote(job);
+        throw new BackendError('failure', `the attempt's time limit ran out (the protocol's timeout or the budget left); the Modal call was stopped${why}`, seen.gpuSeconds, backendIds);
+      }
       if (!ctx.cancelRequested()) {
-        // The worker is stopping or the attempt timed out: detach and leave the paid call running; the retry's
-        // launcher reattaches to it from the launch record.
-        throw new BackendError('failure', 'detached from the Modal call (worker stopping or attempt timed out); a retry reattaches', seen.gpuSeconds, backendIds);
+        // The worker is stopping: detach and leave the paid call running; the retry's launcher reattaches to it
+        // from the launch record.
+        throw new BackendError('failure', 'detached from the Modal call (worker stopping); a retry reattaches', seen.gpuSeconds, backendIds);
       }
       const why = await this.cancelRemote(job);
       throw new BackendError('cancelled', `the Modal run was cancelled${why}`, seen.gpuSeconds, backendIds);

@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None, port_factory: Callable[[], ModalPort] = 
         return status(args.phase, args.model, args.out, port, emit)
     job = Job(
         phase_id=args.phase, model_key=args.model, attempt=args.attempt, gpu=args.gpu,
-        timeout_s=max(60, round(args.timeout_minutes * 60)), spec_path=args.spec, out_dir=args.out,
+        timeout_s=max(10, round(args.timeout_minutes * 60)), spec_path=args.spec, out_dir=args.out,
     )  # fmt: skip
     try:
         return launch(job, port, emit, poll_s=args.poll_seconds)
