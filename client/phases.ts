@@ -17,7 +17,7 @@ import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { verifyManifest, type VerifyReport } from '../activities/manifest';
-import { loadProtocol, ProtocolError, type LoadedProtocol, type LoadOptions } from '../protocols/load';
+import { loadProtocol, phaseInputOf, ProtocolError, type LoadedProtocol, type LoadOptions } from '../protocols/load';
 import {
   approveBudgetUpdate,
   isTerminal,
@@ -139,13 +139,8 @@ export async function startPhase(
   // Spend of earlier runs counts: from Temporal while it has the run, from the record after that.
   const priorLedger = gone !== null ? gone.state.ledger : await ledgerOfEndedRun(pc, phaseId);
   const input: PhaseInput = {
+    ...phaseInputOf(loaded),
     phaseId,
-    protocol: loaded.protocol,
-    protocolHash: loaded.protocolHash,
-    protocolPath: loaded.protocolPath,
-    prompts: loaded.prompts,
-    pricing: loaded.pricing,
-    people: loaded.people,
     ...(extra.reopenOf ? { reopenOf: extra.reopenOf } : {}),
     ...(extra.continueAsNewAfterEvents ? { continueAsNewAfterEvents: extra.continueAsNewAfterEvents } : {}),
     ...(searchable ? {} : { publishSearchAttributes: false }),

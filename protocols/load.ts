@@ -10,7 +10,7 @@
 import { closeSync, constants, fstatSync, openSync, readSync, realpathSync } from 'node:fs';
 import path from 'node:path';
 import { createHash } from 'node:crypto';
-import type { LockedFile, LockedPrompts, PricingSnapshot } from '../workflows/definitions';
+import type { LockedFile, LockedPrompts, PhaseInput, PricingSnapshot } from '../workflows/definitions';
 import { phaseIdFor, protocolHashOf } from '../domain/lock';
 import { pricingSchema, protocolSchema, rosterSchema, type Protocol } from './schema';
 
@@ -244,4 +244,10 @@ function loadPeople(protocol: Protocol, read: (relative: string) => { sha256: st
     if (!canSeparate) issues.push('separate_duties: no approver and reviewer hold different keys, so no phase could pass both gates (name another person, or set separate_duties to false)');
   }
   return people;
+}
+
+/** The start input a loaded protocol gives its phase (the caller adds reopen links, a carried ledger, ...). */
+export function phaseInputOf(loaded: LoadedProtocol): PhaseInput {
+  const { phaseId, protocol, protocolHash, protocolPath, prompts, pricing, people } = loaded;
+  return { phaseId, protocol, protocolHash, protocolPath, prompts, pricing, people };
 }

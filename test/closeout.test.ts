@@ -5,9 +5,10 @@ import type { ModelScore, PhaseState } from '../workflows/definitions';
 import { applyApproveBudget, gateContext, initialState, ledgerEntryFor } from '../workflows/phase-logic';
 import { sign } from './helpers/decisions';
 import { testProtocol } from './helpers/temporal';
+import { phaseInputOf } from '../protocols/load';
 
 const loaded = testProtocol('closeout');
-const input = { phaseId: loaded.phaseId, protocol: loaded.protocol, protocolHash: loaded.protocolHash, protocolPath: loaded.protocolPath, prompts: loaded.prompts, pricing: loaded.pricing, people: loaded.people };
+const input = phaseInputOf(loaded);
 const rate = (mean: number) => ({ mean, std: 0 });
 const failing: ModelScore = {
   modelKey: 'tiny-qwen2',

@@ -10,11 +10,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { decisionTarget, getState, PhaseError, startPhase, waitForStatus } from '../client/phases';
 import { approveBudgetUpdate } from '../workflows/definitions';
-import type { PhaseInput } from '../workflows/definitions';
+import { phaseInputOf } from '../protocols/load';
 import { initialState } from '../workflows/phase-logic';
 import { approveAs, sign } from './helpers/decisions';
 import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
-import { repoPaths, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
+import { repoPaths, serverPerFile, testProtocol, testWorker, waitFor } from './helpers/temporal';
 import { rejection } from './helpers/errors';
 
 const server = serverPerFile();
@@ -88,15 +88,7 @@ test('forged approvals sent straight to Temporal are refused 100%, each with its
 test('a crafted start input (a resumed RUNNING state, a foreign roster under a real phase id) runs nothing', async () => {
   const { worker, pc, taskQueue } = await testWorker(server, 'crafted');
   const loaded = testProtocol('crafted');
-  const input: PhaseInput = {
-    phaseId: loaded.phaseId,
-    protocol: loaded.protocol,
-    protocolHash: loaded.protocolHash,
-    protocolPath: loaded.protocolPath,
-    prompts: loaded.prompts,
-    pricing: loaded.pricing,
-    people: loaded.people,
-  };
+  const input = phaseInputOf(loaded);
   const resume = { ...initialState(input, new Date().toISOString()), status: 'RUNNING', budget: { approvedUsd: 1e9, approvedMicros: 1e15, approvals: [], rejection: null } };
   const start = (id: string, i: unknown): Promise<Run> =>
     temporalCli(['workflow', 'start', '--type', 'phaseWorkflow', '--task-queue', taskQueue, '--workflow-id', id, '--input-file', inputFile(i)]);
@@ -130,7 +122,7 @@ test('a crafted start input (a resumed RUNNING state, a foreign roster under a r
 test('a cron start carrying a resumed state is refused on every run, and runs nothing', async () => {
   const { worker, taskQueue } = await testWorker(server, 'cron');
   const loaded = testProtocol('cron');
-  const input: PhaseInput = { phaseId: loaded.phaseId, protocol: loaded.protocol, protocolHash: loaded.protocolHash, protocolPath: loaded.protocolPath, prompts: loaded.prompts, pricing: loaded.pricing, people: loaded.people };
+  const input = phaseInputOf(loaded);
   // A cron run carries the previous run's id, as a continue-as-new does: that alone must not make a resume trusted.
   const resume = { ...initialState(input, new Date().toISOString()), status: 'RUNNING', budget: { approvedUsd: 1e6, approvedMicros: 1e12, approvals: [], rejection: null } };
   await worker.runUntil(async () => {
@@ -163,11 +155,3 @@ test('a decision through phasegate\'s client with a wrong key is refused as a Ph
     await server.env.client.workflow.getHandle(phaseId).cancel();
   });
 });
-
-async function waitFor(check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}

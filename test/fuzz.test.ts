@@ -20,8 +20,8 @@ import { main, reportError, type CliIo } from '../client/cli';
 import { requestListener } from '../client/http';
 import { issueToken } from '../client/tokens';
 import { repoRoot } from '../common/config';
-import { loadProtocol, ProtocolError } from '../protocols/load';
-import { PHASE_WORKFLOW_TYPE, type PhaseInput } from '../workflows/definitions';
+import { loadProtocol, phaseInputOf, ProtocolError } from '../protocols/load';
+import { PHASE_WORKFLOW_TYPE } from '../workflows/definitions';
 import { gateContext, initialState, MAX_RETRY_DELAY_SECONDS, retryDelaySeconds, startInputProblem, validateApproveBudget, validateRejectBudget, validateSubmitReview } from '../workflows/phase-logic';
 import { sign, testKeys, testRoster } from './helpers/decisions';
 import { quietLogger, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
@@ -81,7 +81,7 @@ describe('3,000 mutated protocols', () => {
         try {
           const l = loadProtocol(file);
           loaded += 1;
-          const input: PhaseInput = { phaseId: l.phaseId, protocol: l.protocol, protocolHash: l.protocolHash, protocolPath: l.protocolPath, prompts: l.prompts, pricing: l.pricing, people: l.people };
+          const input = phaseInputOf(l);
           expect(startInputProblem(input, false)).toBeNull();
           const p = l.protocol;
           for (let a = 2; a <= p.retry.max_attempts + 1; a++) {
@@ -108,7 +108,7 @@ describe('3,000 mutated protocols', () => {
 
 describe('3,000 decision payloads', () => {
   const loaded = testProtocol('fuzz-decisions');
-  const input: PhaseInput = { phaseId: loaded.phaseId, protocol: loaded.protocol, protocolHash: loaded.protocolHash, protocolPath: loaded.protocolPath, prompts: loaded.prompts, pricing: loaded.pricing, people: loaded.people };
+  const input = phaseInputOf(loaded);
   const ctx = gateContext(input);
   const target = { phaseId: input.phaseId, protocolHash: input.protocolHash };
   const genuine = {

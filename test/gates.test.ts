@@ -14,7 +14,7 @@ import {
   waitForStatus,
 } from '../client/phases';
 import { approveAs, reviewAs, rejectAs, sign } from './helpers/decisions';
-import { phaseResult, recordHistory, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
+import { phaseResult, recordHistory, serverPerFile, testProtocol, testWorker, waitFor } from './helpers/temporal';
 import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
 import { rejection } from './helpers/errors';
 
@@ -136,14 +136,6 @@ test('state and applied decisions survive continue-as-new', async () => {
     expect((await phaseResult(server.env.client, phaseId)).status).toBe('CHANGES_REQUESTED');
   });
 });
-
-async function waitFor(check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
 
 async function waitForEstimate(pc: PhaseClient, phaseId: string): Promise<void> {
   await waitFor(async () => (await getState(pc, phaseId)).estimate !== null);

@@ -13,7 +13,7 @@ import { requestListener, type HttpDeps } from '../client/http';
 import { decisionTarget, getState } from '../client/phases';
 import { issueToken, revokeToken } from '../client/tokens';
 import { sign } from './helpers/decisions';
-import { quietLogger, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
+import { quietLogger, serverPerFile, testProtocol, testWorker, waitFor } from './helpers/temporal';
 
 const server = serverPerFile();
 
@@ -109,11 +109,3 @@ test('authentication, origin checks, protocol roots and signed decisions over HT
   });
   await new Promise<void>((r) => (http ? http.close(() => r()) : r()));
 });
-
-async function waitFor(check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
-  const deadline = Date.now() + timeoutMs;
-  while (!(await check())) {
-    if (Date.now() > deadline) throw new Error('condition not met in time');
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}

@@ -24,20 +24,13 @@ import { decisionMessage, type ReviewVerdict } from '../domain/decisions';
 import { protocolHashOf } from '../domain/lock';
 import { signDecision } from '../client/keys';
 import { keyOf, sign } from './helpers/decisions';
+import { phaseInputOf } from '../protocols/load';
 import { estimatePhase, type CalibrationPoint, workOf } from '../activities/estimate';
 import { testProtocol } from './helpers/temporal';
 
 const loaded = testProtocol('logic');
 const protocol = loaded.protocol;
-const input: PhaseInput = {
-  phaseId: loaded.phaseId,
-  protocol,
-  protocolHash: loaded.protocolHash,
-  protocolPath: loaded.protocolPath,
-  prompts: loaded.prompts,
-  pricing: loaded.pricing,
-  people: loaded.people,
-};
+const input: PhaseInput = phaseInputOf(loaded);
 const ESTIMATE = { models: [], totalUsd: 0.5 };
 /** A phase at its budget gate with its estimate computed. */
 const fresh = (): PhaseState => ({ ...initialState(input, '2026-01-01T00:00:00.000Z'), estimate: ESTIMATE });

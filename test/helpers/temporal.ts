@@ -162,3 +162,12 @@ export function testProtocol(tag: string, overrides: Record<string, unknown> = {
   writeFileSync(file, JSON.stringify(protocol, null, 2));
   return loadProtocol(file);
 }
+
+/** Polls `check` until it holds (every 250 ms), or fails after `timeoutMs`. */
+export async function waitFor(check: () => Promise<boolean>, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (!(await check())) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
