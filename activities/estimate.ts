@@ -3,7 +3,8 @@
  *
  * Per model: expected GPU seconds x the pricing table's per-second price. The expected seconds start as the
  * protocol's prior (`expected_gpu_seconds`) and are calibrated by earlier frozen phases: every frozen artifact of
- * the same model id on the same GPU type gives measured seconds (all attempts, as billed) per unit of work
+ * the same model id on the same GPU type gives measured seconds (all attempts the backend measured; a crashed
+ * attempt's observed wall time, an upper bound charged to be safe, would inflate the rate) per unit of work
  * (generation units x eval prompts x new tokens); the largest such rate, scaled to this phase's work and padded by
  * a 25% margin, replaces the prior.
  */
@@ -38,7 +39,7 @@ export function estimateModel(model: ModelSpec, protocol: Protocol, usdPerSecond
     const worst = matching.reduce((a, b) => (b.seconds / b.work > a.seconds / a.work ? b : a));
     gpuSeconds = (worst.seconds / worst.work) * workOf(protocol) * CALIBRATION_MARGIN;
     basis = 'calibrated';
-    basisDetail = `slowest of ${matching.length} frozen run(s) (${worst.phaseId}: ${worst.seconds.toFixed(1)} s for ${worst.work} work units) x ${CALIBRATION_MARGIN} margin`;
+    basisDetail = `slowest of ${matching.length} frozen run(s) (${worst.phaseId}: ${worst.seconds.toFixed(1)} measured s for ${worst.work} work units) x ${CALIBRATION_MARGIN} margin`;
   }
   gpuSeconds = Math.round(gpuSeconds * 10) / 10;
   return { modelKey: model.key, gpu: model.gpu, gpuSeconds, usdPerSecond, usd: roundUsd(gpuSeconds * usdPerSecond), basis, basisDetail };
@@ -72,9 +73,9 @@ export function readCalibration(artifactsDir: string, excludePhaseId: string): C
         const artifact = JSON.parse(readFileSync(path.join(modelsDir, file), 'utf8')) as {
           model?: { id?: string; gpu?: string };
           workload?: { work?: number };
-          ledger?: { seconds?: number }[];
+          ledger?: { seconds?: number; secondsBasis?: string }[];
         };
-        const seconds = (artifact.ledger ?? []).reduce((s, e) => s + (e.seconds ?? 0), 0);
+        const seconds = (artifact.ledger ?? []).filter((e) => e.secondsBasis === 'measured').reduce((s, e) => s + (e.seconds ?? 0), 0);
         if (artifact.model?.id && artifact.model.gpu && artifact.workload?.work) {
           points.push({ phaseId, modelId: artifact.model.id, gpu: artifact.model.gpu, work: artifact.workload.work, seconds });
         }

@@ -25,7 +25,10 @@ import { protocolHashOf } from '../domain/lock';
 import { signDecision } from '../client/keys';
 import { keyOf, sign } from './helpers/decisions';
 import { phaseInputOf } from '../protocols/load';
-import { estimatePhase, type CalibrationPoint, workOf } from '../activities/estimate';
+import { estimatePhase, readCalibration, type CalibrationPoint, workOf } from '../activities/estimate';
+import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { testProtocol } from './helpers/temporal';
 
 const loaded = testProtocol('logic');
@@ -251,6 +254,17 @@ describe('ledger and budget check', () => {
 });
 
 describe('estimate', () => {
+  test('calibrates from measured seconds only: a crash\'s observed wall time does not inflate the rate', () => {
+    const dir = mkdtempSync(path.join(os.tmpdir(), 'phasegate-calib-'));
+    mkdirSync(path.join(dir, 'old-phase', 'models'), { recursive: true });
+    const line = (seconds: number, secondsBasis: string) => ({ seconds, secondsBasis });
+    writeFileSync(
+      path.join(dir, 'old-phase', 'models', 'm.json'),
+      JSON.stringify({ model: { id: 'tiny:qwen2', gpu: 'cpu' }, workload: { work: 100 }, ledger: [line(90, 'observed'), line(15, 'measured'), line(5, 'measured')] }),
+    );
+    expect(readCalibration(dir, 'this-phase')).toEqual([{ phaseId: 'old-phase', modelId: 'tiny:qwen2', gpu: 'cpu', work: 100, seconds: 20 }]);
+  });
+
   test('uses the protocol prior, then calibrates from the slowest matching frozen run with a margin', () => {
     const prior = estimatePhase(protocol, loaded.pricing.usdPerSecond, []);
     expect(prior.models.map((m) => [m.modelKey, m.gpuSeconds, m.basis])).toEqual([
