@@ -321,3 +321,19 @@ def test_only_known_modal_exceptions_mean_the_call_is_over() -> None:
 
     assert all(call_is_over(e) for e in (RemoteError("x"), NotFoundError("x"), InputCancellation("x")))
     assert not any(call_is_over(e) for e in (ProbeConnectionError("x"), ConnectionError("x"), OSError("x")))
+
+
+@pytest.mark.parametrize(
+    ("outcome", "says"), [("auth_error", "rejected the credentials"), ("not_deployed", "modal deploy")]
+)
+def test_setup_errors_are_final_with_what_to_do(
+    job: Job, outcome: str, says: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODAL_TOKEN_ID", "ak-test")
+    monkeypatch.setenv("MODAL_TOKEN_SECRET", "as-test")
+    fake = FakeModal(outcome=outcome)
+    args = ["launch", "--phase", job.phase_id, "--model", job.model_key, "--attempt", "1", "--gpu", "A10G",
+            "--timeout-minutes", "10", "--spec", str(job.spec_path), "--out", str(job.out_dir)]  # fmt: skip
+    assert main(args, port_factory=lambda: fake) == 3  # not retried: every retry would fail the same way
+    assert says in capsys.readouterr().err
+    assert fake.spawned == []

@@ -45,7 +45,8 @@ def test_attn_defaults() -> None:
 
 
 def test_bad_ids_are_spec_errors(cache_dir: Path) -> None:
-    for bad in ("tiny:gpt9", "/no/such/dir"):
+    # A malformed hub id is refused by the hub client before any network: invalid, not retried on a GPU.
+    for bad in ("tiny:gpt9", "/no/such/dir", "bad//id"):
         spec = ModelSpec(
             id=bad, revision=None, dtype="float32", device="cpu", attn_implementation=None, tiny_seed=0
         )

@@ -24,7 +24,17 @@ from typing import Any
 
 import numpy as np
 
-OUTCOMES = ("ok", "fail", "invalid", "crash", "hang", "probe_error", "remote_timeout")
+OUTCOMES = (
+    "ok",
+    "fail",
+    "invalid",
+    "crash",
+    "hang",
+    "probe_error",
+    "remote_timeout",
+    "auth_error",
+    "not_deployed",
+)
 
 
 class RemoteError(Exception):
@@ -33,6 +43,10 @@ class RemoteError(Exception):
 
 class NotFoundError(Exception):
     """Modal's NotFoundError for an unknown call id."""
+
+
+class AuthError(Exception):
+    """Modal's AuthError: the credentials were rejected."""
 
 
 class InputCancellation(Exception):
@@ -101,6 +115,11 @@ class FakeModal:
         return self._app
 
     def spawn(self, spec: dict[str, Any], *, gpu: str, timeout_s: int) -> FakeCall:
+        # What Modal raises before any call exists: rejected credentials, an app never deployed.
+        if self.outcome == "auth_error":
+            raise AuthError("invalid token")
+        if self.outcome == "not_deployed":
+            raise NotFoundError("Lookup failed for Function 'run_model' from the 'phasegate' app")
         if self.outcome not in OUTCOMES and not self.outcome.startswith("duplicate:"):
             raise ValueError(f"unknown fake outcome {self.outcome!r}")
         with self.state() as s:

@@ -101,6 +101,16 @@ class SdkModal:
         return call
 
 
+# Modal SDK exceptions (by class name, as modal.exception defines them) raised before any call exists, that
+# say the account is not set up for phasegate: exit 3, not retried.
+SETUP_ERRORS = {
+    "AuthError": "Modal rejected the credentials: check MODAL_TOKEN_ID / MODAL_TOKEN_SECRET (or ~/.modal.toml"
+    " and MODAL_PROFILE); deploy the app and run the worker with the same profile",
+    "NotFoundError": f"the Modal app {APP_NAME!r} is not deployed in this workspace and environment: run "
+    "`modal deploy -m phasegate_runtime.modal_app` from runtime/ (see docs/modal.md)",
+}
+
+
 def has_credentials(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
     """MODAL_TOKEN_ID and MODAL_TOKEN_SECRET, or a ~/.modal.toml (MODAL_CONFIG_PATH) that holds a token."""
     if env.get("MODAL_TOKEN_ID") and env.get("MODAL_TOKEN_SECRET"):
@@ -445,7 +455,13 @@ def main(argv: list[str] | None = None, port_factory: Callable[[], ModalPort] = 
     )  # fmt: skip
     try:
         return launch(job, port, emit, poll_s=args.poll_seconds)
-    except Exception as err:  # noqa: BLE001 - SDK/network errors before or between polls: retryable
+    except Exception as err:  # noqa: BLE001 - sorted below: configuration errors are final, the rest retryable
+        setup = SETUP_ERRORS.get(type(err).__name__)
+        if setup is not None:
+            # Nothing was launched; no retry can fix this, and each retry would only fail the same way.
+            emit("error", kind="missing_credentials", message=f"{setup} ({type(err).__name__}: {err})")
+            print(setup, file=sys.stderr)
+            return EXIT_MISSING_CREDENTIALS
         emit("error", kind="failure", message=f"{type(err).__name__}: {err}")
         return EXIT_FAILURE
 

@@ -66,12 +66,27 @@ def resolve_model_path(spec: ModelSpec, cache_dir: str) -> Path:
     if local.is_absolute() or spec.id.startswith("."):
         raise SpecError("model.id", f"local path does not exist: {spec.id}")
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
 
-    return Path(
-        snapshot_download(
-            spec.id, revision=spec.revision, cache_dir=cache_dir, allow_patterns=_ALLOW_PATTERNS
+    # Errors no retry can fix are invalid specs (exit 2, not retried): a retry would pay for the GPU again.
+    try:
+        return Path(
+            snapshot_download(
+                spec.id, revision=spec.revision, cache_dir=cache_dir, allow_patterns=_ALLOW_PATTERNS
+            )
         )
-    )
+    except GatedRepoError as err:
+        raise SpecError(
+            "model.id",
+            f"{spec.id} is gated: accept its licence at https://huggingface.co/{spec.id} with the account "
+            "whose HF_TOKEN the runtime uses",
+        ) from err
+    except RepositoryNotFoundError as err:  # also what the hub answers for a private repo without access
+        raise SpecError(
+            "model.id", f"{spec.id} not found on the hub, or HF_TOKEN has no access to it"
+        ) from err
+    except HFValidationError as err:
+        raise SpecError("model.id", f"not a hub model id: {err}") from err
 
 
 def default_attn_implementation(model_type: str, requested: str | None) -> str | None:
