@@ -45,7 +45,8 @@ function makeReadOnly(dir: string): void {
   chmodSync(dir, 0o555);
 }
 
-function makeWritable(dir: string): void {
+/** Undoes makeReadOnly (a crashed freeze's leftovers; a copy of frozen artifacts in tests). */
+export function makeWritable(dir: string): void {
   chmodSync(dir, 0o755);
   for (const name of readdirSync(dir)) {
     const p = path.join(dir, name);

@@ -12,7 +12,6 @@ import {
 } from '@temporalio/client';
 import { ApplicationFailure, defaultPayloadConverter, WorkflowIdReusePolicy, type UpdateDefinition } from '@temporalio/common';
 import type { DecisionKind, SignedDecision } from '../domain/decisions';
-import { protocolHashOf } from '../domain/lock';
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
@@ -38,7 +37,7 @@ import {
   type SubmitReviewInput,
 } from '../workflows/definitions';
 import { phaseWorkflow } from '../workflows/phase';
-import { decisionRecordProblems, gateProblems, runPlan, spentUsd } from '../workflows/phase-logic';
+import { decisionRecordProblems, gateProblems, lockHashOf, runPlan, spentUsd } from '../workflows/phase-logic';
 import type { PhaseRecord, PhaseRecordStore } from '../common/phase-records';
 import { PhaseError } from './errors';
 
@@ -475,13 +474,6 @@ function verifyFrozenDecisions(dir: string): PhaseVerification['decisions'] {
   const checked = phase.state.budget.approvals.length + (phase.state.budget.rejection ? 1 : 0) + (phase.state.review ? 1 : 0);
   // Each signature holds, and together they account for the gates this phase passed and the amount it was given.
   const problems = [...decisionRecordProblems(phase, phase.state), ...gateProblems(phase.state)];
-  const input = phase as unknown as PhaseInput;
-  const hash = protocolHashOf({
-    protocol: input.protocol,
-    promptSha256: { harmful: input.prompts.harmful.sha256, harmless: input.prompts.harmless.sha256, eval: input.prompts.eval.sha256 },
-    pricing: input.pricing,
-    people: input.people,
-  });
-  if (hash !== phase.protocolHash) problems.unshift('phase.json: the protocol, prompts, pricing and people frozen there do not hash to its protocolHash');
+  if (lockHashOf(phase as unknown as PhaseInput) !== phase.protocolHash) problems.unshift('phase.json: the protocol, prompts, pricing and people frozen there do not hash to its protocolHash');
   return { checked, problems };
 }

@@ -6,7 +6,6 @@
 import { Client, Connection } from '@temporalio/client';
 import { NativeConnection } from '@temporalio/worker';
 import { mkdtempSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { getState, startPhase } from '../client/phases';
@@ -14,18 +13,8 @@ import { PhaseRecordStore } from '../common/phase-records';
 import { approveAs, reviewAs, rejectAs } from './helpers/decisions';
 import { startDevServer, type DevServer } from '../worker/dev-server';
 import { createPhaseWorker } from '../worker/worker';
-import { bundle, phaseResult, quietLogger, quietTemporalRuntime, repoPaths, testPaths, testProtocol, uniqueQueue } from './helpers/temporal';
+import { bundle, phaseResult, quietLogger, quietTemporalRuntime, repoPaths, testPaths, testProtocol, uniqueQueue, freePort } from './helpers/temporal';
 
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer();
-    srv.listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-    srv.on('error', reject);
-  });
-}
 
 test('a phase started before a dev-server restart completes after it', async () => {
   quietTemporalRuntime();

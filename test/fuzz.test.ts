@@ -12,7 +12,7 @@
  */
 import fc from 'fast-check';
 import { request as httpRequest, createServer, type Server } from 'node:http';
-import { cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
@@ -23,22 +23,14 @@ import { repoRoot } from '../common/config';
 import { loadProtocol, phaseInputOf, ProtocolError } from '../protocols/load';
 import { PHASE_WORKFLOW_TYPE } from '../workflows/definitions';
 import { gateContext, initialState, MAX_RETRY_DELAY_SECONDS, retryDelaySeconds, startInputProblem, validateApproveBudget, validateRejectBudget, validateSubmitReview } from '../workflows/phase-logic';
-import { sign, testKeys, testRoster } from './helpers/decisions';
-import { quietLogger, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
+import { sign, testKeys } from './helpers/decisions';
+import { quietLogger, serverPerFile, testProtocol, testWorker, protocolFolder } from './helpers/temporal';
 
 const protocolsDir = path.join(repoRoot, 'protocols');
 const demo = JSON.parse(readFileSync(path.join(protocolsDir, 'demo.json'), 'utf8')) as Record<string, unknown>;
 /** An issue names its field: a path (or "(file)"/"(root)"), then a colon. */
 const NAMES_A_FIELD = /^[A-Za-z_(][\w.()[\]/-]*: \S/;
 
-function protocolFolder(): string {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'phasegate-fuzz-'));
-  cpSync(path.join(protocolsDir, 'prompts'), path.join(dir, 'prompts'), { recursive: true });
-  cpSync(path.join(protocolsDir, 'pricing'), path.join(dir, 'pricing'), { recursive: true });
-  mkdirSync(path.join(dir, 'people'));
-  writeFileSync(path.join(dir, 'people', 'demo.json'), JSON.stringify({ 'demo-approver': testRoster()['demo-approver'], 'demo-reviewer': testRoster()['demo-reviewer'] }));
-  return dir;
-}
 
 /** Values at the edges: what the probe used to get past the loader. */
 const edgeValue = fc.oneof(

@@ -12,6 +12,7 @@ import {
   gateContext,
   initialState,
   ledgerEntryFor,
+  lockHashOf,
   MAX_RETRY_DELAY_SECONDS,
   retryDelaySeconds,
   spentUsd,
@@ -21,7 +22,6 @@ import {
   validateSubmitReview,
 } from '../workflows/phase-logic';
 import { decisionMessage, type ReviewVerdict } from '../domain/decisions';
-import { protocolHashOf } from '../domain/lock';
 import { signDecision } from '../client/keys';
 import { keyOf, sign } from './helpers/decisions';
 import { phaseInputOf } from '../protocols/load';
@@ -186,7 +186,7 @@ describe('the start input', () => {
   test('a phase name that is a pattern cannot claim another phase\'s id', () => {
     // The reviewer's attack: a name that, used in a regular expression, matched the real phase's id.
     const evil = { ...protocol, phase: `x|^${input.phaseId}$|y` };
-    const hash = protocolHashOf({ protocol: evil, promptSha256: { harmful: input.prompts.harmful.sha256, harmless: input.prompts.harmless.sha256, eval: input.prompts.eval.sha256 }, pricing: input.pricing, people: input.people });
+    const hash = lockHashOf({ ...input, protocol: evil });
     const crafted = { ...input, protocol: evil, protocolHash: hash, phaseId: input.phaseId, reopenOf: { phaseId: `${evil.phase}-${hash.slice(0, 12)}`, defect: 'x' } };
     expect(startInputProblem(crafted, false)).toMatch(/^protocol\.phase: not a phase name/);
   });

@@ -4,25 +4,17 @@
  * named files only inside the protocol's folder, and no error that quotes a file's content.
  */
 import { execFileSync } from 'node:child_process';
-import { copyFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { repoRoot } from '../common/config';
 import { loadProtocol, ProtocolError } from '../protocols/load';
 import { testRoster } from './helpers/decisions';
+import { protocolFolder } from './helpers/temporal';
 
 const protocolsDir = path.join(repoRoot, 'protocols');
 const demo = JSON.parse(readFileSync(path.join(protocolsDir, 'demo.json'), 'utf8')) as Record<string, unknown>;
 
-/** A folder laid out like protocols/ (prompts, pricing), with the test roster as the demo's people file. */
-function protocolFolder(): string {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'phasegate-proto-'));
-  cpSync(path.join(protocolsDir, 'prompts'), path.join(dir, 'prompts'), { recursive: true });
-  cpSync(path.join(protocolsDir, 'pricing'), path.join(dir, 'pricing'), { recursive: true });
-  mkdirSync(path.join(dir, 'people'));
-  writeFileSync(path.join(dir, 'people', 'demo.json'), JSON.stringify(roster()));
-  return dir;
-}
 
 const roster = (): Record<string, string> => ({ 'demo-approver': testRoster()['demo-approver']!, 'demo-reviewer': testRoster()['demo-reviewer']! });
 

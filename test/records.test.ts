@@ -5,28 +5,20 @@
  * a restart of the FAILED one carries its spend, and a `requires_frozen` successor starts. Also: a cancel that
  * arrives while a phase freezes leaves it FROZEN.
  */
-import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { WorkflowNotFoundError } from '@temporalio/client';
-import { chmodSync, cpSync, readdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
+import { cpSync, readFileSync, writeFileSync } from 'node:fs';
+import { makeWritable } from '../activities/freeze';
 import { renderManifest } from '../activities/manifest';
 import { getPlan, getState, getStatus, listPhases, PhaseError, RECORD_ONLY, reopenPhase, startPhase, verifyFrozenDir, verifyPhase, waitForStatus } from '../client/phases';
 import { repoRoot } from '../common/config';
 import { approveAs, reviewAs, testKeys } from './helpers/decisions';
 import { rejection } from './helpers/errors';
-import { phaseResult, repoPaths, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
+import { phaseResult, repoPaths, serverPerFile, testProtocol, testWorker, runProcess } from './helpers/temporal';
 
 const server = serverPerFile();
 const oneModel = { models: [{ key: 'tiny-qwen2', id: 'tiny:qwen2', gpu: 'cpu', dtype: 'float32', expected_gpu_seconds: 100, timeout_minutes: 10, tiny_seed: 0 }] };
 
-function run(file: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ code: number; out: string }> {
-  return new Promise((resolve) => {
-    const child = execFile(file, args, { env, cwd: repoRoot, maxBuffer: 16 * 1024 * 1024, timeout: 60_000 }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: stdout + stderr });
-    });
-    child.stdin?.end();
-  });
-}
 
 test('deleted from Temporal, a FROZEN and a FAILED phase still answer every command from their records', async () => {
   const { worker, pc, paths, taskQueue } = await testWorker(server, 'records');
@@ -47,7 +39,7 @@ test('deleted from Temporal, a FROZEN and a FAILED phase still answer every comm
 
     // 2. Temporal forgets both, as retention would.
     for (const id of [frozen.phaseId, failing.phaseId]) {
-      const deleted = await run(repoPaths.temporalBin, ['workflow', 'delete', '--workflow-id', id, '--yes', '--address', server.env.address]);
+      const deleted = await runProcess(repoPaths.temporalBin, ['workflow', 'delete', '--workflow-id', id, '--yes', '--address', server.env.address]);
       expect(deleted.code).toBe(0);
     }
     for (const id of [frozen.phaseId, failing.phaseId]) await waitUntilGone(id);
@@ -62,7 +54,7 @@ test('deleted from Temporal, a FROZEN and a FAILED phase still answer every comm
     // A frozen folder whose phase.json lost its review (and whose manifest was regenerated to match) fails verify.
     const copy = path.join(paths.stateDir, 'tampered');
     cpSync(frozenState.freeze!.dir, copy, { recursive: true });
-    chmodTree(copy);
+    makeWritable(copy);
     const phaseJson = JSON.parse(readFileSync(path.join(copy, 'phase.json'), 'utf8')) as { state: { review: unknown } };
     phaseJson.state.review = null;
     writeFileSync(path.join(copy, 'phase.json'), JSON.stringify(phaseJson));
@@ -78,7 +70,7 @@ test('deleted from Temporal, a FROZEN and a FAILED phase still answer every comm
 
     // ... and through bin/phasegate, as a person would.
     const env = { ...process.env, TEMPORAL_ADDRESS: server.env.address, PHASEGATE_TASK_QUEUE: taskQueue, PHASEGATE_STATE_DIR: paths.stateDir, PHASEGATE_KEYS_DIR: testKeys().dir, LOG_LEVEL: 'warn' };
-    const cli = (...args: string[]) => run(path.join(repoRoot, 'bin', 'phasegate'), args, env);
+    const cli = (...args: string[]) => runProcess(path.join(repoRoot, 'bin', 'phasegate'), args, env);
     const status = await cli('status', frozen.phaseId, '--json');
     expect(status.code).toBe(0);
     expect(JSON.parse(status.out)).toMatchObject({ status: 'FROZEN', workflowStatus: RECORD_ONLY });
@@ -92,7 +84,7 @@ test('deleted from Temporal, a FROZEN and a FAILED phase still answer every comm
     const rerun = await rejection(startPhase(pc, frozen), PhaseError);
     expect(rerun.message).toContain('is FROZEN (its record');
     // Started behind phasegate's back (straight through Temporal), it fails at its first step, before any gate.
-    const sneaky = await run(repoPaths.temporalBin, ['workflow', 'start', '--type', 'phaseWorkflow', '--task-queue', taskQueue, '--workflow-id', frozen.phaseId, '--address', server.env.address, '--input', JSON.stringify(pc.records.read(frozen.phaseId)!.input)]);
+    const sneaky = await runProcess(repoPaths.temporalBin, ['workflow', 'start', '--type', 'phaseWorkflow', '--task-queue', taskQueue, '--workflow-id', frozen.phaseId, '--address', server.env.address, '--input', JSON.stringify(pc.records.read(frozen.phaseId)!.input)]);
     expect(sneaky.code).toBe(0);
     const refused = await rejection(phaseResult(server.env.client, frozen.phaseId), Error);
     expect(causes(refused)).toMatch(/is FROZEN in its record/);
@@ -160,14 +152,4 @@ function causes(err: unknown): string {
   const out: string[] = [];
   for (let e: unknown = err; e instanceof Error; e = (e as { cause?: unknown }).cause) out.push(e.message);
   return out.join(' <- ');
-}
-
-/** Frozen artifacts are read-only; a copy to tamper with is made writable. */
-function chmodTree(dir: string): void {
-  chmodSync(dir, 0o755);
-  for (const name of readdirSync(dir)) {
-    const p = path.join(dir, name);
-    if (statSync(p).isDirectory()) chmodTree(p);
-    else chmodSync(p, 0o644);
-  }
 }

@@ -4,13 +4,12 @@
  * command output, artifact, report, runtime work file, SQLite database or exported workflow history holds any
  * of them. The search is checked to find what it should (the phase id), so a search that reads nothing fails.
  */
-import { execFile, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtempSync, openSync, readdirSync, readFileSync, statSync } from 'node:fs';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { repoRoot } from '../common/config';
-import { repoPaths } from './helpers/temporal';
+import { repoPaths, freePort, runProcess } from './helpers/temporal';
 
 const SECRETS = {
   HF_TOKEN: 'hf_FAKESECRETtokenForLeakTest0001',
@@ -19,22 +18,7 @@ const SECRETS = {
   TEMPORAL_API_KEY: 'FAKESECRETtemporalApiKeyLeakTest04',
 };
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
-function run(file: string, args: string[], env: NodeJS.ProcessEnv): Promise<{ code: number; out: string }> {
-  return new Promise((resolve) => {
-    execFile(file, args, { env, cwd: repoRoot, maxBuffer: 64 * 1024 * 1024 }, (err, stdout, stderr) => {
-      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: stdout + stderr });
-    });
-  });
-}
 
 function filesUnder(dir: string): string[] {
   return readdirSync(dir).flatMap((name) => {
@@ -53,8 +37,8 @@ test('a full demo run with fake HF, Modal and Temporal secrets leaks none of the
   const server = spawn(path.join(repoRoot, 'bin', 'phasegate'), ['server'], { env, cwd: repoRoot, stdio: ['ignore', openSync(serverLog, 'a'), openSync(serverLog, 'a')] });
   try {
     const address = `127.0.0.1:${devPort}`;
-    for (let i = 0; i < 120 && (await run(path.join(repoRoot, 'bin', 'phasegate'), ['list'], env)).code !== 0; i++) await new Promise((r) => setTimeout(r, 1000));
-    const demo = await run(path.join(repoRoot, 'scripts', 'demo.sh'), [], env);
+    for (let i = 0; i < 120 && (await runProcess(path.join(repoRoot, 'bin', 'phasegate'), ['list'], env)).code !== 0; i++) await new Promise((r) => setTimeout(r, 1000));
+    const demo = await runProcess(path.join(repoRoot, 'scripts', 'demo.sh'), [], env);
     expect(demo.out).toContain('signed decision(s) verified');
     expect(demo.code).toBe(0);
     const phaseId = /== closeout report: .*\/artifacts\/([a-z0-9-]+)\/closeout\.md/.exec(demo.out)?.[1];
@@ -62,10 +46,10 @@ test('a full demo run with fake HF, Modal and Temporal secrets leaks none of the
 
     // Every history on the server, exported as the Temporal CLI shows it (without the fake key: the CLI would use it).
     const cliEnv = { PATH: process.env.PATH, HOME: process.env.HOME };
-    const listed = await run(repoPaths.temporalBin, ['workflow', 'list', '--address', address, '--output', 'json'], cliEnv);
+    const listed = await runProcess(repoPaths.temporalBin, ['workflow', 'list', '--address', address, '--output', 'json'], cliEnv);
     const ids = [...new Set((JSON.parse(listed.out) as { execution: { workflowId: string } }[]).map((w) => w.execution.workflowId))];
     expect(ids).toContain(phaseId);
-    const histories = await Promise.all(ids.map((id) => run(repoPaths.temporalBin, ['workflow', 'show', '--workflow-id', id, '--address', address, '--output', 'json'], cliEnv)));
+    const histories = await Promise.all(ids.map((id) => runProcess(repoPaths.temporalBin, ['workflow', 'show', '--workflow-id', id, '--address', address, '--output', 'json'], cliEnv)));
     const historyText = histories.map((h) => h.out).join('\n');
     expect(historyText).toContain(phaseId);
 

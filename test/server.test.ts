@@ -5,19 +5,11 @@
 import { Connection } from '@temporalio/client';
 import { execFileSync, spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync } from 'node:fs';
-import { createServer } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { repoRoot } from '../common/config';
+import { freePort } from './helpers/temporal';
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = createServer().listen(0, '127.0.0.1', () => {
-      const port = (s.address() as { port: number }).port;
-      s.close(() => resolve(port));
-    });
-  });
-}
 
 test('sets retention explicitly, and exits non-zero, saying why, when its dev server dies', async () => {
   const stateDir = mkdtempSync(path.join(os.tmpdir(), 'phasegate-server-'));

@@ -234,7 +234,6 @@ function dutyConflict(ctx: GateContext, state: PhaseState, kind: DecisionKind, b
   return null;
 }
 
-const money = (micros: number): string => formatMicros(micros);
 
 /** Returns why an approval must be refused, or null. A valid decision already applied is never refused. */
 export function validateApproveBudget(ctx: GateContext, state: PhaseState, d: unknown, nowMs: number = Date.now()): string | null {
@@ -251,10 +250,10 @@ export function validateApproveBudget(ctx: GateContext, state: PhaseState, d: un
   const micros = (parseUsd(i.content.usd) as { micros: number }).micros;
   const capMicros = usdToMicros(ctx.protocol.budget.cap_usd);
   if (micros > capMicros) {
-    return `content.usd: ${money(micros)} exceeds the protocol's budget.cap_usd ${money(capMicros)}; the cap is a protocol field: raise it in a new protocol version (a new phase)`;
+    return `content.usd: ${formatMicros(micros)} exceeds the protocol's budget.cap_usd ${formatMicros(capMicros)}; the cap is a protocol field: raise it in a new protocol version (a new phase)`;
   }
   if (state.status === 'BUDGET_HOLD' && micros <= state.budget.approvedMicros) {
-    return `content.usd: ${money(micros)} must exceed the approved ${money(state.budget.approvedMicros)} to release the hold`;
+    return `content.usd: ${formatMicros(micros)} must exceed the approved ${formatMicros(state.budget.approvedMicros)} to release the hold`;
   }
   return null;
 }
@@ -270,10 +269,10 @@ export function applyApproveBudget(ctx: GateContext, state: PhaseState, i: Appro
   state.budget.approvals.push({ by: i.by, usd: microsToUsd(micros), usdMicros: micros, note: i.content.note, at: now, signature });
   state.budget.approvedMicros = micros;
   state.budget.approvedUsd = microsToUsd(micros);
-  state.events.push({ at: now, kind: 'decision', message: `budget approved by ${i.by}: ${money(micros)} (signature verified, key ${signature.keyFingerprint})` });
+  state.events.push({ at: now, kind: 'decision', message: `budget approved by ${i.by}: ${formatMicros(micros)} (signature verified, key ${signature.keyFingerprint})` });
   // The gate opens at once, so a review sent right after the approval is accepted. (A hold is released by the
   // workflow's run loop, which re-checks the budget before moving back to RUNNING.)
-  if (state.status === 'AWAITING_BUDGET') transition(state, 'AWAITING_REVIEW', now, `budget approved: ${money(micros)}`);
+  if (state.status === 'AWAITING_BUDGET') transition(state, 'AWAITING_REVIEW', now, `budget approved: ${formatMicros(micros)}`);
   return { applied: true, status: state.status, approvedUsd: state.budget.approvedUsd };
 }
 
@@ -335,12 +334,7 @@ export function applySubmitReview(ctx: GateContext, state: PhaseState, i: Submit
  */
 export function startInputProblem(input: PhaseInput, continuedFromOwnRun: boolean): string | null {
   if (input.resume !== undefined && !continuedFromOwnRun) return 'resume: a resumed state is accepted only from the phase\'s own continue-as-new, not from a start';
-  const hash = protocolHashOf({
-    protocol: input.protocol,
-    promptSha256: { harmful: input.prompts.harmful.sha256, harmless: input.prompts.harmless.sha256, eval: input.prompts.eval.sha256 },
-    pricing: input.pricing,
-    people: input.people,
-  });
+  const hash = lockHashOf(input);
   if (typeof input.protocol.phase !== 'string' || !PHASE_NAME.test(input.protocol.phase)) return 'protocol.phase: not a phase name';
   if (hash !== input.protocolHash) return 'protocolHash: does not match the protocol, prompt hashes, pricing and people in the start input';
   const own = phaseIdFor(input.protocol.phase, hash);
@@ -387,6 +381,12 @@ export function staleDecision(signedAt: string, nowMs: number): string | null {
   if (at > nowMs + 10 * 60_000) return 'signedAt: more than ten minutes in the future (check the signer\'s clock)';
   if (at < nowMs - DECISION_MAX_AGE_MS) return 'signedAt: signed more than 24 h ago; a stale decision is refused (sign it again)';
   return null;
+}
+
+/** The protocol hash a start input's own content gives (protocol, prompt hashes, pricing, people). */
+export function lockHashOf(input: Pick<PhaseInput, 'protocol' | 'prompts' | 'pricing' | 'people'>): string {
+  const { protocol, prompts, pricing, people } = input;
+  return protocolHashOf({ protocol, promptSha256: { harmful: prompts.harmful.sha256, harmless: prompts.harmless.sha256, eval: prompts.eval.sha256 }, pricing, people });
 }
 
 /** Every recorded decision of a phase checked again from scratch; the problems found (none for an honest phase). */

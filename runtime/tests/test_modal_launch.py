@@ -96,12 +96,18 @@ def test_the_worker_died_after_spawn_no_second_spawn(job: Job, lost: str) -> Non
     assert json.loads((job.out_dir / "result.json").read_text())["fake_modal_call"] == "fc-fake-1"
 
 
-def test_reattaches_to_a_call_that_is_still_running(job: Job, monkeypatch: pytest.MonkeyPatch) -> None:
+def _orphaned_running_call(job: Job) -> FakeModal:
+    """Attempt 1 spawned fc-fake-1, which runs on; its worker died while waiting on it."""
     fake = FakeModal(outcome="hang")
     fake.die_on_get = WorkerDied()
     with pytest.raises(WorkerDied):
         _launch(job, fake)
     fake.die_on_get = None
+    return fake
+
+
+def test_reattaches_to_a_call_that_is_still_running(job: Job, monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = _orphaned_running_call(job)
     polls = {"n": 0}
     original_get = FakeCall.get
 
@@ -268,13 +274,9 @@ def test_reconcile_without_an_account_says_billing_could_not_be_read(
 
 
 def test_a_network_error_while_probing_a_live_call_does_not_spawn_a_second_one(job: Job) -> None:
-    # Attempt 1 spawned a call that runs on; the worker died. Attempt 2 probes it and the poll fails on the
-    # network: that says nothing about the call, so it must be treated as live, never paid for twice.
-    fake = FakeModal(outcome="hang")
-    fake.die_on_get = WorkerDied()
-    with pytest.raises(WorkerDied):
-        _launch(job, fake)
-    fake.die_on_get = None
+    # Attempt 2 probes the orphaned call and the poll fails on the network: that says nothing about the
+    # call, so it must be treated as live, never paid for twice.
+    fake = _orphaned_running_call(job)
     fake.set_outcome("fc-fake-1", "probe_error")
     code, events = _launch(_attempt(job, 2), fake)
     assert fake.spawned == ["fc-fake-1"]

@@ -6,8 +6,9 @@
 import { TestWorkflowEnvironment } from '@temporalio/testing';
 import { bundleWorkflowCode, Runtime, DefaultLogger, type WorkflowBundleWithSourceMap, type Worker } from '@temporalio/worker';
 import type { Client } from '@temporalio/client';
-import { execFileSync } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { execFile, execFileSync } from 'node:child_process';
+import { copyFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { createServer, type AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
@@ -170,4 +171,38 @@ export async function waitFor(check: () => Promise<boolean>, timeoutMs = 30_000)
     if (Date.now() > deadline) throw new Error('condition not met in time');
     await new Promise((r) => setTimeout(r, 250));
   }
+}
+
+/** A free loopback port (for a server a test starts as a subprocess). */
+export function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = createServer();
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as AddressInfo;
+      srv.close(() => resolve(port));
+    });
+    srv.on('error', reject);
+  });
+}
+
+/** Runs a program to its end with no input (a prompt would fail, not hang): exit code and all its output. */
+export function runProcess(file: string, args: string[], env: NodeJS.ProcessEnv = process.env): Promise<{ code: number; out: string }> {
+  return new Promise((resolve) => {
+    const child = execFile(file, args, { env, cwd: repoRoot, maxBuffer: 64 * 1024 * 1024, timeout: 300_000 }, (err, stdout, stderr) => {
+      resolve({ code: err ? ((err as { code?: number }).code ?? 1) : 0, out: stdout + stderr });
+    });
+    child.stdin?.end();
+  });
+}
+
+/** A folder laid out like protocols/ (prompts, pricing) with the demo's roster file of the test people. */
+export function protocolFolder(): string {
+  const protocolsDir = path.join(repoRoot, 'protocols');
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'phasegate-proto-'));
+  cpSync(path.join(protocolsDir, 'prompts'), path.join(dir, 'prompts'), { recursive: true });
+  cpSync(path.join(protocolsDir, 'pricing'), path.join(dir, 'pricing'), { recursive: true });
+  mkdirSync(path.join(dir, 'people'));
+  const { 'demo-approver': approver, 'demo-reviewer': reviewer } = testRoster();
+  writeFileSync(path.join(dir, 'people', 'demo.json'), JSON.stringify({ 'demo-approver': approver, 'demo-reviewer': reviewer }));
+  return dir;
 }
