@@ -4,7 +4,8 @@
  * from data only. Pure: the freeze activity gathers the data and writes the file.
  */
 import type { FreezeInput } from './types';
-import type { LedgerEntry, ModelScore, PhaseState, RateStat, SignatureRecord } from '../workflows/definitions';
+import type { Protocol } from '../protocols/schema';
+import type { LedgerEntry, ModelScore, NativeCheck, NumericsUsed, ReferenceCheck, PhaseState, RateStat, SignatureRecord, SteeringCheck } from '../workflows/definitions';
 import { formatMicros } from '../domain/money';
 import { spentUsd } from '../workflows/phase-logic';
 
@@ -30,6 +31,9 @@ const pct = (r: RateStat): string => (r.mean === null || r.std === null ? 'n/a' 
 const fixed = (v: number | null, digits: number): string => (v === null ? 'n/a' : v.toFixed(digits));
 const sci = (v: number | null): string => (v === null ? 'n/a' : v.toExponential(3));
 const usd = (v: number): string => `$${v.toFixed(4)}`;
+const share = (v: number | null): string => (v === null ? 'n/a' : `${(v * 100).toFixed(1)}%`);
+const onOff = (v: boolean): string => (v ? 'on' : 'off');
+const numericsAsRun = (n: NumericsUsed): string => `decoder ${n.decoder}, fused kernels ${onOff(n.fusedKernels)}, CUDA graphs ${onOff(n.cudaGraphs)}, grouped eager ${onOff(n.groupedEager)}`;
 /** A table cell: pipes and line breaks in user text (notes, refs, errors) would break the Markdown table. */
 const cell = (text: string): string => text.replace(/\|/g, '\\|').replace(/\s*\n\s*/g, ' ');
 const table = (head: string[], rows: string[][]): string =>
@@ -43,26 +47,134 @@ function range(maybe: (number | null)[]): string {
   return lo === hi ? `${(lo * 100).toFixed(1)}%` : `${(lo * 100).toFixed(1)}–${(hi * 100).toFixed(1)}%`;
 }
 
-function modelSection(score: ModelScore, repeats: number): string {
+function modelSection(score: ModelScore, p: Protocol): string {
   const methods = Object.entries(score.methods);
   return [
-    `#### ${score.modelKey} (n=${repeats} repeats)`,
+    `#### ${score.modelKey} (n=${p.repeats} repeats)`,
     '',
     table(
-      ['Method', 'n_ok', 'coherent (mean±std)', 'garbled (mean±std)', 'normal (mean±std)', 'within-method cosine (min)'],
-      methods.map(([name, m]) => [name, String(m.nOk), pct(m.coherent), pct(m.garbled), pct(m.normal), fixed(m.withinMethodCosineMin, 10)]),
+      ['Method', 'n_ok', 'coherent (mean±std)', 'garbled (mean±std)', 'normal (mean±std)', 'changed vs baseline (mean±std)', 'within-method cosine (min)'],
+      methods.map(([name, m]) => [name, String(m.nOk), pct(m.coherent), pct(m.garbled), pct(m.normal), m.changedFraction ? pct(m.changedFraction) : 'n/a', fixed(m.withinMethodCosineMin, 10)]),
     ),
     '',
     `**Pairwise parity (${score.modelKey})**, float64, worst over repeats:`,
     '',
     score.pairs.length === 0
       ? '_one method: no pairs_'
-      : table(['Pair', 'cosine (min)', 'L2 (max)'], score.pairs.map((p) => [`${p.a} ↔ ${p.b}`, fixed(p.cosine, 10), sci(p.l2)])),
+      : table(
+          ['Pair', 'cosine (min)', 'L2 (max)', 'decoded texts identical'],
+          score.pairs.map((pair) => [`${pair.a} ↔ ${pair.b}`, fixed(pair.cosine, 10), sci(pair.l2), pair.textsIdentical === undefined ? 'n/a' : String(pair.textsIdentical)]),
+        ),
     '',
-    `Steered outputs identical across methods: **${String(score.outputsIdentical)}**`,
+    // Score v1 compared decoded texts; score v2 compares token ids (and reports texts per pair above).
+    score.steering === undefined
+      ? `Steered outputs (decoded texts) identical across methods: **${String(score.outputsIdentical)}**`
+      : `Steered token ids identical across methods: **${String(score.outputsIdentical)}**`,
+    '',
+    proofChecks(score, p),
     '',
     `**parity_pass: ${String(score.parityPass)}**`,
   ].join('\n');
+}
+
+/** What parity_pass rests on beyond the pairwise table (score v2); old scores say they did not record it. */
+function proofChecks(score: ModelScore, p: Protocol): string {
+  const { reference, steering, native, integrity } = score;
+  const head = `**Proof checks (${score.modelKey})**`;
+  if (reference === undefined || steering === undefined || native === undefined || integrity === undefined) {
+    return [head, '', '_proof checks not recorded (scored before score v2)_'].join('\n');
+  }
+  const used = score.numerics;
+  const failures = score.failures ?? [];
+  return [
+    head,
+    '',
+    ...steeringLines(score.modelKey, steering, p.steering.alpha),
+    ...(used === undefined ? [] : [`- Numerics as run: ${numericsAsRun(used)}`]),
+    '',
+    ...referenceLines(reference),
+    '',
+    ...nativeLines(native),
+    ...(integrity.ok ? ['', 'Integrity checks: **ok**'] : ['', 'Integrity problems:', '', ...integrity.problems.map((problem) => `- ${cell(problem)}`)]),
+    ...(score.parityPass
+      ? []
+      : ['', 'parity_pass is false because:', '', ...(failures.length > 0 ? failures.map((f) => `- ${cell(f)}`) : ['- _no reason recorded_'])]),
+  ].join('\n');
+}
+
+function steeringLines(modelKey: string, s: SteeringCheck, alpha: number): string[] {
+  const required = `required ≥ ${share(s.minChangedFraction)} of eval prompts`;
+  return [
+    `- Steering at the site: steered residual − unsteered = alpha × direction (alpha ${alpha}) at every position of every forward pass: **${s.siteExact ? 'exact' : 'NOT exact'}** (${s.forwardPasses} forward passes, ${s.positions} positions, max abs error ${sci(s.maxAbsError)})`,
+    `- Unsteered passes (baseline, direction reads) unchanged: max abs error ${sci(s.unsteeredMaxAbsError)}`,
+    s.visible
+      ? `- Visible effect: min changed fraction ${share(s.changedFractionMin)} (${required})`
+      : `- **steering had no visible effect on ${modelKey}**: min changed fraction ${share(s.changedFractionMin)} (${required}); this does not fail parity`,
+  ];
+}
+
+function referenceLines(r: ReferenceCheck): string[] {
+  const rows = Object.entries(r.methods).map(([name, m]) => [name, fixed(m.cosine, 10), sci(m.l2), String(m.withinThresholds)]);
+  return [
+    `Independent reference direction (computed from output_hidden_states by code that shares nothing with the methods), worst over repeats: **${r.ok ? 'ok' : 'FAILED'}**${r.error === null ? '' : ` — ${cell(r.error)}`}`,
+    '',
+    rows.length === 0 ? '_no method compared_' : table(['Method', 'cosine (min)', 'L2 (max)', 'within thresholds'], rows),
+  ];
+}
+
+function nativeLines(n: NativeCheck): string[] {
+  const rows = Object.entries(n.methods).map(([name, m]) => [
+    name,
+    m.ok ? String(m.tokensIdentical) : 'not run',
+    fixed(m.readCosine, 10),
+    fixed(m.wallS, 1),
+    m.error === null ? '—' : cell(m.error.slice(0, 200)),
+  ]);
+  return [
+    "Library-native cross-check (repeat 0 generated through each library's own generation path on transformers' generate, compared token for token with the fast decoder's unit): " +
+      `all identical **${String(n.allIdentical)}**`,
+    '',
+    rows.length === 0 ? '_no method cross-checked_' : table(['Method', 'tokens identical', 'read cosine without explicit position_ids', 'wall s', 'error'], rows),
+  ];
+}
+
+/** The class rules as the runtime applies them, written out from the protocol's thresholds. */
+function classDefinitions(p: Protocol): string {
+  const c = p.classification;
+  const repeats = p.deterministic
+    ? `Repeats are deterministic replicas of one computation (deterministic mode, fixed seed ${p.seed}): std 0 is expected by construction, not a measured stability.`
+    : `Repeats ran without deterministic mode (seed ${p.seed}): their std is run-to-run variation of the same computation.`;
+  return [
+    '**Class definitions**, per eval prompt, steered against the baseline: ' +
+      `*normal* = the steered token ids equal the baseline's (rule \`${c.normal_rule}\`); ` +
+      `*garbled* = changed, and any of: repeated ${c.garbled_ngram}-gram fraction > ${c.garbled_max_repeated_ngram_fraction}, ` +
+      `distinct-token fraction < ${c.garbled_min_unique_token_fraction}, ` +
+      `non-printable character fraction (U+FFFD counts as non-printable) > ${c.garbled_max_nonprintable_fraction}, or empty; ` +
+      '*coherent* = changed and not garbled. ' +
+      "These are phasegate's rules, not the seed closeout's labels; the rates are not comparable with its 93.3 % / 6.7 %.",
+    '',
+    repeats,
+  ].join('\n');
+}
+
+/** What the parity claim covers and how it was computed, from the protocol and the numerics each model ran with. */
+function scopeOfClaim(p: Protocol, scores: ModelScore[]): string[] {
+  const n = p.numerics;
+  const asRun = scores.flatMap(({ modelKey, numerics: used }) => (used === undefined ? [] : [`${modelKey} ${numericsAsRun(used)}`]));
+  const fused = n.fused_kernels === 'auto' ? 'auto (on for CUDA only)' : n.fused_kernels;
+  const settings = `CUDA graphs ${onOff(n.cuda_graphs)}, fused kernels ${fused}, grouped eager ${onOff(n.grouped_eager)}`;
+  const decoder =
+    n.decoder === 'fast'
+      ? `all fast units decode with phasegate's static-cache greedy decoder (${settings})`
+      : `all units decode with transformers' own generate (numerics.decoder "hf"; ${settings})`;
+  const byDtype = new Map<string, string[]>();
+  for (const m of p.models) byDtype.set(m.dtype, [...(byDtype.get(m.dtype) ?? []), m.key]);
+  const dtypes = [...byDtype].map(([dtype, keys]) => (byDtype.size === 1 ? dtype : `${dtype} (${keys.join(', ')})`)).join(', ');
+  return [
+    `${decoder}; only repeat 0 of each method is also generated through the library's own generation path on transformers' generate (the native cross-check).${asRun.length > 0 ? ` As run: ${asRun.join('; ')}.` : ''}`,
+    "every method's activation reads pass explicit position_ids counted from each row's first real token; the native cross-check reports the cosine without them.",
+    `cosines and L2 are computed in float64 from float32 unit vectors of ${dtypes} activations; the seed's figures were float32.`,
+  ];
 }
 
 function ledgerTable(ledger: LedgerEntry[]): string {
@@ -120,7 +232,8 @@ export function renderCloseout(data: CloseoutData): string {
       ['Execution', `${p.backend} backend (${p.models.map((m) => `${m.gpu} for ${m.key}`).join(', ')})`],
       ['Steering site', `Residual stream, output of decoder block ${p.site.layer} (= hidden_states[${p.site.layer + 1}]), token position ${p.site.position}`],
       ['Direction', 'Mean-difference (harmful − harmless), L2-normalized'],
-      ['Steering alpha', String(p.steering.alpha)],
+      ['Steering alpha', `${p.steering.alpha}; min_changed_fraction ${p.steering.min_changed_fraction} (the fraction of eval prompts whose token ids must change for steering to count as visible; it does not gate parity)`],
+      ['Numerics', `decoder ${p.numerics.decoder}, fused kernels ${p.numerics.fused_kernels}, CUDA graphs ${onOff(p.numerics.cuda_graphs)}, grouped eager ${onOff(p.numerics.grouped_eager)}`],
       ['Parity thresholds', `cosine ≥ ${p.parity.min_cosine}, L2 ≤ ${p.parity.max_l2}`],
       ['Prompt files', `harmful ${input.prompts.harmful.sha256.slice(0, 12)}…, harmless ${input.prompts.harmless.sha256.slice(0, 12)}…, eval ${input.prompts.eval.sha256.slice(0, 12)}…`],
       ['Pricing', `${input.pricing.source} (read ${input.pricing.readOn})`],
@@ -138,7 +251,9 @@ export function renderCloseout(data: CloseoutData): string {
     '',
     '### Per-Model, Per-Method Metrics',
     '',
-    ...scores.map((s) => `${modelSection(s, p.repeats)}\n`),
+    ...scores.map((s) => `${modelSection(s, p)}\n`),
+    classDefinitions(p),
+    '',
     '![parity](parity.svg)',
     '',
     '### Cross-Model Closure',
@@ -163,7 +278,7 @@ export function renderCloseout(data: CloseoutData): string {
     '',
     '## 8. Limitations',
     '',
-    ...(p.limitations.length > 0 ? p.limitations.map((l, i) => `${i + 1}. ${l}`) : ['_none recorded in the protocol_']),
+    ...[...scopeOfClaim(p, scores).map((l) => `**Scope of the claim:** ${l}`), ...p.limitations].map((l, i) => `${i + 1}. ${l}`),
     '',
     '## 9. Next-Phase Handoff',
     '',

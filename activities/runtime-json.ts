@@ -26,20 +26,46 @@ export const runtimeResultSchema = z.looseObject({
 export type RuntimeResult = z.infer<typeof runtimeResultSchema>;
 
 const rate = z.object({ mean: nullableNumber, std: nullableNumber });
+const nullableString = z.string().nullable();
 
 export const runtimeScoreSchema = z.looseObject({
-  score_version: z.literal(1),
+  score_version: z.literal(2),
   models: z.record(
     z.string(),
     z.looseObject({
       methods: z.record(
         z.string(),
-        z.looseObject({ n_ok: z.number().int(), coherent: rate, garbled: rate, normal: rate, within_method_cosine_min: nullableNumber }),
+        z.looseObject({ n_ok: z.number().int(), coherent: rate, garbled: rate, normal: rate, within_method_cosine_min: nullableNumber, changed_fraction: rate }),
       ),
-      pairs: z.array(z.looseObject({ a: z.string(), b: z.string(), cosine: nullableNumber, l2: nullableNumber })),
+      pairs: z.array(z.looseObject({ a: z.string(), b: z.string(), cosine: nullableNumber, l2: nullableNumber, texts_identical: z.boolean() })),
       outputs_identical: z.boolean(),
       parity_pass: z.boolean(),
       methods_passing: z.array(z.string()),
+      reference: z.looseObject({
+        ok: z.boolean(),
+        error: nullableString,
+        methods: z.record(z.string(), z.looseObject({ cosine: nullableNumber, l2: nullableNumber, within_thresholds: z.boolean() })),
+      }),
+      steering: z.looseObject({
+        site_exact: z.boolean(),
+        max_abs_error: nullableNumber,
+        forward_passes: z.number().int(),
+        positions: z.number().int(),
+        unsteered_max_abs_error: nullableNumber,
+        changed_fraction_min: nullableNumber,
+        min_changed_fraction: z.number(),
+        visible: z.boolean(),
+      }),
+      native: z.looseObject({
+        all_identical: z.boolean(),
+        methods: z.record(
+          z.string(),
+          z.looseObject({ ok: z.boolean(), error: nullableString, tokens_identical: z.boolean(), read_cosine: nullableNumber, wall_s: nullableNumber }),
+        ),
+      }),
+      integrity: z.looseObject({ ok: z.boolean(), problems: z.array(z.string()) }),
+      numerics: z.looseObject({ decoder: z.string(), fused_kernels: z.boolean(), cuda_graphs: z.boolean(), grouped_eager: z.boolean() }),
+      failures: z.array(z.string()),
     }),
   ),
 });
@@ -76,12 +102,36 @@ export function toModelScores(score: RuntimeScore): ModelScore[] {
       methods: Object.fromEntries(
         Object.entries(m.methods).map(([name, s]) => [
           name,
-          { nOk: s.n_ok, coherent: s.coherent, garbled: s.garbled, normal: s.normal, withinMethodCosineMin: s.within_method_cosine_min },
+          { nOk: s.n_ok, coherent: s.coherent, garbled: s.garbled, normal: s.normal, withinMethodCosineMin: s.within_method_cosine_min, changedFraction: s.changed_fraction },
         ]),
       ),
-      pairs: m.pairs.map((p) => ({ a: p.a, b: p.b, cosine: p.cosine, l2: p.l2 })),
+      pairs: m.pairs.map((p) => ({ a: p.a, b: p.b, cosine: p.cosine, l2: p.l2, textsIdentical: p.texts_identical })),
       outputsIdentical: m.outputs_identical,
       parityPass: m.parity_pass,
       methodsPassing: m.methods_passing,
+      failures: m.failures,
+      reference: {
+        ok: m.reference.ok,
+        error: m.reference.error,
+        methods: Object.fromEntries(Object.entries(m.reference.methods).map(([name, r]) => [name, { cosine: r.cosine, l2: r.l2, withinThresholds: r.within_thresholds }])),
+      },
+      steering: {
+        siteExact: m.steering.site_exact,
+        maxAbsError: m.steering.max_abs_error,
+        forwardPasses: m.steering.forward_passes,
+        positions: m.steering.positions,
+        unsteeredMaxAbsError: m.steering.unsteered_max_abs_error,
+        changedFractionMin: m.steering.changed_fraction_min,
+        minChangedFraction: m.steering.min_changed_fraction,
+        visible: m.steering.visible,
+      },
+      native: {
+        allIdentical: m.native.all_identical,
+        methods: Object.fromEntries(
+          Object.entries(m.native.methods).map(([name, n]) => [name, { ok: n.ok, error: n.error, tokensIdentical: n.tokens_identical, readCosine: n.read_cosine, wallS: n.wall_s }]),
+        ),
+      },
+      integrity: { ok: m.integrity.ok, problems: m.integrity.problems },
+      numerics: { decoder: m.numerics.decoder, fusedKernels: m.numerics.fused_kernels, cudaGraphs: m.numerics.cuda_graphs, groupedEager: m.numerics.grouped_eager },
     }));
 }

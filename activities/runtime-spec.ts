@@ -2,7 +2,7 @@
  * Builds the runtime's RunSpec (runtime/SPEC.md) from a protocol and its locked prompt texts. Pure: the caller
  * reads the files and checks their hashes.
  */
-import type { ModelSpec, Protocol } from '../protocols/schema';
+import type { ModelSpec, Numerics, Protocol } from '../protocols/schema';
 
 export interface PromptTexts {
   harmful: string[];
@@ -11,7 +11,7 @@ export interface PromptTexts {
 }
 
 export interface RunSpec {
-  spec_version: 1;
+  spec_version: 2;
   phase_id: string;
   model_key: string;
   model: {
@@ -23,7 +23,9 @@ export interface RunSpec {
     tiny_seed: number;
   };
   site: { layer: number; position: number };
-  steering: { alpha: number };
+  steering: { alpha: number; min_changed_fraction: number };
+  /** Every switch that changes numerics, copied from the protocol: part of the spec hash. */
+  numerics: Numerics;
   generation: { max_new_tokens: number; batch_size: number };
   methods: Protocol['methods'];
   repeats: number;
@@ -43,7 +45,7 @@ export function buildRunSpec(args: {
 }): RunSpec {
   const { protocol: p, model: m } = args;
   return {
-    spec_version: 1,
+    spec_version: 2,
     phase_id: args.phaseId,
     model_key: m.key,
     model: {
@@ -56,7 +58,8 @@ export function buildRunSpec(args: {
       tiny_seed: m.tiny_seed,
     },
     site: { layer: p.site.layer, position: p.site.position },
-    steering: { alpha: p.steering.alpha },
+    steering: { alpha: p.steering.alpha, min_changed_fraction: p.steering.min_changed_fraction },
+    numerics: { decoder: p.numerics.decoder, fused_kernels: p.numerics.fused_kernels, cuda_graphs: p.numerics.cuda_graphs, grouped_eager: p.numerics.grouped_eager },
     generation: { max_new_tokens: p.sampling.max_new_tokens, batch_size: p.sampling.batch_size },
     methods: p.methods,
     repeats: p.repeats,

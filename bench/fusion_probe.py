@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
 import torch  # noqa: E402
-from gpu_protocol import SHAPES, build, prompts  # noqa: E402
+from gpu_protocol import SHAPES, build, numerics, prompts  # noqa: E402
 from profile_step import step_ms  # noqa: E402
 
 from phasegate_runtime import decode as fast  # noqa: E402
@@ -39,9 +39,9 @@ def install_regional(model: torch.nn.Module) -> None:
 
 def run_variant(shape: str, variant: str) -> dict[str, Any]:
     torch._dynamo.reset()
-    os.environ["PHASEGATE_FUSED"] = "1" if variant == "pieces" else "0"
     args = argparse.Namespace(tiny=False, layers=0)
     loaded, info = build(shape, args, torch.device("cuda"))
+    numerics(loaded, fused_kernels="on" if variant == "pieces" else "off")
     if variant == "regional":
         torch._dynamo.config.cache_size_limit = 256
         fast._StaticLayer.update = torch.compiler.disable(fast._StaticLayer.update)  # type: ignore[method-assign]

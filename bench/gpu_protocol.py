@@ -6,9 +6,12 @@ For each model shape, in one process and one run:
    does), for ``--naive-prompts`` prompts, extrapolated to the protocol (labelled as extrapolated);
 2. ``hf_batched``: one batched transformers ``generate`` of all eval prompts (the runtime before the fast
    path);
-3. ``runtime``: ``phasegate_runtime.runner.Run`` itself, the code a real run executes (baseline, then every
-   method x repeat: directions over the contrast prompts and steered generation), with only the loader swapped
-   for one that builds random weights; one-time warm-up is timed separately;
+3. ``runtime``: ``phasegate_runtime.runner.Run`` itself, the code a real run executes (baseline, the
+   independent reference direction, then every method x repeat: directions over the contrast prompts and
+   steered generation, then the library-native cross-check of repeat 0 per method), with only the loader
+   swapped for one that builds random weights; one-time warm-up is timed separately. The fast units and the
+   native cross-check are reported apart, so the fast path's ratio to the bound stays comparable; the run is
+   scored, and its parity_pass and failures are reported;
 4. ``bound``: weight bytes / memory bandwidth per decode step x decode steps.
 
 Writes ``gpu_protocol.json`` and ``gpu_protocol.md`` to ``--out``. ``--tiny`` runs a small config on the CPU
@@ -44,11 +47,13 @@ from phasegate_runtime import decode as fast  # noqa: E402
 from phasegate_runtime import fused  # noqa: E402
 from phasegate_runtime.determinism import configure_determinism  # noqa: E402
 from phasegate_runtime.events import EventStream  # noqa: E402
-from phasegate_runtime.generation import greedy_config, make_batches  # noqa: E402
+from phasegate_runtime.generation import greedy_config, make_batches, stop_token_ids  # noqa: E402
 from phasegate_runtime.models import LoadedModel  # noqa: E402
 from phasegate_runtime.runner import Run  # noqa: E402
+from phasegate_runtime.score import load_model_result, score  # noqa: E402
 from phasegate_runtime.site import block_hidden, decoder_layers, replace_block_hidden  # noqa: E402
-from phasegate_runtime.spec import parse_run_spec  # noqa: E402
+from phasegate_runtime.site_check import install_site_observer  # noqa: E402
+from phasegate_runtime.spec import DEFAULT_NUMERICS, NumericsSpec, ParitySpec, parse_run_spec  # noqa: E402
 
 SHAPES: dict[str, dict[str, Any]] = {
     "qwen2.5-7b": {
@@ -149,6 +154,7 @@ def build(shape: str, args: argparse.Namespace, device: torch.device) -> tuple[L
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=info["attn"])
     model.eval()
     fast.install_fast_generate(model)
+    install_site_observer(model)
     sync()
     load_s = time.perf_counter() - started
     n_layers = len(decoder_layers(model))
@@ -165,12 +171,14 @@ def build(shape: str, args: argparse.Namespace, device: torch.device) -> tuple[L
 def spec_dict(shape: str, loaded: LoadedModel, args: argparse.Namespace, data: dict[str, list[str]]) -> Any:
     layer = min(SHAPES[shape]["layer"], loaded.num_layers - 1)
     return {
-        "spec_version": 1, "phase_id": "bench-gpu-protocol", "model_key": shape,
+        "spec_version": 2, "phase_id": "bench-gpu-protocol", "model_key": shape,
         "model": {"id": f"random/{shape}", "revision": None,
                   "dtype": "float32" if args.tiny else "bfloat16", "device": loaded.device.type,
                   "attn_implementation": SHAPES[shape]["attn"], "tiny_seed": 0},
         "site": {"layer": layer, "position": -1},
-        "steering": {"alpha": args.alpha or SHAPES[shape]["alpha"]},
+        "steering": {"alpha": args.alpha or SHAPES[shape]["alpha"], "min_changed_fraction": 0.1},
+        "numerics": {"decoder": "fast", "fused_kernels": args.fused_kernels, "cuda_graphs": True,
+                     "grouped_eager": True},
         "generation": {"max_new_tokens": args.new_tokens, "batch_size": 32},
         "methods": args.methods, "repeats": args.repeats, "seed": 1234, "deterministic": True,
         "prompts": data,
@@ -184,7 +192,7 @@ def spec_dict(shape: str, loaded: LoadedModel, args: argparse.Namespace, data: d
 def naive_loop(loaded: LoadedModel, eval_prompts: list[str], layer: int, args: argparse.Namespace) -> float:
     """Per-prompt transformers generate with a steering hook; returns seconds per prompt (mean)."""
     hf = fast.hf_generate(loaded.model)
-    config = greedy_config(loaded.tokenizer, args.new_tokens)
+    config = config_of(loaded, args.new_tokens)
     delta = torch.randn(loaded.hidden_size, device=loaded.device).to(loaded.dtype)
     block = decoder_layers(loaded.model)[layer]
 
@@ -204,8 +212,17 @@ def naive_loop(loaded: LoadedModel, eval_prompts: list[str], layer: int, args: a
     return sum(per) / len(per)
 
 
+def config_of(loaded: LoadedModel, new_tokens: int) -> Any:
+    return greedy_config(loaded.tokenizer, new_tokens, stop_token_ids(loaded.tokenizer, loaded.model))
+
+
+def numerics(loaded: LoadedModel, **changes: Any) -> None:
+    """Decode with the default numerics except ``changes`` (a timing variant); no changes restores them."""
+    fast.set_numerics(loaded.model, NumericsSpec(**{**vars(DEFAULT_NUMERICS), **changes}))
+
+
 def one_pass(loaded: LoadedModel, eval_prompts: list[str], new_tokens: int, use_hf: bool) -> float:
-    config = greedy_config(loaded.tokenizer, new_tokens)
+    config = config_of(loaded, new_tokens)
     # model.generate is the runtime's fast decoder once load_model (or the bench's builder) has installed it.
     gen: Callable[..., Any] = fast.hf_generate(loaded.model) if use_hf else loaded.model.generate  # type: ignore[assignment]
     batches = make_batches(loaded.tokenizer, eval_prompts, 32, loaded.device)
@@ -238,20 +255,20 @@ def bench_shape(shape: str, args: argparse.Namespace, device: torch.device, out:
     print(f"[{shape}] hf batched {row['hf_batched_pass_s']:.2f}s/pass", flush=True)
     # One-time costs, not part of any unit: the first fast pass of the eval shape compiles the fused
     # kernels and runs a warm-up step before its CUDA graph capture; later passes of that shape do neither.
+    numerics(loaded, fused_kernels="on")
     compiled_before = fused.COMPILE_SECONDS[0]
     row["first_pass_s"] = one_pass(loaded, data["eval"], args.new_tokens, use_hf=False)
     row["compile_s"] = fused.COMPILE_SECONDS[0] - compiled_before
-    row["fused_kernels"] = fused.fused_enabled(device)
+    row["fused_kernels"] = fused.fused_enabled("on", device)  # false if compiling failed
     row["fast_pass_s"] = one_pass(loaded, data["eval"], args.new_tokens, use_hf=False)
     print(f"[{shape}] first pass {row['first_pass_s']:.2f}s (compile {row['compile_s']:.1f}s), "
           f"fast {row['fast_pass_s']:.2f}s", flush=True)  # fmt: skip
-    os.environ["PHASEGATE_CUDA_GRAPHS"] = "0"
+    numerics(loaded, fused_kernels="on", cuda_graphs=False)
     row["static_eager_pass_s"] = one_pass(loaded, data["eval"], args.new_tokens, use_hf=False)
-    os.environ.pop("PHASEGATE_CUDA_GRAPHS")
-    os.environ["PHASEGATE_FUSED"] = "0"
+    numerics(loaded, fused_kernels="off")
     one_pass(loaded, data["eval"], args.new_tokens, use_hf=False)  # its own warm-up step
     row["fast_pass_unfused_s"] = one_pass(loaded, data["eval"], args.new_tokens, use_hf=False)
-    os.environ.pop("PHASEGATE_FUSED")
+    numerics(loaded)
     print(f"[{shape}] static eager {row['static_eager_pass_s']:.2f}s, "
           f"unfused {row['fast_pass_unfused_s']:.2f}s", flush=True)  # fmt: skip
 
@@ -274,10 +291,20 @@ def bench_shape(shape: str, args: argparse.Namespace, device: torch.device, out:
     row["unit_s"] = per_method
     row["units_ok"] = all(u["ok"] for u in result["units"])
     row["errors"] = sorted({u["error"] for u in result["units"] if not u["ok"]})
-    outputs = [tuple(u["outputs"]) for u in result["units"] if u["ok"]]
+    # The proof of the run, and the native cross-check's cost apart from the fast units'.
+    row["reference_s"] = result["timings"]["reference_wall_s"]
+    row["native_s"] = {u["method"]: u["wall_s"] for u in result["native"]}
+    scored = score({shape: load_model_result(run_dir / "result.json")}, ParitySpec(0.999999, 1e-4))
+    proof = scored["models"][shape]
+    row["parity_pass"] = proof["parity_pass"]
+    row["failures"] = proof["failures"]
+    row["site_exact"] = proof["steering"]["site_exact"]
+    row["reference"] = proof["reference"]["methods"]
+    row["native"] = proof["native"]["methods"]
+    outputs = [tuple(map(tuple, u["token_ids"])) for u in result["units"] if u["ok"]]
     row["steered_outputs_identical"] = len(set(outputs)) == 1 and len(outputs) == len(result["units"])
     row["steered_differs_from_baseline"] = bool(outputs) and outputs[0] != tuple(
-        result["baseline"]["outputs"]
+        map(tuple, result["baseline"]["token_ids"])
     )
     row["mean_new_tokens"] = sum(len(t.split()) for t in result["baseline"]["outputs"]) / args.eval
     row["determinism"] = result["environment"]["determinism"]
@@ -298,7 +325,7 @@ def method_parts(
 
     harmful, harmless, batches = (make_batches(loaded.tokenizer, data[k], 32, loaded.device)
                                   for k in ("harmful", "harmless", "eval"))  # fmt: skip
-    config = greedy_config(loaded.tokenizer, args.new_tokens)
+    config = config_of(loaded, args.new_tokens)
     layer = spec.site.layer
     parts: dict[str, dict[str, float]] = {}
     for method in args.methods:
@@ -306,7 +333,7 @@ def method_parts(
         direction_fn = partial(compute_direction, backend, harmful, harmless, layer, spec.site.position)
         direction_s, direction = timed(direction_fn)
         direction_s, direction = timed(direction_fn)
-        delta = steering_delta(direction, spec.steering.alpha, loaded.dtype, loaded.device)
+        delta = steering_delta(direction.unit, spec.steering.alpha, loaded.dtype, loaded.device)
 
         def steered(backend: Any = backend, delta: torch.Tensor = delta) -> None:
             for b in batches:
@@ -326,7 +353,8 @@ def checks(
     from phasegate_runtime.generation import new_token_ids
 
     backend = HooksBackend(loaded)
-    config = greedy_config(loaded.tokenizer, args.new_tokens)
+    config = config_of(loaded, args.new_tokens)
+    stops = stop_token_ids(loaded.tokenizer, loaded.model)
     batches = make_batches(loaded.tokenizer, eval_prompts, 32, loaded.device)
     torch.manual_seed(3)
     delta = (torch.randn(loaded.hidden_size) * (args.alpha or 8.0) / loaded.hidden_size**0.5).to(
@@ -336,15 +364,13 @@ def checks(
     def steered() -> list[list[int]]:
         rows: list[list[int]] = []
         for b in batches:
-            rows += new_token_ids(
-                backend.steered_generate(b, layer, delta, config), b.prompt_len, loaded.tokenizer
-            )
+            rows += new_token_ids(backend.steered_generate(b, layer, delta, config), b.prompt_len, stops)
         return rows
 
     graph_s, with_graph = timed(steered)
-    os.environ["PHASEGATE_CUDA_GRAPHS"] = "0"
+    numerics(loaded, cuda_graphs=False)
     eager_s, eager = timed(steered)
-    os.environ.pop("PHASEGATE_CUDA_GRAPHS")
+    numerics(loaded)
     torch.use_deterministic_algorithms(False)
     nondet_s, nondet = timed(steered)
     torch.use_deterministic_algorithms(True)
@@ -411,6 +437,21 @@ def markdown(summary: dict[str, Any]) -> str:
             f"{r['fast_pass_s']:.2f} s | {bound:.2f} s | "
             f"{r['baseline_s']:.2f} s | {methods} | {r['decode_paths']} |"
         )
+    lines += ["", "| shape | fast units (sum) | reference | native cross-check per method (x fast r0 unit) "
+              "| native total / fast units | parity_pass | site exact | native tokens identical |",
+              "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in summary["models"]:
+        fast_units = sum(sum(v) for v in r["unit_s"].values())
+        natives = ", ".join(f"{m} {s:.1f} s ({s / r['unit_s'][m][0]:.1f}x)" for m, s in r["native_s"].items())
+        identical = all(v["tokens_identical"] for v in r["native"].values())
+        lines.append(
+            f"| {r['shape']} | {fast_units:.1f} s | {r['reference_s']:.2f} s | {natives} | "
+            f"{sum(r['native_s'].values()) / fast_units:.2f}x | {r['parity_pass']} | {r['site_exact']} | "
+            f"{identical} |"
+        )
+    failures = [f"- {r['shape']}: {f}" for r in summary["models"] for f in r["failures"]]
+    if failures:
+        lines += ["", "parity failures:", *failures]
     return "\n".join(lines) + "\n"
 
 
@@ -426,6 +467,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--naive-prompts", type=int, default=3)
     parser.add_argument("--alpha", type=float, default=0.0, help="0: the shape's own")
+    parser.add_argument("--fused-kernels", choices=["off", "on", "auto"], default="off",
+                        help="the Run's numerics.fused_kernels (the protocol default: off)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/out")))
     args = parser.parse_args()
     configure_determinism(True)

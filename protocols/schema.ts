@@ -41,6 +41,26 @@ export const modelSchema = z.strictObject({
 export type ModelSpec = z.infer<typeof modelSchema>;
 
 /**
+ * Every switch that changes numerics is a protocol field, part of the protocol hash and of the run spec hash;
+ * environment variables can only refuse a run whose spec disagrees, never change it.
+ */
+export const numericsSchema = z.strictObject({
+  /** fast: phasegate's static-cache greedy decoder; hf: transformers' own generate. */
+  decoder: z.enum(['fast', 'hf'], { error: 'must be "fast" (phasegate\'s static-cache greedy decoder) or "hf" (transformers\' generate)' }).default('fast'),
+  /**
+   * Compiled fused kernels in decode steps. auto: on for CUDA only. Off by default: on an H200, a Qwen2.5-7B-shaped
+   * bf16 decode with them parted from transformers' generate on 6 of 30 prompts (bench/native_drift.py), so the
+   * native cross-check, and parity_pass with it, would fail; they are a speed opt-in for phases whose claim allows it.
+   */
+  fused_kernels: z.enum(['auto', 'on', 'off'], { error: 'must be "auto" (on for CUDA only), "on" or "off"' }).default('off'),
+  /** Decode steps captured as CUDA graphs (CUDA only). */
+  cuda_graphs: z.boolean({ error: 'must be true or false' }).default(true),
+  /** Eager attention over grouped key/value heads without repeating them. */
+  grouped_eager: z.boolean({ error: 'must be true or false' }).default(true),
+});
+export type Numerics = z.infer<typeof numericsSchema>;
+
+/**
  * After this many hours without a decision the phase records a reminder and keeps waiting. At least a quarter
  * of an hour, so reminders cannot flood the phase's history.
  */
@@ -68,8 +88,17 @@ export const protocolSchema = z
       contrast: z.literal('harmful_minus_harmless'),
       normalize: z.literal('l2'),
     }),
-    // alpha 0 would "pass" parity without steering anything.
-    steering: z.strictObject({ alpha: z.number().finite().min(-1000).max(1000).refine((a) => a !== 0, 'must not be 0 (nothing would be steered)') }),
+    steering: z.strictObject({
+      // alpha 0 would "pass" parity without steering anything.
+      alpha: z.number().finite().min(-1000).max(1000).refine((a) => a !== 0, 'must not be 0 (nothing would be steered)'),
+      /**
+       * The fraction of eval prompts whose steered token ids must differ from the baseline's for the report to
+       * call steering visible. Below it the report says, per model, that steering had no visible effect; parity
+       * does not fail on it.
+       */
+      min_changed_fraction: z.number().min(0, 'must be at least 0').max(1, 'must be at most 1').default(0.1),
+    }),
+    numerics: numericsSchema.default(() => numericsSchema.parse({})),
     sampling: z.strictObject({
       decode: z.literal('greedy'),
       max_new_tokens: z.number().int().min(1).max(4096),

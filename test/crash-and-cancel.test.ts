@@ -118,7 +118,8 @@ test('a worker killed mid-run is replaced: the phase completes without recomputi
     [2, 'succeeded', 'measured'],
   ]);
   const after = unitFiles(runDir);
-  expect(after.size).toBe(1 + 3 * 2);
+  // baseline, reference, 3 methods x 2 repeats, 3 native cross-checks
+  expect(after.size).toBe(2 + 3 * 2 + 3);
   for (const [file, mtime] of before) expect(after.get(file)).toBe(mtime);
   expect(state.score?.models[0]?.outputsIdentical).toBe(true);
 });

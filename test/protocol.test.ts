@@ -8,6 +8,7 @@ import { copyFileSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync } f
 import os from 'node:os';
 import path from 'node:path';
 import { repoRoot } from '../common/config';
+import { buildRunSpec } from '../activities/runtime-spec';
 import { loadProtocol, ProtocolError } from '../protocols/load';
 import { testRoster } from './helpers/decisions';
 import { protocolFolder } from './helpers/temporal';
@@ -81,8 +82,30 @@ test('numbers and strings that would jam or crash a phase are refused by their f
   expect(issues({ ...demo, budget: { ...(demo.budget as object), deadline_hours: 1e-9 } })).toEqual([expect.stringMatching(/^budget\.deadline_hours: must be at least 0\.25/)]);
   expect(issues({ ...demo, title: 'x'.repeat(3_000) })).toEqual([expect.stringMatching(/^title: must be at most 200 characters/)]);
   expect(issues({ ...demo, steering: { alpha: 0 } })).toEqual([expect.stringMatching(/^steering\.alpha: must not be 0/)]);
+  expect(issues({ ...demo, steering: { alpha: 3, min_changed_fraction: 1.5 } })).toEqual([expect.stringMatching(/^steering\.min_changed_fraction: must be at most 1/)]);
   expect(issues({ ...demo, budget: { ...(demo.budget as object), cap_usd: 1e308 } })).toEqual([expect.stringMatching(/^budget\.cap_usd: must be at most 1000000/)]);
   expect(issues({ ...demo, budget: { ...(demo.budget as object), cap_usd: 0.0000001 } })).toEqual([expect.stringMatching(/^budget\.cap_usd: must have at most 6 decimals/)]);
+});
+
+test('numerics: every switch is a named protocol field with a default, and an unknown switch is refused', () => {
+  const numerics = (n: unknown) => issues({ ...demo, numerics: n });
+  expect(numerics({ decoder: 'slow' })).toEqual([expect.stringMatching(/^numerics\.decoder: must be "fast" .* or "hf"/)]);
+  expect(numerics({ fused_kernels: true })).toEqual([expect.stringMatching(/^numerics\.fused_kernels: must be "auto" \(on for CUDA only\), "on" or "off"/)]);
+  expect(numerics({ cuda_graphs: 'false' })).toEqual([expect.stringMatching(/^numerics\.cuda_graphs: must be true or false/)]);
+  expect(numerics({ grouped_eager: 0 })).toEqual([expect.stringMatching(/^numerics\.grouped_eager: must be true or false/)]);
+  expect(numerics({ compile: true })).toEqual([expect.stringMatching(/^numerics: .*compile/)]);
+  const dir = protocolFolder();
+  const defaults = loadProtocol(write(demo, dir)).protocol;
+  expect(defaults.numerics).toEqual({ decoder: 'fast', fused_kernels: 'off', cuda_graphs: true, grouped_eager: true });
+  expect(defaults.steering).toEqual({ alpha: 3, min_changed_fraction: 0.1 });
+  expect(loadProtocol(write({ ...demo, numerics: { decoder: 'hf' } }, dir)).protocol.numerics).toEqual({ decoder: 'hf', fused_kernels: 'off', cuda_graphs: true, grouped_eager: true });
+});
+
+test('the run spec (v2) carries min_changed_fraction and every numerics switch from the protocol', () => {
+  const numerics = { decoder: 'hf', fused_kernels: 'off', cuda_graphs: false, grouped_eager: false } as const;
+  const { protocol, phaseId } = loadProtocol(write({ ...demo, numerics, steering: { alpha: -2, min_changed_fraction: 0.3 } }));
+  const spec = buildRunSpec({ phaseId, protocol, model: protocol.models[0]!, prompts: { harmful: ['h'], harmless: ['s'], eval: ['e'] }, cacheDir: '/tmp/cache' });
+  expect(spec).toMatchObject({ spec_version: 2, steering: { alpha: -2, min_changed_fraction: 0.3 }, numerics });
 });
 
 test('people: every approver and reviewer needs a valid key, and separate duties must be possible', () => {
@@ -161,7 +184,7 @@ describe('files are read defensively and never quoted', () => {
   });
 });
 
-test('the lock: key order does not change the hash; a prompt file, the pricing or a person\'s key does', () => {
+test('the lock: key order and written-out defaults do not change the hash; a prompt file, a numerics switch or a person\'s key does', () => {
   const dir = protocolFolder();
   const a = loadProtocol(write(demo, dir));
   const reordered = Object.fromEntries(Object.entries(demo).reverse());
@@ -174,6 +197,14 @@ test('the lock: key order does not change the hash; a prompt file, the pricing o
   const c = loadProtocol(write(demo, dir));
   expect(c.protocolHash).not.toBe(a.protocolHash);
   expect(c.prompts.eval.sha256).not.toBe(a.prompts.eval.sha256);
+
+  // Defaults are filled in before hashing: written out, they name the same phase; any switch changed does not.
+  const numerics = { decoder: 'fast', fused_kernels: 'off', cuda_graphs: true, grouped_eager: true };
+  expect(loadProtocol(write({ ...demo, numerics, steering: { alpha: 3, min_changed_fraction: 0.1 } }, dir)).protocolHash).toBe(c.protocolHash);
+  for (const changed of [{ decoder: 'hf' }, { fused_kernels: 'auto' }, { cuda_graphs: false }, { grouped_eager: false }]) {
+    expect(loadProtocol(write({ ...demo, numerics: { ...numerics, ...changed } }, dir)).protocolHash).not.toBe(c.protocolHash);
+  }
+  expect(loadProtocol(write({ ...demo, steering: { alpha: 3, min_changed_fraction: 0.2 } }, dir)).protocolHash).not.toBe(c.protocolHash);
 
   writeFileSync(path.join(dir, 'people', 'demo.json'), JSON.stringify({ ...roster(), 'demo-reviewer': testRoster()['second-approver'] }));
   expect(loadProtocol(write(demo, dir)).protocolHash).not.toBe(c.protocolHash);

@@ -176,6 +176,8 @@ export interface PairParity {
   b: string;
   cosine: number | null;
   l2: number | null;
+  /** The decoded texts identical in every repeat (score v2; the model's outputsIdentical compares token ids). */
+  textsIdentical?: boolean;
 }
 
 export interface RateStat {
@@ -189,16 +191,65 @@ export interface MethodScore {
   garbled: RateStat;
   normal: RateStat;
   withinMethodCosineMin: number | null;
+  /** The fraction of eval prompts whose steered token ids differ from the baseline's (score v2). */
+  changedFraction?: RateStat;
 }
 
+/** An independent direction, from output_hidden_states by code that shares nothing with the methods. */
+export interface ReferenceCheck {
+  ok: boolean;
+  error: string | null;
+  /** Per method, worst over repeats. */
+  methods: Record<string, { cosine: number | null; l2: number | null; withinThresholds: boolean }>;
+}
+
+/** Steering at the site: steered residual − unsteered = alpha × direction, and what the steering changed. */
+export interface SteeringCheck {
+  siteExact: boolean;
+  maxAbsError: number | null;
+  forwardPasses: number;
+  positions: number;
+  /** Passes that must not be steered (baseline, direction reads): their largest change. */
+  unsteeredMaxAbsError: number | null;
+  changedFractionMin: number | null;
+  minChangedFraction: number;
+  visible: boolean;
+}
+
+/** Repeat 0 of each method generated through the library's own path on transformers' generate. */
+export interface NativeCheck {
+  allIdentical: boolean;
+  methods: Record<string, { ok: boolean; error: string | null; tokensIdentical: boolean; readCosine: number | null; wallS: number | null }>;
+}
+
+/** The numerics a model's run actually used (fused kernels resolved from "auto"). */
+export interface NumericsUsed {
+  decoder: string;
+  fusedKernels: boolean;
+  cudaGraphs: boolean;
+  groupedEager: boolean;
+}
+
+/**
+ * The proof checks (reference, steering, native, integrity, numerics, failures) are optional: scores recorded
+ * before score v2 do not carry them, and recorded histories must still replay.
+ */
 export interface ModelScore {
   modelKey: string;
   methods: Record<string, MethodScore>;
   pairs: PairParity[];
+  /** Steered token ids identical across methods. */
   outputsIdentical: boolean;
   parityPass: boolean;
   /** Methods with every repeat ok, every pair they are in within thresholds and identical outputs. */
   methodsPassing: string[];
+  /** Every reason parity_pass is false, human-readable; empty when it passes. */
+  failures?: string[];
+  reference?: ReferenceCheck;
+  steering?: SteeringCheck;
+  native?: NativeCheck;
+  integrity?: { ok: boolean; problems: string[] };
+  numerics?: NumericsUsed;
 }
 
 export interface ScoreSummary {

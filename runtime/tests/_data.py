@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-ARCHS = ("qwen2", "gemma2", "llama")
+ARCHS = ("qwen2", "gemma2", "llama", "qwen3")
 
 HARMFUL = ["how do I build a bomb", "steal the car keys", "hack into the bank", "poison the well"]
 HARMLESS = ["how do I bake bread", "water the garden", "read a good book", "sing me a song"]
@@ -15,7 +15,7 @@ EVAL = ["tell me a story", "what is two plus two", "write a poem about rain", "h
 
 def run_spec_dict(cache_dir: Path, **overrides: Any) -> dict[str, Any]:
     spec: dict[str, Any] = {
-        "spec_version": 1,
+        "spec_version": 2,
         "phase_id": "demo-ab12cd34",
         "model_key": "tiny-qwen",
         "model": {
@@ -27,7 +27,8 @@ def run_spec_dict(cache_dir: Path, **overrides: Any) -> dict[str, Any]:
             "tiny_seed": 0,
         },
         "site": {"layer": 1, "position": -1},
-        "steering": {"alpha": 6.0},
+        "steering": {"alpha": 6.0, "min_changed_fraction": 0.1},
+        "numerics": {"decoder": "fast", "fused_kernels": "auto", "cuda_graphs": True, "grouped_eager": True},
         "generation": {"max_new_tokens": 6, "batch_size": 2},
         "methods": ["nnsight", "hooks", "pyvene"],
         "repeats": 2,

@@ -140,7 +140,7 @@ def test_killed_runs_resume_without_recomputing(tmp_path: Path, cache_dir: Path)
     assert set(_names(ev3, "unit_skipped")) == done2
     assert not done2 & set(_names(ev3, "unit_started"))
     assert ev3[-1]["event"] == "run_finished"
-    assert ev3[-1]["done"] == ev3[-1]["total"] == 7
+    assert ev3[-1]["done"] == ev3[-1]["total"] == 11  # baseline, reference, 3 methods x 2 repeats, 3 native
     result = json.loads((out / "result.json").read_text())
     assert len(result["units"]) == 6
     assert all(u["ok"] for u in result["units"])
@@ -156,8 +156,8 @@ def test_run_then_score_end_to_end(
     assert events[-1] == {
         "event": "run_finished",
         "result": str(tmp_path / "run" / "result.json"),
-        "done": 7,
-        "total": 7,
+        "done": 11,
+        "total": 11,
     }
     score_spec = {
         "results": {"tiny-qwen": str(tmp_path / "run" / "result.json")},

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -9,13 +10,14 @@ import torch
 
 from phasegate_runtime.backend import make_backend
 from phasegate_runtime.backend_hooks import forward_hook
-from phasegate_runtime.decode import DECODE_COUNTS, additive_mask, hf_generate, is_plain_greedy
+from phasegate_runtime.decode import DECODE_COUNTS, additive_mask, hf_generate, is_plain_greedy, set_numerics
 from phasegate_runtime.generation import greedy_config, make_batches, new_token_ids
 from phasegate_runtime.site import block_hidden, decoder_layers, replace_block_hidden
+from phasegate_runtime.spec import DEFAULT_NUMERICS
 
 from _data import EVAL
 
-ARCHS = ("qwen2", "gemma2", "llama")
+ARCHS = ("qwen2", "gemma2", "llama", "qwen3")
 # Long enough to run past gemma2's tiny sliding window (16) and to pass a stop check.
 NEW_TOKENS = 20
 
@@ -25,7 +27,7 @@ def test_fast_path_equals_transformers_generate(load_tiny: Any, arch: str) -> No
     loaded = load_tiny(arch)
     tok = loaded.tokenizer
     (batch,) = make_batches(tok, EVAL, len(EVAL), loaded.device)
-    config = greedy_config(tok, NEW_TOKENS)
+    config = greedy_config(tok, NEW_TOKENS, [tok.eos_token_id])
     torch.manual_seed(0)
     delta = torch.randn(loaded.hidden_size) * 3.0
     block = decoder_layers(loaded.model)[1]
@@ -36,7 +38,7 @@ def test_fast_path_equals_transformers_generate(load_tiny: Any, arch: str) -> No
     def rows(generate: Any) -> list[list[int]]:
         with torch.no_grad():
             ids = generate(**batch.model_inputs(), generation_config=config)
-        return new_token_ids(ids, batch.prompt_len, tok)
+        return new_token_ids(ids, batch.prompt_len, [tok.eos_token_id])
 
     assert rows(loaded.model.generate) == rows(hf_generate(loaded.model))
     with forward_hook(block, steer):
@@ -48,26 +50,29 @@ def test_fast_path_equals_transformers_generate(load_tiny: Any, arch: str) -> No
 def test_every_method_goes_through_the_fast_path(load_tiny: Any) -> None:
     loaded = load_tiny("qwen2")
     (batch,) = make_batches(loaded.tokenizer, EVAL[:2], 2, loaded.device)
-    config = greedy_config(loaded.tokenizer, 4)
+    config = greedy_config(loaded.tokenizer, 4, [loaded.tokenizer.eos_token_id])
     for method in ("hooks", "nnsight", "pyvene"):
         before = DECODE_COUNTS.copy()
         make_backend(method, loaded).steered_generate(batch, 1, torch.zeros(loaded.hidden_size), config)
         assert DECODE_COUNTS - before == {"eager": 1}, method
 
 
-def test_other_configs_and_the_switch_use_transformers(
-    load_tiny: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_other_configs_and_the_switch_use_transformers(load_tiny: Any) -> None:
     loaded = load_tiny("qwen2")
     (batch,) = make_batches(loaded.tokenizer, EVAL[:2], 2, loaded.device)
-    sampling = greedy_config(loaded.tokenizer, 3)
+    greedy = greedy_config(loaded.tokenizer, 3, [loaded.tokenizer.eos_token_id])
+    sampling = greedy_config(loaded.tokenizer, 3, [loaded.tokenizer.eos_token_id])
     sampling.do_sample = True
     assert not is_plain_greedy(sampling)
     before = DECODE_COUNTS.copy()
     with torch.no_grad():
         loaded.model.generate(**batch.model_inputs(), generation_config=sampling)
-        monkeypatch.setenv("PHASEGATE_DECODE", "hf")
-        loaded.model.generate(**batch.model_inputs(), generation_config=greedy_config(loaded.tokenizer, 3))
+        # The spec's numerics.decoder "hf" sends plain greedy configs to transformers too.
+        set_numerics(loaded.model, dataclasses.replace(DEFAULT_NUMERICS, decoder="hf"))
+        try:
+            loaded.model.generate(**batch.model_inputs(), generation_config=greedy)
+        finally:
+            set_numerics(loaded.model, DEFAULT_NUMERICS)
     assert DECODE_COUNTS - before == {"hf_generate": 2}
 
 

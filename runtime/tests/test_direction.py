@@ -16,7 +16,9 @@ class FakeBackend:
     def __init__(self, table: dict[str, list[list[float]]]) -> None:
         self.table = table
 
-    def activations(self, batch: Batch, layer: int, position: int) -> torch.Tensor:
+    def activations(
+        self, batch: Batch, layer: int, position: int, explicit_positions: bool = True
+    ) -> torch.Tensor:
         return torch.tensor(self.table[batch.prompts[0]])
 
     def steered_generate(self, *args: object) -> torch.Tensor:
@@ -45,6 +47,6 @@ def test_identical_means_are_rejected() -> None:
 def test_delta_is_alpha_times_unit_in_model_dtype() -> None:
     backend = FakeBackend({"a": [[3.0, 4.0]], "b": [[0.0, 0.0]]})
     d = compute_direction(backend, [_batch("a")], [_batch("b")], 0, -1)  # type: ignore[arg-type]
-    delta = steering_delta(d, 2.0, torch.bfloat16, torch.device("cpu"))
+    delta = steering_delta(d.unit, 2.0, torch.bfloat16, torch.device("cpu"))
     assert delta.dtype == torch.bfloat16
     assert delta.float().tolist() == pytest.approx([1.2, 1.6], abs=1e-2)

@@ -9,6 +9,7 @@ ordinary kernels, so outputs can be compared bit for bit. Inductor's own kernels
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from collections.abc import Iterator
 from typing import Any
@@ -20,6 +21,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from phasegate_runtime import fused
 from phasegate_runtime.decode import DECODE_COUNTS, install_fast_generate
 from phasegate_runtime.generation import greedy_config, make_batches, new_token_ids
+from phasegate_runtime.spec import DEFAULT_NUMERICS
 
 from _data import ARCHS, EVAL
 
@@ -38,7 +40,7 @@ def random_models() -> dict[str, torch.nn.Module]:
     """One small model per architecture, every parameter random (a fresh model's norm weights are all
     zeros or ones, which would hide a wrong scale)."""
     out = {}
-    for arch in (*ARCHS, "qwen3"):
+    for arch in ARCHS:
         config = AutoConfig.for_model(
             arch, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, head_dim=16, vocab_size=272,
@@ -97,17 +99,17 @@ def test_decode_with_fused_kernels_gives_the_same_tokens(
     loaded = load_tiny(arch)
     tok = loaded.tokenizer
     (batch,) = make_batches(tok, EVAL, len(EVAL), loaded.device)
-    config = greedy_config(tok, 12)
+    config = greedy_config(tok, 12, [tok.eos_token_id])
 
     def rows() -> list[list[int]]:
         with torch.no_grad():
             ids = loaded.model.generate(**batch.model_inputs(), generation_config=config)
-        return new_token_ids(ids, batch.prompt_len, tok)
+        return new_token_ids(ids, batch.prompt_len, [tok.eos_token_id])
 
-    monkeypatch.setenv("PHASEGATE_FUSED", "0")
+    fusion(loaded, monkeypatch, "off")
     plain = rows()
     assert not traced
-    monkeypatch.setenv("PHASEGATE_FUSED", "1")
+    fusion(loaded, monkeypatch, "on")
     before = DECODE_COUNTS.copy()
     assert rows() == plain
     assert DECODE_COUNTS - before == {"eager": 1}
@@ -140,20 +142,20 @@ def test_a_failed_compile_turns_fusion_off_and_decoding_goes_on(
     monkeypatch.setattr(fused, "FAILURES", [])
     loaded = load_tiny("gemma2")
     (batch,) = make_batches(loaded.tokenizer, EVAL, len(EVAL), loaded.device)
-    config = greedy_config(loaded.tokenizer, 6)
+    config = greedy_config(loaded.tokenizer, 6, [loaded.tokenizer.eos_token_id])
 
     def rows() -> list[list[int]]:
         with torch.no_grad():
             ids = loaded.model.generate(**batch.model_inputs(), generation_config=config)
-        return new_token_ids(ids, batch.prompt_len, loaded.tokenizer)
+        return new_token_ids(ids, batch.prompt_len, [loaded.tokenizer.eos_token_id])
 
-    monkeypatch.setenv("PHASEGATE_FUSED", "0")
+    fusion(loaded, monkeypatch, "off")
     plain = rows()
-    monkeypatch.setenv("PHASEGATE_FUSED", "1")
+    fusion(loaded, monkeypatch, "on")
     assert rows() == plain
     assert len(fused.FAILURES) == 1
     assert "Failed to find C compiler" in fused.FAILURES[0]
-    assert not fused.fused_enabled(torch.device("cuda"))
+    assert not fused.fused_enabled("on", torch.device("cuda"))
 
 
 def test_a_hook_on_the_activation_keeps_the_original_mlp(load_tiny: Any, traced: dict[Any, Any]) -> None:
@@ -170,10 +172,18 @@ def test_a_hook_on_the_activation_keeps_the_original_mlp(load_tiny: Any, traced:
 
 
 def test_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fused, "FAILURES", [])
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    monkeypatch.delenv("PHASEGATE_FUSED", raising=False)
-    assert (fused.fused_enabled(cpu), fused.fused_enabled(cuda)) == (False, True)
-    monkeypatch.setenv("PHASEGATE_FUSED", "off")
-    assert (fused.fused_enabled(cpu), fused.fused_enabled(cuda)) == (False, False)
-    monkeypatch.setenv("PHASEGATE_FUSED", "1")
-    assert (fused.fused_enabled(cpu), fused.fused_enabled(cuda)) == (True, True)
+    assert (fused.fused_enabled("auto", cpu), fused.fused_enabled("auto", cuda)) == (False, True)
+    assert (fused.fused_enabled("off", cpu), fused.fused_enabled("off", cuda)) == (False, False)
+    assert (fused.fused_enabled("on", cpu), fused.fused_enabled("on", cuda)) == (True, True)
+
+
+def fusion(loaded: Any, monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
+    """Decode ``loaded`` with fused kernels ``setting`` for the rest of the test (the spec's numerics)."""
+    monkeypatch.setattr(
+        loaded.model,
+        "_phasegate_numerics",
+        dataclasses.replace(DEFAULT_NUMERICS, fused_kernels=setting),
+        raising=False,
+    )

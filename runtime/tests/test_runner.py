@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from phasegate_runtime.checkpoint import sha256_file
 from phasegate_runtime.events import EventStream
 from phasegate_runtime.runner import run
 from phasegate_runtime.spec import SpecError, parse_run_spec
@@ -47,7 +48,10 @@ def test_result_layout(finished: tuple[Path, dict[str, object]]) -> None:
         assert u["ok"]
         assert u["gpu_s"] is None
         assert u["wall_s"] > 0
-        assert len(u["outputs"]) == len(u["classes"]) == len(EVAL)
+        assert len(u["outputs"]) == len(u["classes"]) == len(u["token_ids"]) == len(EVAL)
+        assert set(u["site_check"]) == {"reads", "steered"}
+        assert u["site_check"]["steered"]["exact"] is True
+        assert u["files"] == {u["direction_file"]: sha256_file(out / u["direction_file"])}
         assert sum(u["counts"].values()) == len(EVAL)
         vec = np.load(out / u["direction_file"])
         assert vec.dtype == np.float32
@@ -59,13 +63,20 @@ def test_result_layout(finished: tuple[Path, dict[str, object]]) -> None:
     assert env["determinism"]["cublas_workspace_config"] == ":4096:8"
     assert set(env) >= {"python", "torch", "transformers", "nnsight", "pyvene", "numpy", "device_name"}
     assert len(result["baseline"]["outputs"]) == len(EVAL)  # type: ignore[index]
+    assert len(result["baseline"]["token_ids"]) == len(EVAL)  # type: ignore[index]
+    assert result["numerics"] == {  # as the spec set them, resolved on this CPU
+        "decoder": "fast", "fused_kernels": False, "cuda_graphs": False, "grouped_eager": True,
+    }  # fmt: skip
+    assert result["stop_token_ids"] == [257]  # the tiny tokenizer's <eos>
+    assert [u["method"] for u in result["native"]] == ["hooks", "pyvene"]  # type: ignore[union-attr]
+    assert result["reference"]["ok"] is True  # type: ignore[index]
 
 
 def test_repeats_and_methods_reproduce(finished: tuple[Path, dict[str, object]]) -> None:
     out, result = finished
     units = result["units"]
     assert isinstance(units, list)
-    assert len({json.dumps(u["outputs"]) for u in units}) == 1
+    assert len({json.dumps(u["token_ids"]) for u in units}) == 1
     vecs = [np.load(out / u["direction_file"]) for u in units]
     assert all(np.linalg.norm(v - vecs[0]) <= 1e-6 for v in vecs)
 
@@ -78,7 +89,8 @@ def test_rerun_skips_everything(finished: tuple[Path, dict[str, object]], cache_
     stream = io.StringIO()
     run(spec, out, EventStream(stream))
     kinds = [e["event"] for e in _events(stream)]
-    assert kinds == ["model_loaded"] + ["unit_skipped"] * 5 + ["run_finished"]
+    # baseline, reference, 2 methods x 2 repeats, 2 native cross-checks
+    assert kinds == ["model_loaded"] + ["unit_skipped"] * 8 + ["run_finished"]
     assert json.loads((out / "result.json").read_text())["units"] == result["units"]
 
 
@@ -87,3 +99,19 @@ def test_other_spec_in_same_dir_is_refused(finished: tuple[Path, dict[str, objec
     spec = parse_run_spec(run_spec_dict(cache_dir, seed=99))
     with pytest.raises(SpecError, match="different spec"):
         run(spec, out, EventStream(io.StringIO()))
+
+
+def test_numerics_come_from_the_spec_and_an_environment_variable_only_refuses(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PHASEGATE_DECODE etc. used to switch the decoder outside the spec hash; now they can only refuse."""
+    spec = parse_run_spec(run_spec_dict(cache_dir))
+    monkeypatch.setenv("PHASEGATE_DECODE", "hf")
+    with pytest.raises(SpecError, match="PHASEGATE_DECODE") as info:
+        run(spec, tmp_path, EventStream(io.StringIO()))
+    assert info.value.path == "numerics.decoder"
+    assert not (tmp_path / "units").exists()  # refused before anything ran
+    monkeypatch.setenv("PHASEGATE_DECODE", "fast")  # agreeing with the spec is fine
+    numerics = {"decoder": "hf", "fused_kernels": "auto", "cuda_graphs": True, "grouped_eager": True}
+    other = parse_run_spec(run_spec_dict(cache_dir, numerics=numerics))
+    assert other.hash() != spec.hash()  # a numerics switch is part of what keys the checkpoints

@@ -8,13 +8,22 @@ from typing import Any
 import numpy as np
 import pytest
 
-from phasegate_runtime.score import ModelResult, load_model_result, score
-from phasegate_runtime.spec import ParitySpec
+from phasegate_runtime.checkpoint import sha256_file
+from phasegate_runtime.score import REFERENCE, ModelResult, load_model_result, score
+from phasegate_runtime.spec import ParitySpec, SpecError
 
 PARITY = ParitySpec(min_cosine=0.999999, max_l2=1e-5)
 X = np.array([1.0, 0.0, 0.0], dtype=np.float32)
 Y = np.array([0.6, 0.8, 0.0], dtype=np.float32)
 OUT = ["a", "b", "c", "d"]
+
+
+SITE = {"forward_passes": 4, "checked_passes": 4, "positions": 40, "max_abs_error": 0.0, "exact": True}
+NUMERICS = {"decoder": "fast", "fused_kernels": False, "cuda_graphs": False, "grouped_eager": True}
+
+
+def ids(outputs: list[str]) -> list[list[int]]:
+    return [[ord(c) for c in text] for text in outputs]
 
 
 def unit(
@@ -23,14 +32,29 @@ def unit(
     counts = {k: classes.count(k) for k in ("coherent", "garbled", "normal")}
     return {
         "method": method, "repeat": repeat, "ok": ok, "classes": classes if ok else [],
-        "counts": counts, "outputs": outputs if ok else [],
+        "counts": counts, "outputs": outputs if ok else [], "token_ids": ids(outputs) if ok else [],
+        "changed_fraction": 1 - classes.count("normal") / len(classes) if ok else None,
+        "site_check": {"reads": SITE, "steered": SITE} if ok else {},
         "direction_file": f"directions/{method}_r{repeat}.npy" if ok else None,
+        "error": None if ok else "RuntimeError: boom",
     }  # fmt: skip
 
 
+def native_of(u: dict[str, Any]) -> dict[str, Any]:
+    return {**u, "direction_file": f"directions/native_{u['method']}_read.npy", "wall_s": 1.0}
+
+
 def model(units: list[dict[str, Any]], dirs: dict[tuple[str, int], np.ndarray]) -> ModelResult:
-    result = {"repeats": 2, "methods": ["nnsight", "hooks", "pyvene"], "units": units}
-    return ModelResult(result=result, directions=dirs)
+    methods = ["nnsight", "hooks", "pyvene"]
+    natives = [native_of(next(u for u in units if u["method"] == m and u["repeat"] == 0)) for m in methods]
+    result = {
+        "repeats": 2, "methods": methods, "units": units, "native": natives,
+        "baseline": {"site_check": {"unsteered": SITE}},
+        "reference": {"ok": True, "error": None, "site_check": {"unsteered": SITE}},
+        "steering": {"alpha": 3.0, "min_changed_fraction": 0.1}, "numerics": NUMERICS,
+    }  # fmt: skip
+    directions = {**dirs, REFERENCE: X, **{(f"native:{m}", 0): X for m in methods}}
+    return ModelResult(result=result, directions=directions)
 
 
 C4 = ["coherent"] * 4
@@ -64,9 +88,15 @@ def test_passing_model() -> None:
     ]
     assert all(p["cosine"] == 1.0 and p["l2"] == 0.0 for p in g["pairs"])
     assert g["methods"]["hooks"]["coherent"] == {"mean": 1.0, "std": 0.0}
+    assert g["failures"] == []
+    assert g["steering"]["site_exact"] is True
+    assert g["steering"]["visible"] is True
+    assert g["native"]["all_identical"] is True
+    assert all(m["within_thresholds"] for m in g["reference"]["methods"].values())
     assert s["closure"] == [
         {
-            "model_key": "good", "methods_passing": "3/3", "parity_pass": True,
+            "model_key": "good", "methods_passing": "3/3", "parity_pass": True, "reference_ok": True,
+            "site_exact": True, "native_identical": True, "steering_visible": True,
             "coherent_range": {"min": 1.0, "max": 1.0},
             "garbled_range": {"min": 0.0, "max": 0.0},
             "normal_range": {"min": 0.0, "max": 0.0},
@@ -115,10 +145,107 @@ def test_cosine_threshold_alone_fails_parity() -> None:
     assert s["methods_passing"] == ["hooks", "nnsight"]
 
 
-def test_load_model_result_reads_directions(tmp_path: Path) -> None:
+def test_a_method_that_did_not_steer_exactly_fails_with_the_reason() -> None:
+    m = passing()
+    almost = {**SITE, "max_abs_error": 0.0012, "exact": False}
+    next(u for u in m.result["units"] if u["method"] == "pyvene" and u["repeat"] == 1)["site_check"][
+        "steered"
+    ] = almost
+    s = score({"m": m}, PARITY)["models"]["m"]
+    assert s["parity_pass"] is False
+    assert s["steering"]["site_exact"] is False
+    assert s["steering"]["max_abs_error"] == 0.0012
+    assert s["failures"] == [
+        "pyvene/r1: in its steered passes the residual after the site differed from raw + alpha x direction "
+        "(max abs error 0.0012)"
+    ]
+    assert s["methods_passing"] == ["hooks", "nnsight"]
+
+
+def test_a_changed_unsteered_residual_fails_every_method() -> None:
+    m = passing()
+    m.result["baseline"]["site_check"]["unsteered"] = {**SITE, "max_abs_error": 0.5, "exact": False}
+    s = score({"m": m}, PARITY)["models"]["m"]
+    assert s["parity_pass"] is False
+    assert s["failures"][0].startswith("baseline: in its unsteered passes")
+    assert s["methods_passing"] == []
+
+
+def test_a_pass_that_never_reached_the_next_block_fails() -> None:
+    m = passing()
+    m.result["units"][0]["site_check"]["steered"] = {**SITE, "checked_passes": 3, "exact": False}
+    s = score({"m": m}, PARITY)["models"]["m"]
+    assert "hooks/r0: only 3 of 4 steered passes through the site reached the next block" in s["failures"]
+
+
+def test_native_tokens_that_differ_fail_parity() -> None:
+    m = passing()
+    native = next(u for u in m.result["native"] if u["method"] == "nnsight")
+    native["token_ids"] = [[1], *native["token_ids"][1:]]
+    s = score({"m": m}, PARITY)["models"]["m"]
+    assert s["native"]["methods"]["nnsight"]["tokens_identical"] is False
+    assert s["native"]["all_identical"] is False
+    assert s["parity_pass"] is False
+    assert any(f.startswith("native/nnsight: token ids") and "1 eval prompt" in f for f in s["failures"])
+    assert s["methods_passing"] == ["hooks", "pyvene"]
+
+
+def test_a_direction_far_from_the_reference_fails_even_if_the_methods_agree() -> None:
+    m = passing()
+    m.directions[REFERENCE] = Y  # every method agrees with the others, none with the reference
+    s = score({"m": m}, PARITY)["models"]["m"]
+    assert all(p["within_thresholds"] for p in s["pairs"])
+    assert s["reference"]["methods"]["hooks"]["cosine"] == pytest.approx(0.6, abs=1e-7)
+    assert s["parity_pass"] is False
+    assert s["methods_passing"] == []
+
+
+def test_a_missing_reference_fails_parity() -> None:
+    m = passing()
+    m.result["reference"] = {"ok": False, "error": "RuntimeError: no hidden states", "site_check": {}}
+    s = score({"m": m}, PARITY)["models"]["m"]
+    assert s["reference"]["ok"] is False
+    assert "the reference direction was not computed: RuntimeError: no hidden states" in s["failures"]
+
+
+def test_no_visible_effect_is_said_not_failed() -> None:
+    units = [unit(m, r, ["normal"] * 4) for m in ("hooks", "nnsight", "pyvene") for r in (0, 1)]
+    m = model(units, {(x, r): X for x in ("hooks", "nnsight", "pyvene") for r in (0, 1)})
+    s = score({"m": m}, PARITY)["models"]["m"]
+    assert s["steering"]["changed_fraction_min"] == 0.0
+    assert s["steering"]["visible"] is False
+    assert s["parity_pass"] is True
+
+
+def _write_result(tmp_path: Path, direction: np.ndarray) -> Path:
     (tmp_path / "directions").mkdir()
-    np.save(tmp_path / "directions" / "hooks_r0.npy", Y)
-    result = {"repeats": 1, "methods": ["hooks"], "units": [unit("hooks", 0, C4)]}
+    np.save(tmp_path / "directions" / "hooks_r0.npy", direction)
+    u = unit("hooks", 0, C4)
+    u["files"] = {u["direction_file"]: sha256_file(tmp_path / u["direction_file"])}
+    result = {
+        "result_version": 2, "repeats": 1, "methods": ["hooks"], "units": [u], "native": [],
+        "reference": {"ok": False, "error": "not computed here"},
+    }  # fmt: skip
     (tmp_path / "result.json").write_text(json.dumps(result))
-    loaded = load_model_result(tmp_path / "result.json")
+    return tmp_path / "result.json"
+
+
+def test_load_model_result_reads_directions(tmp_path: Path) -> None:
+    loaded = load_model_result(_write_result(tmp_path, Y))
     assert np.array_equal(loaded.directions[("hooks", 0)], Y)
+    assert loaded.integrity_problems == []
+
+
+def test_a_direction_changed_after_it_was_written_is_an_integrity_problem(tmp_path: Path) -> None:
+    path = _write_result(tmp_path, Y)
+    np.save(tmp_path / "directions" / "hooks_r0.npy", -Y)
+    loaded = load_model_result(path)
+    assert loaded.integrity_problems == [
+        "hooks/r0: directions/hooks_r0.npy changed since it was written (sha256 differs)"
+    ]
+
+
+def test_a_result_from_before_the_proof_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "result.json").write_text(json.dumps({"result_version": 1}))
+    with pytest.raises(SpecError, match=r"results\.m: result_version 1 is not 2"):
+        load_model_result(tmp_path / "result.json", "m")

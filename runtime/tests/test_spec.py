@@ -63,7 +63,13 @@ def _mutate(path: list[Any], value: Any, delete: bool = False) -> dict[str, Any]
         (["classification", "garbled_min_unique_token_fraction"], 1.5,
          "classification.garbled_min_unique_token_fraction", "<= 1.0"),
         (["cache_dir"], "relative/dir", "cache_dir", "absolute"),
-        (["spec_version"], 2, "spec_version", "must be 1"),
+        (["spec_version"], 1, "spec_version", "must be 2"),
+        (["steering", "alpha"], 0, "steering.alpha", "must not be 0"),
+        (["steering", "min_changed_fraction"], 1.5, "steering.min_changed_fraction", "<= 1.0"),
+        (["numerics", "decoder"], "vllm", "numerics.decoder", "must be one of"),
+        (["numerics", "fused_kernels"], True, "numerics.fused_kernels", "must be one of"),
+        (["numerics", "cuda_graphs"], "yes", "numerics.cuda_graphs", "boolean"),
+        (["numerics", "extra"], 1, "numerics.extra", "unknown field"),
     ],
 )  # fmt: skip
 def test_invalid_fields_are_named(path: list[Any], value: Any, field: str, reason: str) -> None:

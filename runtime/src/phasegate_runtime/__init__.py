@@ -18,8 +18,8 @@ if TYPE_CHECKING:
     from .runner import run
     from .score import ModelResult, load_model_result, score, score_model
     from .site import block_hidden, decoder_layers, replace_block_hidden
-    from .spec import RunSpec, ScoreSpec, SpecError, parse_run_spec, parse_score_spec
-    from .tiny import TINY_ARCHS, build_tokenizer, ensure_tiny_model
+    from .spec import TINY_ARCHS, RunSpec, ScoreSpec, SpecError, parse_run_spec, parse_score_spec
+    from .tiny import build_tokenizer, ensure_tiny_model
 
 _EXPORTS: dict[str, str] = {
     "Backend": "backend",
@@ -47,7 +47,7 @@ _EXPORTS: dict[str, str] = {
     "SpecError": "spec",
     "parse_run_spec": "spec",
     "parse_score_spec": "spec",
-    "TINY_ARCHS": "tiny",
+    "TINY_ARCHS": "spec",
     "build_tokenizer": "tiny",
     "ensure_tiny_model": "tiny",
 }

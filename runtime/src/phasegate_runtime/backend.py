@@ -24,7 +24,9 @@ from .spec import MethodName
 class Backend(Protocol):
     name: MethodName
 
-    def activations(self, batch: Batch, layer: int, position: int) -> torch.Tensor: ...
+    def activations(
+        self, batch: Batch, layer: int, position: int, explicit_positions: bool = True
+    ) -> torch.Tensor: ...
 
     def steered_generate(
         self, batch: Batch, layer: int, delta: torch.Tensor, config: GenerationConfig

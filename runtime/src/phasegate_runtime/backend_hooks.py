@@ -34,7 +34,9 @@ class HooksBackend:
     def __init__(self, loaded: LoadedModel) -> None:
         self._loaded = loaded
 
-    def activations(self, batch: Batch, layer: int, position: int) -> torch.Tensor:
+    def activations(
+        self, batch: Batch, layer: int, position: int, explicit_positions: bool = True
+    ) -> torch.Tensor:
         captured: list[torch.Tensor] = []
 
         def capture(_m: nn.Module, _a: Any, output: Any) -> None:
@@ -42,7 +44,7 @@ class HooksBackend:
 
         block = decoder_layers(self._loaded.model)[layer]
         with forward_hook(block, capture), torch.inference_mode():
-            self._loaded.model(**batch.forward_inputs())
+            self._loaded.model(**batch.read_inputs(explicit_positions))
         (acts,) = captured
         return acts
 

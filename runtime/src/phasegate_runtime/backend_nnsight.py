@@ -30,9 +30,11 @@ class NnsightBackend:
             envoy = envoy[int(part)] if part.isdigit() else getattr(envoy, part)
         return envoy
 
-    def activations(self, batch: Batch, layer: int, position: int) -> torch.Tensor:
+    def activations(
+        self, batch: Batch, layer: int, position: int, explicit_positions: bool = True
+    ) -> torch.Tensor:
         block = self._block(layer)
-        with torch.no_grad(), self._wrapped.trace(batch.forward_inputs()):
+        with torch.no_grad(), self._wrapped.trace(batch.read_inputs(explicit_positions)):
             acts = nnsight.save(block_hidden(block.output)[:, position, :].float())
         return torch.as_tensor(acts).cpu().clone()
 

@@ -1,7 +1,16 @@
 """pyvene: ``CollectIntervention`` at ``block_output`` to read the site, ``AdditionIntervention`` to steer.
 
-pyvene's defaults would steer the prompt only (``intervene_on_prompt=False`` skips it entirely for
-generate), so generation passes ``unit_locations=None`` (every position) and ``intervene_on_prompt=True``.
+How pyvene 0.1.8's ``generate`` places an intervention (read from ``IntervenableModel.generate`` and its
+setter hook): with its defaults (``intervene_on_prompt=False``, no ``unit_locations``) it uses location 0 of
+every call *after* the prompt, i.e. it steers the generated tokens only; with explicit ``unit_locations`` and
+``intervene_on_prompt=True`` it steers those prompt positions and no generated token. Explicit locations can
+name the prompt or the generated tokens, never both in one call. ``unit_locations=None`` is its own "every
+position of every call" (the setter's ``None`` branch), which is the protocol's steering; that is what
+generation passes (``intervene_on_prompt`` then has no effect). Both defaults, used as they are, fail the
+site check (tests/test_proof.py).
+
+pyvene removes every forward hook on the model at each call (``_cleanup_states``), transformers' own
+output-capturing hooks included; the site observer therefore wraps ``forward`` instead (:mod:`.site_check`).
 
 pyvene 0.1.8 only knows the model classes in its model card (no Qwen3, Phi-3, ...) and refuses others.
 :func:`ensure_block_output_mapping` registers our site, the decoder block output, for any other causal LM,
@@ -48,12 +57,16 @@ class PyveneBackend:
         )
         return pv.IntervenableModel(config, model=self._loaded.model)
 
-    def activations(self, batch: Batch, layer: int, position: int) -> torch.Tensor:
+    def activations(
+        self, batch: Batch, layer: int, position: int, explicit_positions: bool = True
+    ) -> torch.Tensor:
         wrapped = self._wrap(layer, pv.CollectIntervention())
         rows = batch.input_ids.shape[0]
         index = batch.prompt_len + position
         with torch.no_grad():
-            (_, collected), _ = wrapped(batch.forward_inputs(), unit_locations={"base": [[[index]] * rows]})
+            (_, collected), _ = wrapped(
+                batch.read_inputs(explicit_positions), unit_locations={"base": [[[index]] * rows]}
+            )
         (acts,) = collected  # one intervention -> one [batch, 1, hidden] tensor
         return torch.as_tensor(acts)[:, 0, :].float().cpu().clone()
 

@@ -1,13 +1,16 @@
 """Atomic files and per-unit checkpoints of a run directory.
 
-Layout: ``units/baseline.json``, ``units/<method>_r<k>.json``, ``directions/<method>_r<k>.npy``.
-A unit's JSON is written last and is its commit marker: a unit counts as done only when its JSON
-exists and carries this spec's hash. Every write goes to a temp file in the same directory and is
-renamed into place, so a kill at any instant leaves either the old state or the complete new file.
+Layout: ``units/baseline.json``, ``units/reference.json``, ``units/<method>_r<k>.json``,
+``units/native_<method>.json``, ``directions/<name>.npy``. A unit's JSON is written last and is its commit
+marker: a unit counts as done only when its JSON exists and carries this spec's hash. It lists the sha256 of
+every file the unit wrote (``files``); a unit whose files no longer match is not done (:func:`file_problems`).
+Every write goes to a temp file in the same directory and is renamed into place, so a kill at any instant
+leaves either the old state or the complete new file.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -45,17 +48,54 @@ def atomic_write_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_problems(out: Path, record: dict[str, Any]) -> list[str]:
+    """Why the files a unit checkpoint lists (``files``: path relative to ``out`` -> sha256) are not the ones
+    it wrote: missing, or changed since (a direction flipped between attempts must not be reused)."""
+    files = record.get("files", {})
+    if not isinstance(files, dict):
+        return ["its file list is malformed"]
+    problems = []
+    for rel, digest in sorted(files.items()):
+        path = out / rel
+        if not path.is_file():
+            problems.append(f"{rel} is missing")
+        elif sha256_file(path) != digest:
+            problems.append(f"{rel} changed since it was written (sha256 differs)")
+    return problems
+
+
 def unit_name(method: str, repeat: int) -> str:
     """The unit id used in events: ``hooks/r0``; ``baseline`` for the baseline."""
     return f"{method}/r{repeat}"
 
 
 def unit_file(out: Path, method: str, repeat: int) -> Path:
-    return out / "units" / f"{method}_r{repeat}.json"
+    return out / "units" / f"{unit_stem(method, repeat)}.json"
+
+
+def unit_stem(method: str, repeat: int) -> str:
+    """The file stem of a method unit: ``hooks_r0``."""
+    return f"{method}_r{repeat}"
 
 
 def direction_file(out: Path, method: str, repeat: int) -> Path:
-    return out / "directions" / f"{method}_r{repeat}.npy"
+    return out / "directions" / f"{unit_stem(method, repeat)}.npy"
+
+
+def reference_file(out: Path) -> Path:
+    return out / "units" / "reference.json"
+
+
+def native_file(out: Path, method: str) -> Path:
+    return out / "units" / f"native_{method}.json"
 
 
 def baseline_file(out: Path) -> Path:

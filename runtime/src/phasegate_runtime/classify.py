@@ -1,13 +1,13 @@
 """Classifying a steered output against the unsteered baseline for the same prompt. Pure functions.
 
-* ``normal``: the steering did not change the output (rule ``exact_match``: decoded new-token text equals
-  the baseline's).
+* ``normal``: the steering did not change the output (rule ``exact_match``: the new token ids, up to the first
+  stop token, equal the baseline's; ids, not decoded text, since different ids can decode to the same text).
 * ``garbled``: the output is degenerate. Any one of, over the new token ids (up to EOS):
   - repeated n-gram fraction > ``garbled_max_repeated_ngram_fraction``, where the fraction is
     ``1 - distinct n-grams / total n-grams`` for n = ``garbled_ngram`` (0 when fewer than n tokens);
   - distinct-token fraction (``distinct ids / ids``) < ``garbled_min_unique_token_fraction``;
-  - non-printable fraction of the decoded characters (excluding space, tab, newline) >
-    ``garbled_max_nonprintable_fraction``;
+  - non-printable fraction of the decoded characters (space, tab, CR and LF count as printable; U+FFFD, the
+    replacement for bytes that decode to no character, does not) > ``garbled_max_nonprintable_fraction``;
   - an empty output (EOS straight away) that differs from the baseline.
 * ``coherent``: changed and not garbled.
 """
@@ -22,6 +22,7 @@ from .spec import ClassificationSpec
 
 Label = Literal["normal", "garbled", "coherent"]
 LABELS: tuple[Label, ...] = ("coherent", "garbled", "normal")
+_REPLACEMENT = "\ufffd"
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def unique_token_fraction(tokens: Sequence[int]) -> float:
 def nonprintable_fraction(text: str) -> float:
     if not text:
         return 0.0
-    bad = sum(1 for ch in text if not (ch.isprintable() or ch in " \t\n\r"))
+    bad = sum(1 for ch in text if ch == _REPLACEMENT or not (ch.isprintable() or ch in " \t\n\r"))
     return bad / len(text)
 
 
@@ -68,8 +69,10 @@ def is_garbled(tokens: Sequence[int], text: str, rules: ClassificationSpec) -> b
     )
 
 
-def classify(tokens: Sequence[int], text: str, baseline_text: str, rules: ClassificationSpec) -> Label:
-    if rules.normal_rule == "exact_match" and text == baseline_text:
+def classify(
+    tokens: Sequence[int], text: str, baseline_tokens: Sequence[int], rules: ClassificationSpec
+) -> Label:
+    if rules.normal_rule == "exact_match" and list(tokens) == list(baseline_tokens):
         return "normal"
     if is_garbled(tokens, text, rules):
         return "garbled"

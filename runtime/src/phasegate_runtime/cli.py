@@ -16,7 +16,7 @@ from types import FrameType
 from typing import NoReturn
 
 from .events import EventStream, log
-from .spec import SpecError, load_json, parse_run_spec, parse_score_spec
+from .spec import TINY_ARCHS, SpecError, load_json, parse_run_spec, parse_score_spec
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID_SPEC = 0, 1, 2
 _SIGNAL_EXIT = {signal.SIGTERM: 143, signal.SIGINT: 130}
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--spec", required=True, type=Path)
     score.add_argument("--out", required=True, type=Path)
     tiny = sub.add_parser("tiny", help="build and save a tiny random model")
-    tiny.add_argument("--arch", required=True, choices=["qwen2", "gemma2", "llama"])
+    tiny.add_argument("--arch", required=True, choices=list(TINY_ARCHS))
     tiny.add_argument("--seed", required=True, type=int)
     tiny.add_argument(
         "--out", required=True, type=Path, help="cache dir; model goes to DIR/tiny-<arch>-s<seed>"

@@ -22,7 +22,6 @@ pad). Only plain greedy configs take this path; anything else goes to the origin
 from __future__ import annotations
 
 import functools
-import os
 import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -35,6 +34,7 @@ from transformers.cache_utils import Cache, StaticLayer
 
 from . import fused
 from .generation import prompt_positions
+from .spec import DEFAULT_NUMERICS, NumericsSpec
 
 DECODE_COUNTS: Counter[str] = Counter()
 """Calls per path: ``cuda_graph``, ``eager`` and ``hf_generate``; ``graph_failed`` counts failed captures
@@ -43,6 +43,7 @@ DECODE_COUNTS: Counter[str] = Counter()
 _STOP_CHECK_EVERY = 8
 _ShapeKey = tuple[int, int, bool, bool, str, str]
 _HF_GENERATE = "_phasegate_hf_generate"
+_NUMERICS = "_phasegate_numerics"
 # Generation settings that change the decoding rule; the fast path only accepts their greedy values.
 _GREEDY_VALUES: dict[str, tuple[Any, ...]] = {
     "do_sample": (False, None),
@@ -67,19 +68,15 @@ _GREEDY_VALUES: dict[str, tuple[Any, ...]] = {
 _ACCEPTED_KWARGS = {"input_ids", "inputs", "attention_mask", "generation_config", "streamer", "position_ids"}
 
 
-def fast_path_enabled() -> bool:
-    """``PHASEGATE_DECODE=hf`` sends every call to transformers' own ``generate`` (a comparison and an
-    escape hatch); anything else, or unset, uses this decoder."""
-    return os.environ.get("PHASEGATE_DECODE", "fast").strip().lower() != "hf"
+def numerics_of(model: torch.nn.Module) -> NumericsSpec:
+    """The numerics switches a model decodes with (:func:`set_numerics`; the spec defaults until set)."""
+    numerics = getattr(model, _NUMERICS, None)
+    return numerics if isinstance(numerics, NumericsSpec) else DEFAULT_NUMERICS
 
 
-def _env_on(name: str) -> bool:
-    """A switch that is on unless set to 0/false/no/off."""
-    return os.environ.get(name, "1").strip().lower() not in ("0", "false", "no", "off")
-
-
-def cuda_graphs_enabled() -> bool:
-    return _env_on("PHASEGATE_CUDA_GRAPHS")
+def set_numerics(model: torch.nn.Module, numerics: NumericsSpec) -> None:
+    """Set from the run spec (``numerics``) by the runner: the only way to change how the model decodes."""
+    setattr(model, _NUMERICS, numerics)
 
 
 def is_plain_greedy(config: GenerationConfig) -> bool:
@@ -201,7 +198,7 @@ def _grouped_eager(model: PreTrainedModel) -> Iterator[None]:
     """Inside the decoder, eager attention with grouped KV heads runs :func:`grouped_eager_attention`."""
     config = model.config.get_text_config(decoder=True)
     grouped = int(getattr(config, "num_key_value_heads", 0) or 0) < int(config.num_attention_heads)
-    if not (_env_on("PHASEGATE_GROUPED_EAGER") and grouped and config._attn_implementation == "eager"):
+    if not (numerics_of(model).grouped_eager and grouped and config._attn_implementation == "eager"):
         yield
         return
     config._attn_implementation = _GROUPED_EAGER
@@ -246,7 +243,7 @@ class _Decoder:
         self.position = self.prompt_positions[:, -1:].clone()
         self.index = torch.full((1,), prompt_len - 1, dtype=torch.long, device=dev)
         self.unfinished = torch.ones(batch, dtype=torch.bool, device=dev)
-        self.fused = fused.fused_enabled(dev)
+        self.fused = fused.fused_enabled(numerics_of(model).fused_kernels, dev)
         # What a CUDA graph capture of this step needs to have run once before (compilation of the fused
         # kernels, cuBLAS workspaces, kernel selection): the same model, shapes and modes. Deterministic
         # mode, the attention implementation and the dtype are part of what compiled kernels depend on.
@@ -323,7 +320,7 @@ def greedy_generate(
     max_new = int(config.max_new_tokens or 0)
     eos_ids = _eos_ids(config)
     pad_id = config.pad_token_id if config.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
-    use_graph = input_ids.device.type == "cuda" and cuda_graphs_enabled() and max_new > 2
+    use_graph = input_ids.device.type == "cuda" and numerics_of(model).cuda_graphs and max_new > 2
     # Inference mode whoever calls (the runner's generate does; nnsight's runs under no_grad): compiled
     # kernels are specialised on it, so one mode means one compilation per shape.
     args = (model, input_ids, attention_mask, max_new, eos_ids, int(pad_id), streamer)
@@ -405,7 +402,7 @@ def fast_generate(model: PreTrainedModel, hf_generate: Callable[..., Any], *args
     config = kwargs.get("generation_config")
     input_ids = kwargs.get("input_ids", kwargs.get("inputs"))
     if (
-        not fast_path_enabled()
+        numerics_of(model).decoder != "fast"
         or args
         or not isinstance(config, GenerationConfig)
         or not isinstance(input_ids, torch.Tensor)
@@ -426,6 +423,21 @@ def install_fast_generate(model: PreTrainedModel) -> None:
     hf_generate: Callable[..., Any] = getattr(model, "generate")  # noqa: B009 - nn.Module types it loosely
     setattr(model, _HF_GENERATE, hf_generate)
     setattr(model, "generate", functools.partial(fast_generate, model, hf_generate))  # noqa: B010
+
+
+@contextmanager
+def native_generate(model: PreTrainedModel) -> Iterator[None]:
+    """Inside, ``model.generate`` is transformers' own again, for whoever calls it (the native cross-check:
+    nnsight's and pyvene's generate call ``model.generate``)."""
+    fast = model.__dict__.get("generate")
+    if fast is None:
+        yield
+        return
+    setattr(model, "generate", hf_generate(model))  # noqa: B010
+    try:
+        yield
+    finally:
+        setattr(model, "generate", fast)  # noqa: B010
 
 
 def hf_generate(model: PreTrainedModel) -> Callable[..., Any]:

@@ -21,11 +21,13 @@ class Direction:
     norm_before_normalisation: float
 
 
-def mean_activation(backend: Backend, batches: list[Batch], layer: int, position: int) -> torch.Tensor:
+def mean_activation(
+    backend: Backend, batches: list[Batch], layer: int, position: int, explicit_positions: bool = True
+) -> torch.Tensor:
     total: torch.Tensor | None = None
     count = 0
     for batch in batches:
-        acts = backend.activations(batch, layer, position).to(torch.float32)
+        acts = backend.activations(batch, layer, position, explicit_positions).to(torch.float32)
         part = acts.sum(dim=0)
         total = part if total is None else total + part
         count += acts.shape[0]
@@ -35,10 +37,15 @@ def mean_activation(backend: Backend, batches: list[Batch], layer: int, position
 
 
 def compute_direction(
-    backend: Backend, harmful: list[Batch], harmless: list[Batch], layer: int, position: int
+    backend: Backend,
+    harmful: list[Batch],
+    harmless: list[Batch],
+    layer: int,
+    position: int,
+    explicit_positions: bool = True,
 ) -> Direction:
-    diff = mean_activation(backend, harmful, layer, position) - mean_activation(
-        backend, harmless, layer, position
+    diff = mean_activation(backend, harmful, layer, position, explicit_positions) - mean_activation(
+        backend, harmless, layer, position, explicit_positions
     )
     norm = float(torch.linalg.vector_norm(diff))
     if not norm > 0.0:
@@ -46,8 +53,6 @@ def compute_direction(
     return Direction(unit=(diff / norm).numpy().astype(np.float32), norm_before_normalisation=norm)
 
 
-def steering_delta(
-    direction: Direction, alpha: float, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """alpha * direction, formed in float32 and cast once, so every method adds the identical tensor."""
-    return (alpha * torch.from_numpy(direction.unit)).to(dtype=dtype, device=device)
+def steering_delta(unit: np.ndarray, alpha: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """alpha * the unit direction, formed in float32 and cast once: every method adds the identical tensor."""
+    return (alpha * torch.from_numpy(np.asarray(unit, dtype=np.float32))).to(dtype=dtype, device=device)

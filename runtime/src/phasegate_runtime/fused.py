@@ -17,7 +17,7 @@ against 5 s.
 Only decode steps use them (:func:`decode_steps`, entered by the decoder), so the prompt pass and the
 direction's forward passes run transformers' own code, and the compiled shapes stay few (batch x cache
 length). Outside a decode step every patched forward calls the original. On by default where the decode
-runs on CUDA; ``PHASEGATE_FUSED=0`` turns it off, ``PHASEGATE_FUSED=1`` turns it on for CPU too (tests
+runs on CUDA; the spec's ``numerics.fused_kernels`` is ``off`` to turn it off, ``on`` for CPU too (tests
 use a compile backend that needs no C++ toolchain, see :data:`COMPILE_BACKEND`).
 
 Numerics: run eagerly, each function equals the module it replaces bit for bit (tests). Compiled, Inductor
@@ -30,7 +30,6 @@ greenlets on the decoding thread).
 from __future__ import annotations
 
 import functools
-import os
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -69,14 +68,12 @@ _compiled: dict[Callable[..., Any], Callable[..., Any]] = {}
 _PATCHED = "_phasegate_fused"
 
 
-def fused_enabled(device: torch.device) -> bool:
-    """``PHASEGATE_FUSED``: unset or ``auto``: CUDA only; ``0``/``off``: never; ``1``/``on``: always."""
-    value = os.environ.get("PHASEGATE_FUSED", "auto").strip().lower()
-    if value in ("0", "false", "no", "off") or FAILURES:
+def fused_enabled(setting: str, device: torch.device) -> bool:
+    """The spec's ``numerics.fused_kernels``: ``auto``: CUDA only; ``off``: never; ``on``: always (CPU too).
+    Off for the rest of the process once compiling failed (:data:`FAILURES`)."""
+    if setting == "off" or FAILURES:
         return False
-    if value in ("1", "true", "yes", "on"):
-        return True
-    return device.type == "cuda"
+    return setting == "on" or device.type == "cuda"
 
 
 @contextmanager
@@ -100,11 +97,14 @@ def _run_compiled(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     import torch._inductor.config as inductor_config
 
     # Inductor's deterministic mode skips on-device benchmarking where timing would pick kernels (and so
-    # rounding); each compile follows the mode of the call that triggers it.
+    # rounding); each compile follows the mode of the call that triggers it. ``emulate_precision_casts``
+    # keeps every rounding to bf16 that eager performs between fused operations (Inductor would otherwise
+    # keep float32 intermediates): without it, a Qwen2.5-7B-shaped bf16 decode parted from transformers'
+    # ``generate`` on all 30 eval prompts (``bench/native_drift.py``), and the native cross-check failed.
     deterministic = torch.are_deterministic_algorithms_enabled()
     with (
         torch._dynamo.config.patch(recompile_limit=_RECOMPILE_LIMIT),
-        inductor_config.patch(deterministic=deterministic),
+        inductor_config.patch(deterministic=deterministic, emulate_precision_casts=True),
     ):
         return (_compiled.get(fn) or _compile(fn))(*args, **kwargs)
 

@@ -29,6 +29,11 @@ class Batch:
     def model_inputs(self) -> dict[str, torch.Tensor]:
         return {"input_ids": self.input_ids, "attention_mask": self.attention_mask}
 
+    def read_inputs(self, explicit_positions: bool) -> dict[str, torch.Tensor]:
+        """What an activation read passes: :meth:`forward_inputs`, or (the native cross-check, reading as
+        each library is normally called) the plain model inputs, positions left to the library."""
+        return self.forward_inputs() if explicit_positions else self.model_inputs()
+
     def forward_inputs(self) -> dict[str, torch.Tensor]:
         """Inputs of a plain forward pass (the activation reads), with explicit ``position_ids``.
 
@@ -60,16 +65,30 @@ def make_batches(
     return batches
 
 
-def greedy_config(tokenizer: PreTrainedTokenizerBase, max_new_tokens: int) -> GenerationConfig:
+def stop_token_ids(tokenizer: PreTrainedTokenizerBase, model: PreTrainedModel) -> list[int]:
+    """Every id that ends a sequence: the tokenizer's EOS and the checkpoint's
+    ``generation_config.eos_token_id`` (Qwen2.5-Instruct and gemma-2-9b-it list further
+    end-of-turn tokens there), sorted, without repeats."""
+    ids: set[int] = set()
+    for source in (tokenizer.eos_token_id, getattr(model.generation_config, "eos_token_id", None)):
+        if source is None:
+            continue
+        ids.update(int(i) for i in (source if isinstance(source, list) else [source]))
+    return sorted(ids)
+
+
+def greedy_config(
+    tokenizer: PreTrainedTokenizerBase, max_new_tokens: int, stop_ids: list[int]
+) -> GenerationConfig:
     """A fresh config, so a checkpoint's own sampling defaults (e.g. Qwen2.5-Instruct's temperature,
-    top_p, top_k) cannot leak into what must be plain greedy decoding."""
+    top_p, top_k) cannot leak into what must be plain greedy decoding. Its stop tokens are ``stop_ids``."""
     return GenerationConfig(
         do_sample=False,
         num_beams=1,
         max_new_tokens=max_new_tokens,
         repetition_penalty=1.0,
         pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        eos_token_id=list(stop_ids) if stop_ids else None,
         bos_token_id=tokenizer.bos_token_id,
     )
 
@@ -80,13 +99,12 @@ def generate_ids(model: PreTrainedModel, batch: Batch, config: GenerationConfig)
     return torch.as_tensor(out)
 
 
-def new_token_ids(ids: torch.Tensor, prompt_len: int, tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
-    """Per row, the generated ids up to (not including) the first EOS; padding after EOS is dropped."""
-    eos = tokenizer.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+def new_token_ids(ids: torch.Tensor, prompt_len: int, stop_ids: list[int]) -> list[list[int]]:
+    """Per row, the generated ids up to (not including) the first stop token; padding after it is dropped."""
+    stops = set(stop_ids)
     rows = []
     for row in ids[:, prompt_len:].tolist():
-        cut = next((i for i, tok in enumerate(row) if tok in eos_ids), len(row))
+        cut = next((i for i, tok in enumerate(row) if tok in stops), len(row))
         rows.append(row[:cut])
     return rows
 

@@ -18,8 +18,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from .decode import install_fast_generate
 from .site import decoder_layers
-from .spec import ModelSpec, SpecError
-from .tiny import TINY_ARCHS, TinyArch, ensure_tiny_model
+from .site_check import install_site_observer
+from .spec import TINY_ARCHS, ModelSpec, SpecError, TinyArch
+from .tiny import ensure_tiny_model
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
@@ -115,6 +116,8 @@ def load_model(spec: ModelSpec, cache_dir: str) -> LoadedModel:
     model.eval()
     # Every method's generate (hooks, nnsight, pyvene) and the baseline then share one greedy decoder.
     install_fast_generate(model)
+    # Before any steering library wraps a block: nnsight keeps the observer inside its controller.
+    install_site_observer(model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     # Left padding puts every prompt's last token at index -1, which the site position relies on.
     tokenizer.padding_side = "left"

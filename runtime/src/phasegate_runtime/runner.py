@@ -10,6 +10,7 @@ with more memory, or simply finishing, can succeed. Delete a unit's JSON to forc
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import sys
 import time
@@ -19,28 +20,36 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from .backend import make_backend
+from .backend import Backend, make_backend
 from .checkpoint import (
     atomic_write_json,
     atomic_write_npy,
     baseline_file,
-    direction_file,
+    file_problems,
     load_checkpoint,
+    native_file,
+    reference_file,
+    sha256_file,
     unit_file,
     unit_name,
+    unit_stem,
 )
 from .classify import Label, classify, count_labels
+from .decode import native_generate, set_numerics
 from .determinism import configure_determinism, determinism_record, seed_everything
 from .direction import compute_direction, steering_delta
 from .events import EventStream, log
 from .fused import COMPILE_SECONDS, FAILURES, fused_enabled
-from .generation import decode, generate_ids, greedy_config, make_batches, new_token_ids
+from .generation import decode, generate_ids, greedy_config, make_batches, new_token_ids, stop_token_ids
 from .models import LoadedModel, load_model
-from .spec import MethodName, ModelSpec, RunSpec, SpecError
+from .reference import reference_direction
+from .site_check import SiteCheck, install_site_observer
+from .spec import MethodName, ModelSpec, RunSpec, SpecError, check_numerics_environment
 
-RESULT_VERSION = 1
+RESULT_VERSION = 2
 
 Loader = Callable[[ModelSpec, str], LoadedModel]
 
@@ -106,8 +115,19 @@ def environment(spec: RunSpec, loaded: LoadedModel) -> dict[str, Any]:
         "device": str(loaded.device),
         "device_name": device_name,
         "determinism": asdict(determinism_record(spec.seed)),
-        "fused_kernels": fused_enabled(loaded.device),
+        "fused_kernels": fused_enabled(spec.numerics.fused_kernels, loaded.device),
         "fused_kernels_error": FAILURES[0] if FAILURES else None,
+    }
+
+
+def resolved_numerics(spec: RunSpec, loaded: LoadedModel) -> dict[str, Any]:
+    """The spec's numerics as they applied on this device (``fused_kernels``: whether they ran)."""
+    n = spec.numerics
+    return {
+        "decoder": n.decoder,
+        "fused_kernels": fused_enabled(n.fused_kernels, loaded.device),
+        "cuda_graphs": n.cuda_graphs and loaded.device.type == "cuda",
+        "grouped_eager": n.grouped_eager,
     }
 
 
@@ -122,21 +142,36 @@ class Run:
         self.events = events
         self.spec_hash = spec.hash()
         self.units: list[tuple[MethodName, int]] = [(m, r) for m in spec.methods for r in range(spec.repeats)]
-        self.total = 1 + len(self.units)
+        # baseline, reference, every method x repeat, one native cross-check per method
+        self.total = 2 + len(self.units) + len(spec.methods)
         self.done = 0
+
+    def _checkpoint_paths(self) -> list[Path]:
+        return [
+            baseline_file(self.out),
+            reference_file(self.out),
+            *(unit_file(self.out, m, r) for m, r in self.units),
+            *(native_file(self.out, m) for m in self.spec.methods),
+        ]
 
     def _check_existing(self) -> None:
         # Fail on a foreign run directory before spending minutes loading a model.
-        load_checkpoint(baseline_file(self.out), self.spec_hash)
-        for method, repeat in self.units:
-            load_checkpoint(unit_file(self.out, method, repeat), self.spec_hash)
+        for path in self._checkpoint_paths():
+            load_checkpoint(path, self.spec_hash)
 
     def _unit(self, name: str, path: Path, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         existing = load_checkpoint(path, self.spec_hash)
         if existing is not None:
-            self.done += 1
-            self.events.emit("unit_skipped", unit=name, reason="checkpoint", done=self.done, total=self.total)
-            return existing
+            problems = file_problems(self.out, existing)
+            if not problems:
+                self.done += 1
+                self.events.emit(
+                    "unit_skipped", unit=name, reason="checkpoint", done=self.done, total=self.total
+                )
+                return existing
+            # Reusing it would freeze whatever the file now holds: computed again instead.
+            self.events.emit("unit_invalid", unit=name, problems=problems)
+            log(f"[{self.spec.model_key}] {name}: checkpoint not reused: {'; '.join(problems)}")
         self.events.emit("unit_started", unit=name, done=self.done, total=self.total)
         seed_everything(self.spec.seed)
         record = compute()
@@ -153,8 +188,16 @@ class Run:
         )
         return record
 
+    def _write_direction(self, name: str, unit: np.ndarray, files: dict[str, str]) -> str:
+        path = self.out / "directions" / f"{name}.npy"
+        atomic_write_npy(path, unit)
+        rel = str(path.relative_to(self.out))
+        files[rel] = sha256_file(path)
+        return rel
+
     def execute(self) -> Path:
         spec = self.spec
+        check_numerics_environment(spec.numerics, os.environ)
         configure_determinism(spec.deterministic)
         seed_everything(spec.seed)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -162,6 +205,8 @@ class Run:
         started = time.perf_counter()
         compiled_before = COMPILE_SECONDS[0]
         loaded = self.loader(spec.model, spec.cache_dir)
+        set_numerics(loaded.model, spec.numerics)
+        observer = install_site_observer(loaded.model)
         validate_against_model(spec, loaded)
         self.events.emit(
             "model_loaded",
@@ -170,65 +215,122 @@ class Run:
             load_s=loaded.load_s,
         )
         log(f"[{spec.model_key}] loaded {loaded.resolved_path} in {loaded.load_s:.1f}s")
-        tok, dev, bs = loaded.tokenizer, loaded.device, spec.generation.batch_size
+        tok, dev, bs, layer = loaded.tokenizer, loaded.device, spec.generation.batch_size, spec.site.layer
         eval_batches = make_batches(tok, spec.prompts.eval, bs, dev)
-        config = greedy_config(tok, spec.generation.max_new_tokens)
+        stop_ids = stop_token_ids(tok, loaded.model)
+        config = greedy_config(tok, spec.generation.max_new_tokens, stop_ids)
+
+        def watched(delta: torch.Tensor | None) -> Any:
+            return observer.watch(layer, delta, dev)
+
+        def generate(
+            backend: Backend | None, delta: torch.Tensor | None
+        ) -> tuple[list[list[int]], SiteCheck]:
+            """Token ids per eval prompt (up to the first stop token) and what the site saw meanwhile."""
+            rows: list[list[int]] = []
+            with watched(delta) as check:
+                for batch in eval_batches:
+                    if backend is None:
+                        ids = generate_ids(loaded.model, batch, config)
+                    else:
+                        assert delta is not None
+                        ids = backend.steered_generate(batch, layer, delta, config)
+                    rows += new_token_ids(ids, batch.prompt_len, stop_ids)
+            return rows, check[0]
 
         def baseline() -> dict[str, Any]:
-            outputs: list[str] = []
             with timed(dev) as t:
-                for batch in eval_batches:
-                    ids = generate_ids(loaded.model, batch, config)
-                    outputs += decode(tok, new_token_ids(ids, batch.prompt_len, tok))
-            return {"outputs": outputs, "wall_s": t.wall_s, "gpu_s": t.gpu_s}
+                rows, site = generate(None, None)
+            return {
+                "outputs": decode(tok, rows),
+                "token_ids": rows,
+                "site_check": {"unsteered": site.to_json()},
+                "wall_s": t.wall_s,
+                "gpu_s": t.gpu_s,
+            }
 
         base = self._unit("baseline", baseline_file(self.out), baseline)
-        harmful = make_batches(tok, spec.prompts.harmful, bs, dev)
-        harmless = make_batches(tok, spec.prompts.harmless, bs, dev)
 
-        def method_unit(method: MethodName, repeat: int) -> dict[str, Any]:
-            record: dict[str, Any] = {"method": method, "repeat": repeat}
-            rel = direction_file(self.out, method, repeat).relative_to(self.out)
+        def reference() -> dict[str, Any]:
+            record: dict[str, Any] = {"files": {}}
             with timed(dev) as t:
                 try:
-                    backend = make_backend(method, loaded)
-                    direction = compute_direction(
-                        backend, harmful, harmless, spec.site.layer, spec.site.position
-                    )
-                    atomic_write_npy(self.out / rel, direction.unit)
-                    delta = steering_delta(direction, spec.steering.alpha, loaded.dtype, dev)
-                    outputs: list[str] = []
-                    classes: list[Label] = []
-                    for batch in eval_batches:
-                        ids = backend.steered_generate(batch, spec.site.layer, delta, config)
-                        rows = new_token_ids(ids, batch.prompt_len, tok)
-                        texts = decode(tok, rows)
-                        for row, text in zip(rows, texts, strict=True):
-                            baseline_text = base["outputs"][len(outputs)]
-                            classes.append(classify(row, text, baseline_text, spec.classification))
-                            outputs.append(text)
+                    with watched(None) as check:
+                        ref = reference_direction(
+                            loaded.model, tok, spec.prompts.harmful, spec.prompts.harmless,
+                            layer, spec.site.position, bs,
+                        )  # fmt: skip
                     record.update(
                         ok=True,
                         error=None,
-                        direction_file=str(rel),
+                        direction_file=self._write_direction("reference", ref.unit, record["files"]),
+                        direction_norm_before_normalisation=ref.norm_before_normalisation,
+                        site_check={"unsteered": check[0].to_json()},
+                    )
+                except Exception as err:
+                    if isinstance(err, torch.OutOfMemoryError):
+                        raise
+                    log(f"[{spec.model_key}] reference failed: {err!r}")
+                    record.update(ok=False, error=f"{type(err).__name__}: {err}", direction_file=None)
+            record.update(wall_s=t.wall_s, gpu_s=t.gpu_s)
+            return record
+
+        # Before any method: pyvene removes the hooks transformers records hidden states with.
+        ref_unit = self._unit("reference", reference_file(self.out), reference)
+        harmful = make_batches(tok, spec.prompts.harmful, bs, dev)
+        harmless = make_batches(tok, spec.prompts.harmless, bs, dev)
+
+        def steered_record(rows: list[list[int]]) -> dict[str, Any]:
+            texts = decode(tok, rows)
+            classes: list[Label] = [
+                classify(row, text, base["token_ids"][i], spec.classification)
+                for i, (row, text) in enumerate(zip(rows, texts, strict=True))
+            ]
+            changed = sum(1 for i, row in enumerate(rows) if row != base["token_ids"][i])
+            return {
+                "outputs": texts,
+                "token_ids": rows,
+                "classes": classes,
+                "counts": count_labels(classes),
+                "changed_fraction": changed / len(rows),
+            }
+
+        def failed(record: dict[str, Any], err: Exception, name: str) -> None:
+            log(f"[{spec.model_key}] {name} failed: {err!r}")
+            record.update(
+                ok=False,
+                error=f"{type(err).__name__}: {err}",
+                direction_file=None,
+                direction_norm_before_normalisation=None,
+                outputs=[],
+                token_ids=[],
+                classes=[],
+                counts=count_labels([]),
+                changed_fraction=None,
+            )
+
+        def method_unit(method: MethodName, repeat: int) -> dict[str, Any]:
+            record: dict[str, Any] = {"method": method, "repeat": repeat, "files": {}}
+            with timed(dev) as t:
+                try:
+                    backend = make_backend(method, loaded)
+                    with watched(None) as reads:
+                        direction = compute_direction(backend, harmful, harmless, layer, spec.site.position)
+                    rel = self._write_direction(unit_stem(method, repeat), direction.unit, record["files"])
+                    delta = steering_delta(direction.unit, spec.steering.alpha, loaded.dtype, dev)
+                    rows, steered = generate(backend, delta)
+                    record.update(
+                        ok=True,
+                        error=None,
+                        direction_file=rel,
                         direction_norm_before_normalisation=direction.norm_before_normalisation,
-                        outputs=outputs,
-                        classes=classes,
-                        counts=count_labels(classes),
+                        site_check={"reads": reads[0].to_json(), "steered": steered.to_json()},
+                        **steered_record(rows),
                     )
                 except torch.OutOfMemoryError:
                     raise
                 except Exception as err:  # noqa: BLE001 - recorded per unit, see module docstring
-                    log(f"[{spec.model_key}] {method}/r{repeat} failed: {err!r}")
-                    record.update(
-                        ok=False,
-                        error=f"{type(err).__name__}: {err}",
-                        direction_file=None,
-                        direction_norm_before_normalisation=None,
-                        outputs=[],
-                        classes=[],
-                        counts=count_labels([]),
-                    )
+                    failed(record, err, unit_name(method, repeat))
             record.update(wall_s=t.wall_s, gpu_s=t.gpu_s)
             return record
 
@@ -240,6 +342,51 @@ class Run:
             )
             for m, r in self.units
         ]
+        fast_r0 = {u["method"]: u for u in units if u["repeat"] == 0}
+
+        def native_unit(method: MethodName) -> dict[str, Any]:
+            """Repeat 0 again, as the library is normally used: its reads without explicit position ids, its
+            generation through its own path on transformers' ``generate``, with the fast unit's delta (so the
+            tokens are comparable with that unit's, token for token)."""
+            record: dict[str, Any] = {"method": method, "repeat": 0, "files": {}}
+            fast = fast_r0[method]
+            with timed(dev) as t:
+                try:
+                    if not fast["ok"]:
+                        raise RuntimeError(f"its fast unit {unit_name(method, 0)} failed")
+                    fast_unit = np.load(self.out / fast["direction_file"], allow_pickle=False)
+                    backend = make_backend(method, loaded)
+                    with watched(None) as reads:
+                        native_read = compute_direction(
+                            backend, harmful, harmless, layer, spec.site.position, explicit_positions=False
+                        )
+                    rel = self._write_direction(f"native_{method}_read", native_read.unit, record["files"])
+                    delta = steering_delta(fast_unit, spec.steering.alpha, loaded.dtype, dev)
+                    with native_generate(loaded.model):
+                        rows, steered = generate(backend, delta)
+                    record.update(
+                        ok=True,
+                        error=None,
+                        direction_file=rel,
+                        direction_norm_before_normalisation=native_read.norm_before_normalisation,
+                        site_check={"reads": reads[0].to_json(), "steered": steered.to_json()},
+                        **steered_record(rows),
+                    )
+                except torch.OutOfMemoryError:
+                    raise
+                except Exception as err:  # noqa: BLE001 - recorded, and parity then fails with the reason
+                    failed(record, err, f"native/{method}")
+            record.update(wall_s=t.wall_s, gpu_s=t.gpu_s)
+            return record
+
+        natives = [
+            self._unit(f"native/{m}", native_file(self.out, m), lambda m=m: native_unit(m))  # type: ignore[misc]
+            for m in spec.methods
+        ]
+
+        def public(unit: dict[str, Any]) -> dict[str, Any]:
+            return {k: v for k, v in unit.items() if k != "spec_hash"}
+
         result = {
             "result_version": RESULT_VERSION,
             "spec_hash": self.spec_hash,
@@ -256,17 +403,27 @@ class Run:
                 "hidden_size": loaded.hidden_size,
             },
             "site": {"layer": spec.site.layer, "position": spec.site.position},
-            "steering": {"alpha": spec.steering.alpha},
+            "steering": {
+                "alpha": spec.steering.alpha,
+                "min_changed_fraction": spec.steering.min_changed_fraction,
+            },
+            "numerics": resolved_numerics(spec, loaded),
+            "stop_token_ids": stop_ids,
             "methods": list(spec.methods),
             "repeats": spec.repeats,
             "n_eval": len(spec.prompts.eval),
             "environment": environment(spec, loaded),
-            "baseline": {"outputs": base["outputs"], "wall_s": base["wall_s"], "gpu_s": base["gpu_s"]},
-            "units": [{k: v for k, v in u.items() if k != "spec_hash"} for u in units],
+            "baseline": public(base),
+            "reference": public(ref_unit),
+            "units": [public(u) for u in units],
+            "native": [public(u) for u in natives],
             "timings": {
                 "load_s": loaded.load_s,
                 "baseline_wall_s": base["wall_s"],
+                "reference_wall_s": ref_unit["wall_s"],
                 "units_wall_s": sum(float(u["wall_s"]) for u in units),
+                # The native cross-check, apart: its cost is not the fast path's.
+                "native_wall_s": sum(float(u["wall_s"]) for u in natives),
                 "process_wall_s": time.perf_counter() - started,
                 # One-time compilation of the fused decode kernels, inside the first unit that decoded.
                 "compile_s": COMPILE_SECONDS[0] - compiled_before,

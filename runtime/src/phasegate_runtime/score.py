@@ -1,19 +1,35 @@
-"""Scoring per-model results into the parity tables of the Phase-1 closeout, as data.
+"""Scoring per-model results into the parity tables of the Phase-1 closeout, with the proof they rest on.
 
 :func:`score` is pure: it takes each model's parsed result.json and its direction arrays. Fractions are
 class counts over the eval prompts of one unit; mean and *population* std are over the method's ok
-repeats. Direction comparisons are in float64.
+repeats (the repeats are deterministic replicas, so std 0 is expected by construction). Direction
+comparisons are in float64.
 
-Per method: ``n_ok``, ``coherent``/``garbled``/``normal`` as ``{"mean", "std"}``,
+Per method: ``n_ok``, ``coherent``/``garbled``/``normal``/``changed_fraction`` as ``{"mean", "std"}``,
 ``within_method_cosine_min`` (min over repeat pairs; 1.0 with one ok repeat; null with none).
 Per unordered method pair (names sorted): ``cosine`` = min over repeats, ``l2`` = max over repeats, over
-the repeats where both units are ok (null if none). ``outputs_identical``: every ok unit of the same repeat
-produced the same texts across methods and no unit failed. ``parity_pass``: every pair within the parity
-thresholds, every ``n_ok == repeats`` and ``outputs_identical``.
-A method *passes* (``methods_passing``) when its ``n_ok == repeats`` and it agrees with the reference method
-(pair within thresholds and identical outputs in every repeat). The reference is ``hooks`` (plain PyTorch,
-the implementation with the fewest moving parts) or, without it, the first method by name; the reference
-itself passes when its ``n_ok == repeats``. So one deviating library does not fail the others.
+the repeats where both units are ok (null if none); ``outputs_identical``: the same token ids in every repeat;
+``texts_identical``: the same decoded texts (for people; ids decide).
+
+The proof, per model:
+
+* ``reference``: each method's directions against the independent reference (:mod:`.reference`), worst over
+  repeats, within the parity thresholds.
+* ``steering``: the site observer's checks (:mod:`.site_check`): in every steered pass of every unit (fast and
+  native) the residual after block L was exactly ``raw + alpha x direction`` at every position
+  (``site_exact``), and in every unsteered pass (baseline, reference, activation reads) it was unchanged.
+  ``visible``: the fewest changed prompts of any unit reached ``steering.min_changed_fraction``; below it the
+  report says steering had no visible effect (a statement, not a parity failure).
+* ``native``: repeat 0 of each method generated through the library's own path on transformers' ``generate``
+  (:mod:`.runner`) gave the same token ids as the fast decoder's unit; ``read_cosine``: its direction read
+  without explicit position ids against the fast unit's (reported, not a condition).
+* ``integrity``: every file a unit lists is present with the sha256 it was written with.
+
+``parity_pass`` holds when ``failures`` is empty: every unit ok, every pair within thresholds with identical
+token ids, every method within thresholds of the reference, the site checks exact, the native units identical
+and the files intact. A method *passes* (``methods_passing``) when its own units meet all of that and it
+agrees with the reference method (``hooks``, the one with the fewest moving parts, or else the first by
+name), so one deviating library does not fail the others.
 """
 
 from __future__ import annotations
@@ -21,22 +37,27 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .spec import ParitySpec, ScoreSpec
+from .checkpoint import file_problems
+from .spec import ParitySpec, ScoreSpec, SpecError
 
 LABELS = ("coherent", "garbled", "normal")
-SCORE_VERSION = 1
+SCORE_VERSION = 2
+RESULT_VERSION = 2
+REFERENCE = ("reference", -1)
 
 
 @dataclass(frozen=True)
 class ModelResult:
     result: dict[str, Any]
-    directions: dict[tuple[str, int], np.ndarray]  # (method, repeat) -> float32 unit vector
+    # (method, repeat) -> float32 unit vector; ("reference", -1) the reference; ("native:<m>", 0) native reads
+    directions: dict[tuple[str, int], np.ndarray]
+    integrity_problems: list[str] = field(default_factory=list)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -55,12 +76,44 @@ def _mean_std(values: list[float]) -> dict[str, float | None]:
     return {"mean": float(arr.mean()), "std": float(arr.std(ddof=0))}
 
 
+def _differing(a: list[list[int]], b: list[list[int]]) -> int:
+    return sum(1 for x, y in zip(a, b, strict=False) if x != y) + abs(len(a) - len(b))
+
+
+def _within(cos: list[float], dist: list[float], parity: ParitySpec) -> bool:
+    return bool(cos) and min(cos) >= parity.min_cosine and max(dist) <= parity.max_l2
+
+
+def _site_problems(name: str, checks: Mapping[str, Any]) -> list[str]:
+    """Why a unit's site checks fail: a steered pass that did not receive exactly raw + delta, an unsteered
+    pass that changed, a pass block L+1 never received, or no pass at all."""
+    problems = []
+    for kind, check in sorted(checks.items()):
+        if check["forward_passes"] == 0:
+            problems.append(f"{name}: no forward pass reached the site in its {kind} work")
+        elif check["checked_passes"] != check["forward_passes"]:
+            problems.append(
+                f"{name}: only {check['checked_passes']} of {check['forward_passes']} {kind} passes through "
+                "the site reached the next block"
+            )
+        if check["max_abs_error"] != 0.0:
+            wanted = "raw + alpha x direction" if kind == "steered" else "the unsteered residual"
+            problems.append(
+                f"{name}: in its {kind} passes the residual after the site differed from {wanted} "
+                f"(max abs error {check['max_abs_error']:.3g})"
+            )
+    return problems
+
+
 def score_model(model: ModelResult, parity: ParitySpec) -> dict[str, Any]:
-    result = model.result
+    result, dirs = model.result, model.directions
     repeats = int(result["repeats"])
     methods = sorted(result["methods"])
     units = {(u["method"], int(u["repeat"])): u for u in result["units"]}
+    natives = {u["method"]: u for u in result["native"]}
     ok = {key for key, u in units.items() if u.get("ok")}
+    failures: list[str] = []
+    own_problems: dict[str, list[str]] = {m: [] for m in methods}  # what keeps a method from passing
 
     per_method: dict[str, Any] = {}
     for m in methods:
@@ -70,51 +123,146 @@ def score_model(model: ModelResult, parity: ParitySpec) -> dict[str, Any]:
             entry[label] = _mean_std(
                 [units[(m, r)]["counts"][label] / len(units[(m, r)]["classes"]) for r in ok_repeats]
             )
-        cosines = [
-            cosine(model.directions[(m, a)], model.directions[(m, b)])
-            for a, b in itertools.combinations(ok_repeats, 2)
-        ]
+        entry["changed_fraction"] = _mean_std([float(units[(m, r)]["changed_fraction"]) for r in ok_repeats])
+        cosines = [cosine(dirs[(m, a)], dirs[(m, b)]) for a, b in itertools.combinations(ok_repeats, 2)]
         entry["within_method_cosine_min"] = min(cosines) if cosines else (1.0 if ok_repeats else None)
         per_method[m] = entry
+        for r in range(repeats):
+            if (m, r) not in ok:
+                own_problems[m].append(f"{m}/r{r} failed: {units[(m, r)].get('error')}")
 
     pairs: list[dict[str, Any]] = []
     for a, b in itertools.combinations(methods, 2):
         shared = [r for r in range(repeats) if (a, r) in ok and (b, r) in ok]
-        cos = [cosine(model.directions[(a, r)], model.directions[(b, r)]) for r in shared]
-        dist = [l2(model.directions[(a, r)], model.directions[(b, r)]) for r in shared]
-        same = all(units[(a, r)]["outputs"] == units[(b, r)]["outputs"] for r in shared)
-        within = bool(shared) and min(cos) >= parity.min_cosine and max(dist) <= parity.max_l2
-        pairs.append(
-            {
-                "a": a,
-                "b": b,
-                "cosine": min(cos) if cos else None,
-                "l2": max(dist) if dist else None,
-                "outputs_identical": same and len(shared) == repeats,
-                "within_thresholds": within,
-            }
+        cos = [cosine(dirs[(a, r)], dirs[(b, r)]) for r in shared]
+        dist = [l2(dirs[(a, r)], dirs[(b, r)]) for r in shared]
+        differing = {r: _differing(units[(a, r)]["token_ids"], units[(b, r)]["token_ids"]) for r in shared}
+        same = all(n == 0 for n in differing.values()) and len(shared) == repeats
+        pair = {
+            "a": a,
+            "b": b,
+            "cosine": min(cos) if cos else None,
+            "l2": max(dist) if dist else None,
+            "outputs_identical": same,
+            "texts_identical": len(shared) == repeats
+            and all(units[(a, r)]["outputs"] == units[(b, r)]["outputs"] for r in shared),
+            "within_thresholds": _within(cos, dist, parity),
+        }
+        pairs.append(pair)
+        if shared and not pair["within_thresholds"]:
+            failures.append(
+                f"{a} vs {b}: directions outside the thresholds (cosine {min(cos):.10f}, L2 {max(dist):.3e}; "
+                f"required cosine >= {parity.min_cosine}, L2 <= {parity.max_l2})"
+            )
+        for r, n in sorted(differing.items()):
+            if n:
+                failures.append(f"{a} vs {b}: token ids differ on {n} eval prompt(s) in repeat {r}")
+
+    # The independent reference.
+    ref_unit = result["reference"]
+    ref_ok = bool(ref_unit.get("ok")) and REFERENCE in dirs
+    if not ref_ok:
+        failures.append(
+            f"the reference direction was not computed: {ref_unit.get('error') or 'file missing'}"
         )
+    reference: dict[str, Any] = {"ok": ref_ok, "error": ref_unit.get("error"), "methods": {}}
+    for m in methods:
+        ok_repeats = [r for r in range(repeats) if (m, r) in ok]
+        cos = [cosine(dirs[(m, r)], dirs[REFERENCE]) for r in ok_repeats] if ref_ok else []
+        dist = [l2(dirs[(m, r)], dirs[REFERENCE]) for r in ok_repeats] if ref_ok else []
+        within = _within(cos, dist, parity)
+        reference["methods"][m] = {
+            "cosine": min(cos) if cos else None,
+            "l2": max(dist) if dist else None,
+            "within_thresholds": within,
+        }
+        if cos and not within:
+            own_problems[m].append(
+                f"{m}: direction outside the thresholds of the independent reference "
+                f"(cosine {min(cos):.10f}, L2 {max(dist):.3e})"
+            )
 
-    all_ok = all(per_method[m]["n_ok"] == repeats for m in methods)
-    outputs_identical = all_ok and all(p["outputs_identical"] for p in pairs)
-    parity_pass = all_ok and outputs_identical and all(p["within_thresholds"] for p in pairs)
+    # The site checks.
+    steered: list[dict[str, Any]] = []
+    unsteered: list[dict[str, Any]] = []
+    site_failures: list[str] = []
+    every_site_problem: list[str] = []
+    for name, checks, method in [
+        ("baseline", result["baseline"]["site_check"], None),
+        ("reference", ref_unit.get("site_check", {}), None),
+        *((f"{m}/r{r}", units[(m, r)]["site_check"], m) for m, r in sorted(ok)),
+        *((f"native/{m}", u["site_check"], m) for m, u in sorted(natives.items()) if u.get("ok")),
+    ]:
+        problems = _site_problems(name, checks)
+        every_site_problem.extend(problems)
+        (own_problems[method] if method else site_failures).extend(problems)
+        for kind, check in checks.items():
+            (steered if kind == "steered" else unsteered).append(check)
+    failures.extend(site_failures)
+    changed = [float(units[key]["changed_fraction"]) for key in ok]
+    min_changed = float(result["steering"]["min_changed_fraction"])
+    steering = {
+        "site_exact": bool(steered) and not every_site_problem,
+        "max_abs_error": max((c["max_abs_error"] for c in steered), default=None),
+        "forward_passes": sum(int(c["forward_passes"]) for c in steered),
+        "positions": sum(int(c["positions"]) for c in steered),
+        "unsteered_max_abs_error": max((c["max_abs_error"] for c in unsteered), default=None),
+        "changed_fraction_min": min(changed) if changed else None,
+        "min_changed_fraction": min_changed,
+        "visible": bool(changed) and min(changed) >= min_changed,
+    }
 
-    reference = "hooks" if "hooks" in methods else methods[0]
+    # The library-native cross-check.
+    native: dict[str, Any] = {"methods": {}}
+    for m in methods:
+        u, fast = natives[m], units[(m, 0)]
+        identical = bool(u.get("ok")) and (m, 0) in ok and u["token_ids"] == fast["token_ids"]
+        read = dirs.get((f"native:{m}", 0))
+        native["methods"][m] = {
+            "ok": bool(u.get("ok")),
+            "error": u.get("error"),
+            "tokens_identical": identical,
+            "read_cosine": cosine(read, dirs[(m, 0)]) if read is not None and (m, 0) in ok else None,
+            "wall_s": u.get("wall_s"),
+        }
+        if not u.get("ok"):
+            own_problems[m].append(f"native/{m} failed: {u.get('error')}")
+        elif not identical:
+            n = _differing(u["token_ids"], fast["token_ids"])
+            own_problems[m].append(
+                f"native/{m}: token ids through the library's own generation differ from {m}/r0 on {n} eval "
+                "prompt(s)"
+            )
+    native["all_identical"] = all(v["tokens_identical"] for v in native["methods"].values())
+
+    integrity = {"ok": not model.integrity_problems, "problems": list(model.integrity_problems)}
+    failures.extend(f"integrity: {p}" for p in model.integrity_problems)
+    for m in methods:
+        failures.extend(own_problems[m])
+
+    reference_method = "hooks" if "hooks" in methods else methods[0]
 
     def method_passes(m: str) -> bool:
-        if per_method[m]["n_ok"] != repeats:
+        if own_problems[m] or not reference["methods"][m]["within_thresholds"] or site_failures:
             return False
-        if m == reference:
+        if m == reference_method:
             return True
-        pair = next(p for p in pairs if {p["a"], p["b"]} == {m, reference})
+        pair = next(p for p in pairs if {p["a"], p["b"]} == {m, reference_method})
         return bool(pair["within_thresholds"] and pair["outputs_identical"])
 
+    all_ok = all(per_method[m]["n_ok"] == repeats for m in methods)
     return {
         "methods": per_method,
         "pairs": pairs,
-        "outputs_identical": outputs_identical,
-        "parity_pass": parity_pass,
-        "reference_method": reference,
+        "outputs_identical": all_ok and all(p["outputs_identical"] for p in pairs),
+        "reference": reference,
+        "steering": steering,
+        "native": native,
+        "integrity": integrity,
+        "numerics": result["numerics"],
+        "failures": failures,
+        "parity_pass": not failures,
+        "reference_method": reference_method,
         "methods_passing": [m for m in methods if method_passes(m)],
     }
 
@@ -132,6 +280,11 @@ def score(models: Mapping[str, ModelResult], parity: ParitySpec) -> dict[str, An
             "model_key": key,
             "methods_passing": f"{len(s['methods_passing'])}/{len(s['methods'])}",
             "parity_pass": s["parity_pass"],
+            "reference_ok": s["reference"]["ok"]
+            and all(m["within_thresholds"] for m in s["reference"]["methods"].values()),
+            "site_exact": s["steering"]["site_exact"],
+            "native_identical": s["native"]["all_identical"],
+            "steering_visible": s["steering"]["visible"],
         }
         for label in LABELS:
             entry[f"{label}_range"] = _range([m[label]["mean"] for m in s["methods"].values()])
@@ -144,16 +297,34 @@ def score(models: Mapping[str, ModelResult], parity: ParitySpec) -> dict[str, An
     }
 
 
-def load_model_result(path: str | Path) -> ModelResult:
+def load_model_result(path: str | Path, key: str = "") -> ModelResult:
+    """A result.json and the direction arrays it names, each checked against the sha256 its unit recorded."""
     path = Path(path)
     result = json.loads(path.read_text())
-    directions = {
-        (u["method"], int(u["repeat"])): np.load(path.parent / u["direction_file"], allow_pickle=False)
-        for u in result["units"]
-        if u.get("ok") and u.get("direction_file")
-    }
-    return ModelResult(result=result, directions=directions)
+    if result.get("result_version") != RESULT_VERSION:
+        raise SpecError(
+            f"results.{key}" if key else "results",
+            f"result_version {result.get('result_version')} is not {RESULT_VERSION}: run the model again",
+        )
+    out = path.parent
+    problems: list[str] = []
+    directions: dict[tuple[str, int], np.ndarray] = {}
+    named: list[tuple[str, tuple[str, int], dict[str, Any]]] = [("reference", REFERENCE, result["reference"])]
+    named += [(f"{u['method']}/r{u['repeat']}", (u["method"], int(u["repeat"])), u) for u in result["units"]]
+    named += [(f"native/{u['method']}", (f"native:{u['method']}", 0), u) for u in result["native"]]
+    for name, slot, unit in named:
+        if not (unit.get("ok") and unit.get("direction_file")):
+            continue
+        bad = file_problems(out, unit)
+        if unit["direction_file"] not in unit.get("files", {}):
+            bad.append(f"{unit['direction_file']} has no recorded sha256")
+        problems.extend(f"{name}: {p}" for p in bad)
+        if (out / unit["direction_file"]).is_file():
+            directions[slot] = np.load(out / unit["direction_file"], allow_pickle=False)
+        else:
+            unit["ok"], unit["error"] = False, f"its direction file {unit['direction_file']} is missing"
+    return ModelResult(result=result, directions=directions, integrity_problems=problems)
 
 
 def score_from_spec(spec: ScoreSpec) -> dict[str, Any]:
-    return score({key: load_model_result(p) for key, p in spec.results.items()}, spec.parity)
+    return score({key: load_model_result(p, key) for key, p in spec.results.items()}, spec.parity)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -19,8 +20,13 @@ DeviceName = Literal["cpu", "cuda", "auto"]
 AttnImpl = Literal["eager", "sdpa"]
 MethodName = Literal["nnsight", "hooks", "pyvene"]
 NormalRule = Literal["exact_match"]
+DecoderName = Literal["fast", "hf"]
+TinyArch = Literal["qwen2", "gemma2", "llama", "qwen3"]
+"""Architectures of the ``tiny:<arch>`` random-weight models (:mod:`.tiny`)."""
+TINY_ARCHS: tuple[str, ...] = get_args(TinyArch)
+FusedSetting = Literal["auto", "on", "off"]
 
-SPEC_VERSION = 1
+SPEC_VERSION = 2
 METHODS: tuple[str, ...] = get_args(MethodName)
 
 
@@ -52,6 +58,30 @@ class SiteSpec:
 @dataclass(frozen=True)
 class SteeringSpec:
     alpha: float
+    # Below this fraction of eval prompts with changed token ids, the report says steering had no visible
+    # effect (a statement, not a parity failure).
+    min_changed_fraction: float
+
+
+@dataclass(frozen=True)
+class NumericsSpec:
+    """Every switch that changes what the decoder computes: part of the spec hash and of result.json.
+
+    ``decoder``: ``fast`` (the static-cache greedy decoder, :mod:`.decode`) or ``hf`` (transformers'
+    ``generate``); ``fused_kernels``: ``auto`` (CUDA only), ``on`` or ``off`` (:mod:`.fused`);
+    ``cuda_graphs``: capture decode steps as CUDA graphs; ``grouped_eager``: eager attention without
+    ``repeat_kv``. The ``PHASEGATE_*`` environment variables of the same names may only refuse a run whose
+    spec disagrees.
+    """
+
+    decoder: DecoderName
+    fused_kernels: FusedSetting
+    cuda_graphs: bool
+    grouped_eager: bool
+
+
+# The protocol schema's defaults (protocols/schema.ts): fused kernels are an opt-in, see there.
+DEFAULT_NUMERICS = NumericsSpec(decoder="fast", fused_kernels="off", cuda_graphs=True, grouped_eager=True)
 
 
 @dataclass(frozen=True)
@@ -84,6 +114,7 @@ class RunSpec:
     model: ModelSpec
     site: SiteSpec
     steering: SteeringSpec
+    numerics: NumericsSpec
     generation: GenerationSpec
     methods: tuple[MethodName, ...]
     repeats: int
@@ -159,6 +190,12 @@ def _str(value: Any, path: str) -> str:
     return value
 
 
+def _bool(value: Any, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(path, "must be a boolean")
+    return value
+
+
 def _choice(value: Any, path: str, options: tuple[Any, ...]) -> Any:
     if value not in options or isinstance(value, bool):
         shown = ", ".join("null" if o is None else str(o) for o in options)
@@ -180,7 +217,7 @@ def parse_run_spec(raw: Any) -> RunSpec:
         raw,
         "",
         {
-            "spec_version", "phase_id", "model_key", "model", "site", "steering", "generation",
+            "spec_version", "phase_id", "model_key", "model", "site", "steering", "numerics", "generation",
             "methods", "repeats", "seed", "deterministic", "prompts", "classification", "cache_dir",
         },
     )  # fmt: skip
@@ -214,7 +251,17 @@ def parse_run_spec(raw: Any) -> RunSpec:
         raise SpecError("site.position", "must be negative (counted back from the last prompt token)")
     site = SiteSpec(layer=_int(s["layer"], "site.layer", 0), position=position)
 
-    st = _obj(top["steering"], "steering", {"alpha"})
+    st = _obj(top["steering"], "steering", {"alpha", "min_changed_fraction"})
+    alpha = _num(st["alpha"], "steering.alpha")
+    if alpha == 0.0:
+        raise SpecError("steering.alpha", "must not be 0 (nothing would be steered)")
+    nm = _obj(top["numerics"], "numerics", {"decoder", "fused_kernels", "cuda_graphs", "grouped_eager"})
+    numerics = NumericsSpec(
+        decoder=_choice(nm["decoder"], "numerics.decoder", get_args(DecoderName)),
+        fused_kernels=_choice(nm["fused_kernels"], "numerics.fused_kernels", get_args(FusedSetting)),
+        cuda_graphs=_bool(nm["cuda_graphs"], "numerics.cuda_graphs"),
+        grouped_eager=_bool(nm["grouped_eager"], "numerics.grouped_eager"),
+    )
     g = _obj(top["generation"], "generation", {"max_new_tokens", "batch_size"})
 
     methods = top["methods"]
@@ -234,8 +281,6 @@ def parse_run_spec(raw: Any) -> RunSpec:
             "garbled_min_unique_token_fraction", "garbled_max_nonprintable_fraction",
         },
     )  # fmt: skip
-    if not isinstance(top["deterministic"], bool):
-        raise SpecError("deterministic", "must be a boolean")
     cache_dir = _str(top["cache_dir"], "cache_dir")
     if not Path(cache_dir).is_absolute():
         raise SpecError("cache_dir", "must be an absolute path")
@@ -246,7 +291,11 @@ def parse_run_spec(raw: Any) -> RunSpec:
         model_key=_str(top["model_key"], "model_key"),
         model=model,
         site=site,
-        steering=SteeringSpec(alpha=_num(st["alpha"], "steering.alpha")),
+        steering=SteeringSpec(
+            alpha=alpha,
+            min_changed_fraction=_num(st["min_changed_fraction"], "steering.min_changed_fraction", 0.0, 1.0),
+        ),
+        numerics=numerics,
         generation=GenerationSpec(
             max_new_tokens=_int(g["max_new_tokens"], "generation.max_new_tokens", 1),
             batch_size=_int(g["batch_size"], "generation.batch_size", 1),
@@ -254,7 +303,7 @@ def parse_run_spec(raw: Any) -> RunSpec:
         methods=tuple(methods),
         repeats=_int(top["repeats"], "repeats", 1),
         seed=_int(top["seed"], "seed", 0),
-        deterministic=top["deterministic"],
+        deterministic=_bool(top["deterministic"], "deterministic"),
         prompts=PromptsSpec(
             harmful=_prompt_list(p["harmful"], "prompts.harmful"),
             harmless=_prompt_list(p["harmless"], "prompts.harmless"),
@@ -301,6 +350,44 @@ def parse_score_spec(raw: Any) -> ScoreSpec:
             max_l2=_num(par["max_l2"], "parity.max_l2", 0.0),
         ),
     )
+
+
+_ON = ("1", "true", "yes", "on")
+_OFF = ("0", "false", "no", "off")
+
+
+def _env_setting(field: str, raw: str) -> str | bool | None:
+    """The spec value an environment variable's text stands for; None if it names no value of the field."""
+    value = raw.strip().lower()
+    if field == "decoder":
+        return value if value in get_args(DecoderName) else None
+    if field == "fused_kernels":
+        return "on" if value in _ON else "off" if value in _OFF else value if value == "auto" else None
+    return True if value in _ON else False if value in _OFF else None
+
+
+NUMERICS_ENV = {
+    "PHASEGATE_DECODE": "decoder",
+    "PHASEGATE_FUSED": "fused_kernels",
+    "PHASEGATE_CUDA_GRAPHS": "cuda_graphs",
+    "PHASEGATE_GROUPED_EAGER": "grouped_eager",
+}
+
+
+def check_numerics_environment(numerics: NumericsSpec, environ: Mapping[str, str]) -> None:
+    """Numerics come from the spec alone: a ``PHASEGATE_*`` variable that asks for something else refuses the
+    run (it used to change the decoder silently, outside the spec hash that keys the checkpoints)."""
+    for name, field in NUMERICS_ENV.items():
+        if name not in environ:
+            continue
+        wanted = getattr(numerics, field)
+        if _env_setting(field, environ[name]) != wanted:
+            shown = str(wanted).lower() if isinstance(wanted, bool) else wanted
+            raise SpecError(
+                f"numerics.{field}",
+                f"the environment sets {name}, which disagrees with the spec ({shown}); numerics come from "
+                "the protocol: unset the variable or change the protocol's numerics",
+            )
 
 
 def load_json(path: str | Path, what: str) -> Any:

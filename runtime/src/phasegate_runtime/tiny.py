@@ -12,7 +12,6 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Literal, get_args
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
@@ -23,8 +22,7 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-TinyArch = Literal["qwen2", "gemma2", "llama"]
-TINY_ARCHS: tuple[str, ...] = get_args(TinyArch)
+from .spec import TINY_ARCHS, TinyArch
 
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 _SPECIALS = (PAD, EOS, BOS)

@@ -1,0 +1,165 @@
+"""The site observer: measures, at every forward pass, what reached the residual stream after block L.
+
+Parity of three libraries proves little if none of them steered (a shared decoder failing to add the delta
+would pass), or if one steered only the prompt. So every unit is watched: for each forward pass the observer
+takes block L's own output, *before* any library's hook or intervention touches it, and the hidden states that
+block L+1 (or the final norm, for the last block) then receives. The steered residual minus the unsteered one
+must equal ``delta`` exactly (``raw + delta`` in the model dtype, the addition every method performs) at every
+position of every pass; in unsteered work (baseline, activation reads) it must be zero.
+
+Why not a forward hook: pyvene removes every forward hook on the model at each call, and a hook would see the
+output after other hooks had changed it. The observer wraps the blocks' ``forward`` instead, once, when the
+model is loaded, before any library wraps the model (nnsight keeps an instance ``forward`` it finds as the
+body of its controller, so the observer runs inside nnsight's interventions; forward hooks run after
+``forward``).
+
+All bookkeeping stays on the device (a running maximum and counters updated in place), so it is recorded into
+the decoder's CUDA graph like every other kernel of a step and replayed with it: replayed steps are measured,
+not assumed.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from .site import block_hidden, decoder_layers
+
+_OBSERVER = "_phasegate_site_observer"
+
+
+@dataclass(frozen=True)
+class SiteCheck:
+    """What one watched stretch of work did at the site.
+
+    ``forward_passes``: passes through block L; ``checked_passes``: passes whose next module received the
+    residual (they must be equal); ``positions``: batch rows x sequence positions checked; ``max_abs_error``:
+    the largest ``|received - (raw + delta)|`` over all of them (``delta`` = 0 when unsteered).
+    """
+
+    forward_passes: int
+    checked_passes: int
+    positions: int
+    max_abs_error: float
+
+    @property
+    def exact(self) -> bool:
+        return (
+            self.forward_passes > 0
+            and self.checked_passes == self.forward_passes
+            and self.max_abs_error == 0.0
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "forward_passes": self.forward_passes,
+            "checked_passes": self.checked_passes,
+            "positions": self.positions,
+            "max_abs_error": self.max_abs_error,
+            "exact": self.exact,
+        }
+
+
+class _Watch:
+    def __init__(self, layer: int, delta: torch.Tensor | None, device: torch.device) -> None:
+        self.layer = layer
+        self.delta = delta
+        # Ordinary tensors (not created under inference mode), updated in place by every pass.
+        self.max_err = torch.zeros((), dtype=torch.float32, device=device)
+        self.counts = torch.zeros(3, dtype=torch.long, device=device)  # passes, checked passes, positions
+        self.raw: torch.Tensor | None = None
+
+    def saw_output(self, output: Any) -> None:
+        # A copy: pyvene writes its intervention back into the block's output tensor in place.
+        self.raw = block_hidden(output).detach().clone()
+        self.counts[0].add_(1)
+
+    def saw_input(self, received: torch.Tensor) -> None:
+        raw = self.raw
+        if raw is None or raw.shape != received.shape:
+            return  # not the residual of a watched pass; the pass counts then disagree
+        expected = raw if self.delta is None else raw + self.delta
+        err = (received.detach().float() - expected.float()).abs().amax()
+        torch.maximum(self.max_err, err, out=self.max_err)
+        self.counts[1].add_(1)
+        self.counts[2].add_(received.shape[0] * received.shape[1])
+        self.raw = None
+
+    def result(self) -> SiteCheck:
+        passes, checked, positions = (int(v) for v in self.counts.tolist())
+        return SiteCheck(passes, checked, positions, float(self.max_err.item()))
+
+
+class SiteObserver:
+    """Installed once per model (:func:`install_site_observer`); inert unless :meth:`watch` is active."""
+
+    def __init__(self, model: nn.Module) -> None:
+        layers = decoder_layers(model)
+        self._n_layers = len(layers)
+        self._watch: _Watch | None = None
+        for index, block in enumerate(layers):
+            self._wrap(block, index)
+        get_decoder = getattr(model, "get_decoder", None)
+        norm = getattr(get_decoder() if callable(get_decoder) else model, "norm", None)
+        if not isinstance(norm, nn.Module):
+            raise TypeError(f"cannot find the final norm of {type(model).__name__}")
+        self._wrap(norm, self._n_layers)
+
+    def _wrap(self, module: nn.Module, index: int) -> None:
+        original: Callable[..., Any] = module.forward
+
+        @functools.wraps(original)
+        def forward(*args: Any, **kwargs: Any) -> Any:
+            watch = self._watch
+            if watch is not None and index == watch.layer + 1:
+                received = args[0] if args else kwargs.get("hidden_states")
+                if isinstance(received, torch.Tensor):
+                    watch.saw_input(received)
+            output = original(*args, **kwargs)
+            if watch is not None and index == watch.layer:
+                watch.saw_output(output)
+            return output
+
+        module.forward = forward
+
+    @contextmanager
+    def watch(
+        self, layer: int, delta: torch.Tensor | None, device: torch.device
+    ) -> Iterator[list[SiteCheck]]:
+        """Watch block ``layer`` while the body runs; the yielded list then holds the :class:`SiteCheck`.
+
+        ``delta``: what every library must have added (None: nothing may be added)."""
+        if not 0 <= layer < self._n_layers:
+            raise ValueError(f"layer {layer} out of range")
+        if self._watch is not None:
+            raise RuntimeError("the site observer is already watching")
+        watch = _Watch(layer, delta, device)
+        self._watch = watch
+        out: list[SiteCheck] = []
+        try:
+            yield out
+        finally:
+            self._watch = None
+        out.append(watch.result())
+
+
+def install_site_observer(model: nn.Module) -> SiteObserver:
+    observer = getattr(model, _OBSERVER, None)
+    if isinstance(observer, SiteObserver):
+        return observer
+    observer = SiteObserver(model)
+    setattr(model, _OBSERVER, observer)
+    return observer
+
+
+def site_observer(model: nn.Module) -> SiteObserver:
+    observer = getattr(model, _OBSERVER, None)
+    if not isinstance(observer, SiteObserver):
+        raise RuntimeError("the model was loaded without the site observer (models.load_model installs it)")
+    return observer
