@@ -76,7 +76,7 @@ export async function runModel(deps: RunModelDeps, input: RunModelInput): Promis
     });
   }
 
-  const progress: RunProgress = { stage: 'launching', unitsDone: 0, unitsTotal: input.protocol.methods.length * input.protocol.repeats + 1, lastUnit: null, backendIds: {} };
+  const progress: RunProgress = { stage: 'launching', unitsDone: 0, unitsTotal: runtimeUnits(input.protocol.methods.length, input.protocol.repeats), lastUnit: null, backendIds: {} };
   const beat = (): void => ctx.heartbeat(progress);
   // Heartbeat on a timer as well as on events: a long unit sends no event for minutes, and cancellation only
   // reaches an activity through a heartbeat.
@@ -116,6 +116,11 @@ export async function runModel(deps: RunModelDeps, input: RunModelInput): Promis
   } finally {
     clearInterval(timer);
   }
+}
+
+/** The runtime's units per model (runtime/SPEC.md): baseline, reference, methods x repeats, one native check each. */
+export function runtimeUnits(methods: number, repeats: number): number {
+  return 2 + methods * (repeats + 1);
 }
 
 /**

@@ -59,6 +59,16 @@ export interface ResumeCheckInput {
   resume: PhaseState;
 }
 
+export interface ReleaseInput {
+  phaseId: string;
+  protocol: Protocol;
+}
+
+export interface ReleaseResult {
+  /** Per model, the remote calls (or processes) that were still running and were stopped. */
+  stopped: { modelKey: string; ids: string[] }[];
+}
+
 export interface PhaseActivities {
   recordPhase(input: RecordInput): Promise<void>;
   verifyResume(input: ResumeCheckInput): Promise<void>;
@@ -66,4 +76,5 @@ export interface PhaseActivities {
   runModel(input: RunModelInput): Promise<ModelRunResult>;
   scorePhase(input: ScoreInput): Promise<ScoreSummary>;
   freezePhase(input: FreezeInput): Promise<FreezeRecord>;
+  releaseCompute(input: ReleaseInput): Promise<ReleaseResult>;
 }

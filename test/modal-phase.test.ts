@@ -1,13 +1,15 @@
 /**
- * A Modal phase on a worker without Modal credentials: one attempt, no retry, a FAILED phase whose error says
- * how to set them, and a ledger line that charges nothing (nothing was launched). The real launcher runs; with
- * no credentials it never reaches the Modal SDK, so no double is involved here.
+ * Modal phases through the real Temporal server and the real launcher. First, a worker without Modal credentials:
+ * one attempt, no retry, a FAILED phase whose error says how to set them, and a ledger line that charges nothing
+ * (nothing was launched; the launcher never reaches the Modal SDK, so no double is involved). Then the double.
  */
+import { existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { getState, startPhase } from '../client/phases';
+import type { PhaseState } from '../workflows/definitions';
 import { approveAs, reviewAs } from './helpers/decisions';
-import { phaseResult, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
+import { makeWorker, phaseResult, serverPerFile, testProtocol, testWorker, waitFor } from './helpers/temporal';
 
 const server = serverPerFile();
 
@@ -35,6 +37,70 @@ test('missing Modal credentials: one attempt, a clear error, nothing charged', a
     });
   } finally {
     for (const [k, v] of [['MODAL_TOKEN_ID', saved.id], ['MODAL_TOKEN_SECRET', saved.secret], ['MODAL_CONFIG_PATH', saved.config]] as const) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+});
+
+/**
+ * The money rule at workflow level, with the launcher's double of the Modal SDK: a worker that stops mid-attempt
+ * detaches from its paid call (so that a retry can reattach); if the phase then leaves RUNNING before any retry
+ * does (here, a cancel during the retry's back-off), the call must not run on unseen. Without the release step it
+ * would: nothing else names it.
+ */
+test('a call a stopped worker left running is stopped, and put on the ledger, when the phase is cancelled', async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'phasegate-modal-phase-'));
+  const statePath = path.join(dir, 'fake-modal.json');
+  const env: Record<string, string> = {
+    PHASEGATE_MODAL_FAKE: '1',
+    PHASEGATE_MODAL_FAKE_STATE: statePath,
+    PHASEGATE_MODAL_FAKE_OUTCOME: 'hang',
+    MODAL_TOKEN_ID: 'ak-test',
+    MODAL_TOKEN_SECRET: 'as-test',
+    PHASEGATE_MODAL_POLL_SECONDS: '0.05',
+  };
+  const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+  Object.assign(process.env, env);
+  const calls = (): Record<string, { cancelled: boolean }> =>
+    existsSync(statePath) ? (JSON.parse(readFileSync(statePath, 'utf8')) as { calls: Record<string, { cancelled: boolean }> }).calls : {};
+  try {
+    const first = await testWorker(server, 'modal-leftover');
+    const loaded = testProtocol('modal-leftover', {
+      backend: 'modal',
+      models: [{ key: 'qwen-7b', id: 'Qwen/Qwen2.5-7B-Instruct', gpu: 'A10G', expected_gpu_seconds: 600, timeout_minutes: 60 }],
+      // A long back-off: the cancel arrives while no attempt holds the call.
+      retry: { max_attempts: 3, initial_interval_seconds: 600, backoff_coefficient: 1 },
+    });
+    const running = first.worker.run();
+    const { phaseId } = await startPhase(first.pc, loaded);
+    await approveAs(first.pc, phaseId, { by: 'demo-approver', usd: 1 });
+    await reviewAs(first.pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
+    await waitFor(() => Promise.resolve(Object.keys(calls()).length === 1));
+    first.worker.shutdown();
+    await running;
+    const [callId] = Object.keys(calls());
+    expect(calls()[callId!]?.cancelled).toBe(false); // detached, not stopped: a retry could reattach
+
+    const second = await makeWorker(server.env, server.workflowBundle, first.paths, first.taskQueue);
+    let state: PhaseState | undefined;
+    await second.runUntil(async () => {
+      await waitFor(async () => (await getState(first.pc, phaseId)).ledger.length === 1);
+      await server.env.client.workflow.getHandle(phaseId).cancel();
+      await expect(phaseResult(server.env.client, phaseId)).rejects.toThrow();
+      state = await getState(first.pc, phaseId);
+    });
+    expect(calls()[callId!]?.cancelled).toBe(true);
+    expect(Object.keys(calls())).toHaveLength(1); // one paid call for the model, never a second
+    expect(state?.status).toBe('CANCELLED');
+    if (state === undefined) throw new Error('no state');
+    expect(state.ledger).toHaveLength(2);
+    expect(state.ledger[1]).toMatchObject({ modelKey: 'qwen-7b', outcome: 'cancelled', secondsBasis: 'observed', backendIds: { stopped: callId } });
+    expect(state.ledger[1]?.error).toMatch(/still running when the phase left RUNNING \(cancelled\); stopped/);
+    // The ledger covers the call's whole life: the detached attempt's line, then the stopped remainder.
+    expect(Date.parse(state.ledger[1]!.startedAt)).toBe(Date.parse(state.ledger[0]!.endedAt));
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
       if (v === undefined) delete process.env[k];
       else process.env[k] = v;
     }

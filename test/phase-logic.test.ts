@@ -14,6 +14,7 @@ import {
   ledgerEntryFor,
   lockHashOf,
   MAX_RETRY_DELAY_SECONDS,
+  mayHaveLaunched,
   retryDelaySeconds,
   spentUsd,
   startInputProblem,
@@ -215,6 +216,18 @@ describe('ledger and budget check', () => {
     const base = { modelKey: 'm', attempt: 1, gpu: 'A10G', usdPerSecond: 0.000306, startedAtMs: 0, endedAtMs: 100_000, backendIds: {} };
     expect(ledgerEntryFor({ ...base, outcome: 'succeeded', measuredSeconds: 60 })).toMatchObject({ seconds: 60, usd: 0.01836, secondsBasis: 'measured' });
     expect(ledgerEntryFor({ ...base, outcome: 'timed_out', measuredSeconds: null })).toMatchObject({ seconds: 100, usd: 0.0306, secondsBasis: 'observed' });
+  });
+
+  test('an attempt refused before launching leaves nothing to release; one that ran or named a call does', () => {
+    const base = { modelKey: 'm', attempt: 1, gpu: 'A10G', usdPerSecond: 0.000306, outcome: 'failed' as const, startedAtMs: 0, endedAtMs: 0 };
+    const s = fresh();
+    expect(mayHaveLaunched(s)).toBe(false);
+    s.ledger.push(ledgerEntryFor({ ...base, measuredSeconds: 0, backendIds: { backend: 'modal' } }));
+    expect(mayHaveLaunched(s)).toBe(false);
+    s.ledger.push({ ...ledgerEntryFor({ ...base, measuredSeconds: 40, backendIds: {} }), earlierRun: true });
+    expect(mayHaveLaunched(s)).toBe(false); // an earlier run's line: that run released its own calls
+    s.ledger.push(ledgerEntryFor({ ...base, measuredSeconds: 0, backendIds: { call: 'fc-1' } }));
+    expect(mayHaveLaunched(s)).toBe(true);
   });
 
   test('holds when spent plus the next estimate exceeds the approval, and failed attempts count', () => {

@@ -136,6 +136,14 @@ export function ledgerEntryFor(r: AttemptRecord): LedgerEntry {
 }
 
 /**
+ * Whether any attempt of this run may have started something that costs money: one that ran for some time or
+ * named a remote call. An attempt refused before launching (missing credentials, say) charged 0 and named none.
+ */
+export function mayHaveLaunched(state: PhaseState): boolean {
+  return state.ledger.some((e) => e.earlierRun !== true && (e.seconds > 0 || e.backendIds.call !== undefined));
+}
+
+/**
  * An attempt's time limit: the protocol's per-model timeout, or less when the approved budget left would run out
  * first. Never more than the budget left can pay for: an attempt that could not run MIN_ATTEMPT_SECONDS is not
  * dispatched at all (see attemptReserveUsd), it waits in BUDGET_HOLD.

@@ -17,6 +17,7 @@ import {
   continueAsNew,
   isCancellation,
   log,
+  patched,
   proxyActivities,
   type RetryPolicy,
   setCurrentDetails,
@@ -52,6 +53,7 @@ import {
   gateContext,
   initialState,
   ledgerEntryFor,
+  mayHaveLaunched,
   retryDelaySeconds,
   runPlan,
   spentUsd,
@@ -86,6 +88,9 @@ const { freezePhase } = proxyActivities<PhaseActivities>({ startToCloseTimeout: 
 // The phase record outside Temporal's history (common/phase-records.ts): written at every change, retried
 // without limit; a FROZEN record refuses a rerun of the phase (AlreadyFrozen, not retried).
 const { verifyResume } = proxyActivities<PhaseActivities>({ startToCloseTimeout: '1 minute', retry: { initialInterval: '1s', maximumInterval: '1 minute', nonRetryableErrorTypes: [ErrorTypes.invalidInput] } });
+// Stopping whatever still runs when the phase leaves RUNNING: retried without limit, since "nothing is live" must
+// be established, not assumed (activities/release.ts).
+const { releaseCompute } = proxyActivities<PhaseActivities>({ startToCloseTimeout: '2 minutes', retry: { initialInterval: '2s', maximumInterval: '1 minute' } });
 const { recordPhase } = proxyActivities<PhaseActivities>({
   startToCloseTimeout: '30 seconds',
   retry: { initialInterval: '1s', maximumInterval: '1 minute', nonRetryableErrorTypes: [ErrorTypes.alreadyFrozen] },
@@ -180,6 +185,7 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
         case 'RUNNING':
         case 'BUDGET_HOLD':
           await runModels(input, state, moveTo, publish, persist);
+          await releaseLeftovers(input, state, isTerminal(state.status) ? state.status : 'every model ran');
           if (!isTerminal(state.status)) moveTo('SCORING', 'every model ran');
           break;
         case 'SCORING': {
@@ -202,6 +208,7 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
       // Recording the outcome must not itself be cancelled.
       await CancellationScope.nonCancellable(async () => {
         for (const m of state.models) if (m.status === 'running') m.status = 'cancelled';
+        await releaseLeftovers(input, state, 'cancelled');
         moveTo('CANCELLED', 'cancelled by a user');
         await persist();
         await condition(allHandlersFinished);
@@ -211,6 +218,7 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
     // A bug in workflow code (a TypeError, say) fails the workflow task instead, so a fixed deployment resumes.
     if (!isCancellation(err) && !(err instanceof ActivityFailure || err instanceof ApplicationFailure)) throw err;
     if (state.status !== 'FROZEN') {
+      await releaseLeftovers(input, state, 'failed');
       state.failure = errorMessage(err);
       moveTo('FAILED', state.failure);
       await CancellationScope.nonCancellable(() => persist());
@@ -281,6 +289,7 @@ async function runModels(
       }
       // The budget gate before every dispatch: overspending can no longer happen silently.
       for (let check = checkBudget(state, attemptUsd); !check.ok; check = checkBudget(state, attemptUsd)) {
+        await releaseLeftovers(input, state, 'budget hold');
         moveTo('BUDGET_HOLD', `${model.key} attempt ${attempt} needs $${check.neededUsd.toFixed(4)} (spent $${check.spentUsd.toFixed(4)} + estimate $${check.nextUsd.toFixed(4)}), approved $${check.approvedUsd.toFixed(4)}`);
         await persist();
         const approvedBefore = state.budget.approvedUsd;
@@ -334,6 +343,32 @@ async function runModels(
       publish();
       await sleep(Math.round(retryDelaySeconds(protocol.retry, attempt + 1) * 1000));
     }
+  }
+}
+
+/**
+ * The one rule of money on a remote backend: when the phase leaves RUNNING, nothing of it still runs. A detached
+ * attempt (its worker stopped) or a dead worker can leave a paid call behind that no attempt will reattach to; this
+ * stops every one still recorded, and puts the time it may have run since its attempt's ledger line ended on the
+ * ledger ("observed", an upper bound). Not cancellable; only after an attempt was dispatched.
+ */
+async function releaseLeftovers(input: PhaseInput, state: PhaseState, why: string): Promise<void> {
+  // Histories recorded before this step existed replay without it.
+  if (!patched('release-compute-on-leaving-running') || !mayHaveLaunched(state)) return;
+  const { stopped } = await CancellationScope.nonCancellable(() => releaseCompute({ phaseId: input.phaseId, protocol: input.protocol }));
+  const endedAtMs = Date.now();
+  for (const { modelKey, ids } of stopped) {
+    const model = input.protocol.models.find((m) => m.key === modelKey);
+    const last = [...state.ledger].reverse().find((e) => e.modelKey === modelKey);
+    if (model === undefined || last === undefined) continue;
+    state.ledger.push(
+      ledgerEntryFor({
+        modelKey, attempt: last.attempt, gpu: model.gpu, usdPerSecond: input.pricing.usdPerSecond[model.gpu] ?? 0, outcome: 'cancelled',
+        measuredSeconds: null, startedAtMs: Date.parse(last.endedAt), endedAtMs, backendIds: { stopped: ids.join(',') },
+        error: `still running when the phase left RUNNING (${why}); stopped`,
+      }),
+    );
+    state.events.push({ at: nowIso(), kind: 'note', message: `${modelKey}: ${ids.join(', ')} still running when the phase left RUNNING (${why}); stopped` });
   }
 }
 

@@ -51,7 +51,19 @@ export class BackendError extends Error {
   }
 }
 
+/** Where a model's runs of a phase are recorded: enough to find any remote call they left behind. */
+export interface ReleaseTarget {
+  phaseId: string;
+  modelKey: string;
+  outDir: string;
+}
+
 export interface ComputeBackend {
   readonly name: 'local' | 'modal';
   run(job: BackendJob, ctx: BackendContext): Promise<BackendResult>;
+  /**
+   * Stops whatever still runs, and costs money, for this model of the phase, whoever started it; returns the ids of
+   * what was stopped. Throws when that cannot be established (the caller retries): "nothing live" must be known.
+   */
+  release(target: ReleaseTarget): Promise<string[]>;
 }

@@ -9,7 +9,7 @@
  */
 import path from 'node:path';
 import { runRuntime, type RuntimeEvent } from '../runtime-process';
-import { BackendError, type BackendContext, type BackendJob, type BackendResult, type ComputeBackend } from './backend';
+import { BackendError, type BackendContext, type BackendJob, type BackendResult, type ComputeBackend, type ReleaseTarget } from './backend';
 
 /** Exit codes of `modal_launch` (its docstring). */
 export const LauncherExitCode = { ok: 0, failure: 1, invalidSpec: 2, missingCredentials: 3 } as const;
@@ -93,21 +93,34 @@ export class ModalBackend implements ComputeBackend {
     throw new BackendError('failure', `Modal launcher exited ${exit.code ?? exit.signal}: ${why}`, seen.gpuSeconds, backendIds);
   }
 
-  /** Cancels the remote call(s) recorded for this (phase, model); returns a note for the error message. */
-  private async cancelRemote(job: BackendJob): Promise<string> {
+  /**
+   * Cancels every live call recorded for this (phase, model): the Dict entry, the launch record, the running
+   * container's claim (`modal_launch cancel`). Throws when the launcher could not tell, so the caller retries.
+   */
+  async release(target: ReleaseTarget): Promise<string[]> {
     const cancelled: string[] = [];
     const exit = await runRuntime({
       python: this.options.python,
       runtimeSrc: this.options.runtimeSrc,
       module: LAUNCHER_MODULE,
-      args: ['cancel', '--phase', job.phaseId, '--model', job.modelKey, '--out', job.outDir],
+      args: ['cancel', '--phase', target.phaseId, '--model', target.modelKey, '--out', target.outDir],
       env: this.options.env,
       onEvent: (event) => {
         if (event.event === 'cancelled' && Array.isArray(event.call_ids)) cancelled.push(...event.call_ids.map(String));
       },
     });
-    if (exit.code !== LauncherExitCode.ok) return ` (cancelling the remote call failed: ${exit.error?.message ?? `exit ${exit.code ?? exit.signal}`})`;
-    return cancelled.length > 0 ? ` (remote call ${cancelled.join(', ')} cancelled)` : ' (no live remote call)';
+    if (exit.code !== LauncherExitCode.ok) throw new Error(`cancelling the Modal calls of ${target.modelKey} failed: ${exit.error?.message ?? `exit ${exit.code ?? exit.signal}`}`);
+    return cancelled;
+  }
+
+  /** Cancels the remote call(s) recorded for this (phase, model); returns a note for the error message. */
+  private async cancelRemote(job: BackendJob): Promise<string> {
+    try {
+      const cancelled = await this.release(job);
+      return cancelled.length > 0 ? ` (remote call ${cancelled.join(', ')} cancelled)` : ' (no live remote call)';
+    } catch (err) {
+      return ` (${(err as Error).message}; the phase cancels it again when it leaves RUNNING)`;
+    }
   }
 }
 
