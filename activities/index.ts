@@ -8,6 +8,7 @@ import type { ComputeBackend } from './backends/backend';
 import { estimateActivity } from './estimate';
 import { freezePhase } from './freeze';
 import { recordPhase, verifyResume } from './record';
+import { preflightModels } from './preflight';
 import { releaseCompute } from './release';
 import { runModel } from './run-model';
 import { scorePhase } from './score';
@@ -43,5 +44,6 @@ export function createActivities(deps: ActivityDeps): PhaseActivities {
     recordPhase: (input) => Promise.resolve(recordPhase(deps, input)),
     verifyResume: (input) => verifyResume(Context.current().client, input),
     releaseCompute: (input) => releaseCompute(deps, input),
+    preflightModels: (input) => preflightModels(deps, input),
   };
 }

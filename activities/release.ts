@@ -4,10 +4,10 @@
  * model (on Modal: every live call named by the Dict entry, the launch record or a running container's claim), so a
  * call that a dead worker or a detached attempt left behind is stopped too.
  */
-import path from 'node:path';
 import { ApplicationFailure } from '@temporalio/common';
 import { ErrorTypes } from '../workflows/definitions';
 import type { ComputeBackend } from './backends/backend';
+import { modelOutDir } from './run-model';
 import type { ReleaseInput, ReleaseResult } from './types';
 
 export interface ReleaseDeps {
@@ -23,8 +23,8 @@ export async function releaseCompute(deps: ReleaseDeps, input: ReleaseInput): Pr
   }
   const stopped: ReleaseResult['stopped'] = [];
   for (const model of input.protocol.models) {
-    // The folder run-model.ts gives every attempt of this (phase, model): where the launch record lives.
-    const ids = await backend.release({ phaseId: input.phaseId, modelKey: model.key, outDir: path.join(deps.workDir, input.phaseId, model.key) });
+    // Where every attempt of this (phase, model) ran: where the launch record lives.
+    const ids = await backend.release({ phaseId: input.phaseId, modelKey: model.key, outDir: modelOutDir(deps.workDir, input.phaseId, model.key) });
     if (ids.length > 0) stopped.push({ modelKey: model.key, ids });
   }
   return { stopped };

@@ -11,6 +11,7 @@ import { parsePromptLines, sha256 } from '../protocols/load';
 import { ErrorTypes, type LockedFile, type RunProgress } from '../workflows/definitions';
 import { BackendError, type ComputeBackend } from './backends/backend';
 import { buildRunSpec } from './runtime-spec';
+import type { ModelSpec } from '../protocols/schema';
 import type { ModelRunResult, RunModelInput } from './types';
 
 export interface RunModelDeps {
@@ -50,6 +51,29 @@ export function writeJsonAtomic(file: string, value: unknown): void {
   renameSync(tmp, file);
 }
 
+/** What a model's runtime spec is made from: the phase's protocol and its locked prompt files. */
+export type SpecSource = Pick<RunModelInput, 'phaseId' | 'protocol' | 'prompts'>;
+
+/**
+ * Checks the prompt lock and writes the runtime spec of one model into `outDir/name`: the one place a run spec
+ * is built from a phase (the run and the preflight use the same). Returns the spec's path.
+ */
+export function writeRunSpec(source: SpecSource, model: ModelSpec, outDir: string, cacheDir: string, name = 'spec.json'): string {
+  const prompts = {
+    harmful: parsePromptLines(readLocked('prompts.harmful', source.prompts.harmful)),
+    harmless: parsePromptLines(readLocked('prompts.harmless', source.prompts.harmless)),
+    eval: parsePromptLines(readLocked('prompts.eval', source.prompts.eval)),
+  };
+  const specPath = path.join(outDir, name);
+  writeJsonAtomic(specPath, buildRunSpec({ phaseId: source.phaseId, protocol: source.protocol, model, prompts, cacheDir }));
+  return specPath;
+}
+
+/** One folder per (phase, model), shared by every attempt: the runtime's checkpoints make a retry resume. */
+export function modelOutDir(workDir: string, phaseId: string, modelKey: string): string {
+  return path.join(workDir, phaseId, modelKey);
+}
+
 export async function runModel(deps: RunModelDeps, input: RunModelInput): Promise<ModelRunResult> {
   const ctx = Context.current();
   const model = input.protocol.models.find((m) => m.key === input.modelKey);
@@ -57,15 +81,8 @@ export async function runModel(deps: RunModelDeps, input: RunModelInput): Promis
     throw ApplicationFailure.create({ type: ErrorTypes.invalidInput, message: `model "${input.modelKey}" is not in the protocol`, nonRetryable: true });
   }
   const log = deps.logger.child({ phaseId: input.phaseId, model: model.key, attempt: input.attempt });
-  const prompts = {
-    harmful: parsePromptLines(readLocked('prompts.harmful', input.prompts.harmful)),
-    harmless: parsePromptLines(readLocked('prompts.harmless', input.prompts.harmless)),
-    eval: parsePromptLines(readLocked('prompts.eval', input.prompts.eval)),
-  };
-  // One folder per (phase, model), shared by every attempt: the runtime's checkpoints make a retry resume.
-  const outDir = path.join(deps.workDir, input.phaseId, model.key);
-  const specPath = path.join(outDir, 'spec.json');
-  writeJsonAtomic(specPath, buildRunSpec({ phaseId: input.phaseId, protocol: input.protocol, model, prompts, cacheDir: deps.modelCacheDir }));
+  const outDir = modelOutDir(deps.workDir, input.phaseId, model.key);
+  const specPath = writeRunSpec(input, model, outDir, deps.modelCacheDir);
 
   const backend = deps.backends[input.protocol.backend];
   if (backend === undefined) {

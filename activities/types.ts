@@ -8,6 +8,7 @@ import type {
   LockedPrompts,
   PhaseInput,
   PhaseState,
+  PreflightRecord,
   PricingSnapshot,
   ScoreSummary,
 } from '../workflows/definitions';
@@ -59,6 +60,8 @@ export interface ResumeCheckInput {
   resume: PhaseState;
 }
 
+export type PreflightInput = Pick<RunModelInput, 'phaseId' | 'protocol' | 'prompts'>;
+
 export interface ReleaseInput {
   phaseId: string;
   protocol: Protocol;
@@ -77,4 +80,5 @@ export interface PhaseActivities {
   scorePhase(input: ScoreInput): Promise<ScoreSummary>;
   freezePhase(input: FreezeInput): Promise<FreezeRecord>;
   releaseCompute(input: ReleaseInput): Promise<ReleaseResult>;
+  preflightModels(input: PreflightInput): Promise<PreflightRecord>;
 }

@@ -76,7 +76,8 @@ export const protocolSchema = z
     requires_frozen: z.array(identifier).max(20).default([]),
     backend: z.enum(['local', 'modal']),
     models: z.array(modelSchema).min(1, 'must list at least one model').max(20, 'must list at most 20 models'),
-    methods: z.array(methodSchema).min(1).refine((m) => new Set(m).size === m.length, 'must not repeat a method'),
+    // Parity compares methods: one method alone proves nothing.
+    methods: z.array(methodSchema).min(2, 'must list at least two methods (parity compares them)').refine((m) => new Set(m).size === m.length, 'must not repeat a method'),
     site: z.strictObject({
       stream: z.literal('residual'),
       layer: z.number().int().min(0).max(1000),

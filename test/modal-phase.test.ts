@@ -106,3 +106,36 @@ test('a call a stopped worker left running is stopped, and put on the ledger, wh
     }
   }
 });
+
+test('a spec invalid by definition fails in the preflight, before any GPU call is spawned or charged', async () => {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'phasegate-modal-phase-'));
+  const statePath = path.join(dir, 'fake-modal.json');
+  const env: Record<string, string> = { PHASEGATE_MODAL_FAKE: '1', PHASEGATE_MODAL_FAKE_STATE: statePath, MODAL_TOKEN_ID: 'ak-test', MODAL_TOKEN_SECRET: 'as-test' };
+  const saved = Object.fromEntries(Object.keys(env).map((k) => [k, process.env[k]]));
+  Object.assign(process.env, env);
+  try {
+    const { worker, pc } = await testWorker(server, 'modal-preflight');
+    // The tiny models have 3 blocks: layer 5 does not exist. The run would find out only after loading on the GPU.
+    const loaded = testProtocol('modal-preflight', {
+      backend: 'modal',
+      models: [{ key: 'tiny-qwen2', id: 'tiny:qwen2', gpu: 'A10G', dtype: 'float32', expected_gpu_seconds: 60, timeout_minutes: 10, tiny_seed: 0 }],
+      site: { stream: 'residual', layer: 5, position: -1 },
+    });
+    await worker.runUntil(async () => {
+      const { phaseId } = await startPhase(pc, loaded);
+      await approveAs(pc, phaseId, { by: 'demo-approver', usd: 1 });
+      await reviewAs(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
+      await expect(phaseResult(server.env.client, phaseId)).rejects.toThrow();
+      const state = await getState(pc, phaseId);
+      expect(state.status).toBe('FAILED');
+      expect(state.failure).toBe('tiny-qwen2: site.layer: must be < num_hidden_layers (3) (found before any GPU run)');
+      expect(state.ledger).toEqual([]);
+    });
+    expect(existsSync(statePath) ? (JSON.parse(readFileSync(statePath, 'utf8')) as { spawns: string[] }).spawns : []).toEqual([]);
+  } finally {
+    for (const [k, v] of Object.entries(saved)) {
+      if (v === undefined) delete process.env[k];
+      else process.env[k] = v;
+    }
+  }
+});

@@ -72,6 +72,10 @@ test('every invalid field is named with its path and the reason', () => {
   );
 });
 
+test('one method alone is refused: parity compares methods', () => {
+  expect(issues({ ...demo, methods: ['hooks'] })).toEqual(['methods: must list at least two methods (parity compares them)']);
+});
+
 test('numbers and strings that would jam or crash a phase are refused by their field', () => {
   const retry = (r: Record<string, number>) => issues({ ...demo, retry: { max_attempts: 3, initial_interval_seconds: 2, backoff_coefficient: 2, ...r } });
   expect(retry({ initial_interval_seconds: 1e-7 })).toEqual([expect.stringMatching(/^retry\.initial_interval_seconds: must be 0 or at least 0\.1/)]);

@@ -7,7 +7,8 @@
  */
 import path from 'node:path';
 import { WorkflowNotFoundError } from '@temporalio/client';
-import { cpSync, readFileSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
 import { makeWritable } from '../activities/freeze';
 import { renderManifest } from '../activities/manifest';
 import { getPlan, getState, getStatus, listPhases, PhaseError, RECORD_ONLY, reopenPhase, startPhase, verifyFrozenDir, verifyPhase, waitForStatus } from '../client/phases';
@@ -23,7 +24,12 @@ const oneModel = { models: [{ key: 'tiny-qwen2', id: 'tiny:qwen2', gpu: 'cpu', d
 test('deleted from Temporal, a FROZEN and a FAILED phase still answer every command from their records', async () => {
   const { worker, pc, paths, taskQueue } = await testWorker(server, 'records');
   const frozen = testProtocol('rec-frozen', oneModel);
-  const failing = testProtocol('rec-failed', { models: [{ ...oneModel.models[0], key: 'broken', id: 'tiny:nosuch' }] });
+  // A model the preflight accepts (its config and tokenizer are there) whose run then fails: its weights are gone.
+  const noWeights = mkdtempSync(path.join(os.tmpdir(), 'phasegate-no-weights-'));
+  const built = await runProcess(repoPaths.python, ['-m', 'phasegate_runtime', 'tiny', '--arch', 'qwen2', '--seed', '0', '--out', noWeights], { ...process.env, PYTHONPATH: repoPaths.runtimeSrc });
+  expect(built.code).toBe(0);
+  rmSync(path.join(noWeights, 'tiny-qwen2-s0', 'model.safetensors'));
+  const failing = testProtocol('rec-failed', { models: [{ ...oneModel.models[0], key: 'broken', id: path.join(noWeights, 'tiny-qwen2-s0') }] });
   await worker.runUntil(async () => {
     // 1. One phase to FROZEN, one to FAILED after a charged attempt.
     for (const loaded of [frozen, failing]) {
@@ -135,7 +141,7 @@ test('a cancel that arrives while the phase freezes leaves it FROZEN', async () 
 
 async function waitUntilGone(id: string): Promise<void> {
   const { client } = server.env;
-  for (let i = 0; i < 200; i++) {
+  for (let i = 0; i < 600; i++) {
     try {
       await client.workflow.getHandle(id).describe();
     } catch (err) {

@@ -269,6 +269,12 @@ export interface FreezeRecord {
   gitDirty: boolean;
 }
 
+/** What the preflight checked on a CPU before any GPU run, and what it could not check there (and why). */
+export interface PreflightRecord {
+  checked: string[];
+  notChecked: { modelKey: string; why: string }[];
+}
+
 export interface PhaseState {
   phaseId: string;
   phaseName: string;
@@ -283,6 +289,8 @@ export interface PhaseState {
   ledger: LedgerEntry[];
   score: ScoreSummary | null;
   freeze: FreezeRecord | null;
+  /** The preflight before the first dispatch (absent on phases started before it existed). */
+  preflight?: PreflightRecord;
   events: PhaseEvent[];
   /** Keys of decisions already applied, so that a resent decision is acknowledged but applied once. */
   appliedDecisions: string[];

@@ -91,6 +91,12 @@ const { verifyResume } = proxyActivities<PhaseActivities>({ startToCloseTimeout:
 // Stopping whatever still runs when the phase leaves RUNNING: retried without limit, since "nothing is live" must
 // be established, not assumed (activities/release.ts).
 const { releaseCompute } = proxyActivities<PhaseActivities>({ startToCloseTimeout: '2 minutes', retry: { initialInterval: '2s', maximumInterval: '1 minute' } });
+// The CPU preflight of every model's spec before the first dispatch (activities/preflight.ts); an invalid spec
+// is final (the phase fails before any GPU second), anything else is retried a few times.
+const { preflightModels } = proxyActivities<PhaseActivities>({
+  startToCloseTimeout: '10 minutes',
+  retry: { maximumAttempts: 5, initialInterval: '2s', nonRetryableErrorTypes: [ErrorTypes.invalidInput, ErrorTypes.lockViolation] },
+});
 const { recordPhase } = proxyActivities<PhaseActivities>({
   startToCloseTimeout: '30 seconds',
   retry: { initialInterval: '1s', maximumInterval: '1 minute', nonRetryableErrorTypes: [ErrorTypes.alreadyFrozen] },
@@ -184,6 +190,11 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
           break;
         case 'RUNNING':
         case 'BUDGET_HOLD':
+          // Before the first dispatch (histories recorded before the preflight existed replay without it).
+          if (state.preflight === undefined && !state.ledger.some((e) => e.earlierRun !== true) && patched('preflight-before-dispatch')) {
+            state.preflight = await preflightModels({ phaseId: input.phaseId, protocol, prompts: input.prompts });
+            for (const { modelKey, why } of state.preflight.notChecked) state.events.push({ at: nowIso(), kind: 'note', message: `preflight: ${modelKey} not checked before dispatch: ${why}` });
+          }
           await runModels(input, state, moveTo, publish, persist);
           await releaseLeftovers(input, state, isTerminal(state.status) ? state.status : 'every model ran');
           if (!isTerminal(state.status)) moveTo('SCORING', 'every model ran');

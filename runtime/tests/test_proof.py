@@ -175,3 +175,55 @@ def test_pyvene_removes_the_hooks_transformers_records_hidden_states_with(load_t
         empty = loaded.model(**batch.model_inputs(), output_hidden_states=True).hidden_states
     assert not empty  # the trap: no error, no hidden states
     np.testing.assert_array_equal(reference_direction(*args).unit, before)
+
+
+class _TwiceInsideTheBlock(HooksBackend):
+    """Adds delta inside block L (to its MLP's output) and again at the block output: 2 x delta in all, while
+    the hand-off at L looks exactly like raw + delta."""
+
+    def steered_generate(
+        self, batch: Batch, layer: int, delta: torch.Tensor, config: GenerationConfig
+    ) -> torch.Tensor:
+        mlp = self._loaded.model.model.layers[layer].mlp
+        handle = mlp.register_forward_hook(lambda _m, _a, out: out + delta)
+        try:
+            return super().steered_generate(batch, layer, delta, config)
+        finally:
+            handle.remove()
+
+
+class _AlsoAtBlockZero(HooksBackend):
+    """Steers block L correctly, and block 0 as well."""
+
+    def steered_generate(
+        self, batch: Batch, layer: int, delta: torch.Tensor, config: GenerationConfig
+    ) -> torch.Tensor:
+        first = self._loaded.model.model.layers[0]
+        handle = first.register_forward_hook(lambda _m, _a, out: out + delta)
+        try:
+            return super().steered_generate(batch, layer, delta, config)
+        finally:
+            handle.remove()
+
+
+@pytest.mark.parametrize(
+    ("broken", "reason"),
+    [
+        (_TwiceInsideTheBlock, "own output over the prompts differs from the baseline's"),
+        (_AlsoAtBlockZero, "changed between blocks other than the site"),
+    ],
+)
+def test_steering_anywhere_but_the_site_is_caught_and_the_others_still_pass(
+    broken: type, reason: str, cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an adversarial review: both passed the hand-off check at L alone. The broken method here is
+    "hooks", so no method is the yardstick: the two that agree pass, hooks does not."""
+
+    def make(name: str, loaded: LoadedModel) -> Any:
+        return broken(loaded) if name == "hooks" else make_backend(name, loaded)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "make_backend", make)
+    s = run_and_score(cache_dir, tmp_path, repeats=1)
+    assert s["parity_pass"] is False
+    assert any(f.startswith("hooks/r0") and reason in f for f in s["failures"]), s["failures"]
+    assert s["methods_passing"] == ["nnsight", "pyvene"]

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from phasegate_runtime.checkpoint import sha256_file
+from phasegate_runtime.checkpoint import record_digest, sha256_file
 from phasegate_runtime.score import REFERENCE, ModelResult, load_model_result, score
 from phasegate_runtime.spec import ParitySpec, SpecError
 
@@ -44,11 +44,14 @@ def native_of(u: dict[str, Any]) -> dict[str, Any]:
     return {**u, "direction_file": f"directions/native_{u['method']}_read.npy", "wall_s": 1.0}
 
 
-def model(units: list[dict[str, Any]], dirs: dict[tuple[str, int], np.ndarray]) -> ModelResult:
-    methods = ["nnsight", "hooks", "pyvene"]
+def model(
+    units: list[dict[str, Any]],
+    dirs: dict[tuple[str, int], np.ndarray],
+    methods: tuple[str, ...] = ("nnsight", "hooks", "pyvene"),
+) -> ModelResult:
     natives = [native_of(next(u for u in units if u["method"] == m and u["repeat"] == 0)) for m in methods]
     result = {
-        "repeats": 2, "methods": methods, "units": units, "native": natives,
+        "repeats": 2, "methods": list(methods), "units": units, "native": natives,
         "baseline": {"site_check": {"unsteered": SITE}},
         "reference": {"ok": True, "error": None, "site_check": {"unsteered": SITE}},
         "steering": {"alpha": 3.0, "min_changed_fraction": 0.1}, "numerics": NUMERICS,
@@ -222,9 +225,10 @@ def _write_result(tmp_path: Path, direction: np.ndarray) -> Path:
     np.save(tmp_path / "directions" / "hooks_r0.npy", direction)
     u = unit("hooks", 0, C4)
     u["files"] = {u["direction_file"]: sha256_file(tmp_path / u["direction_file"])}
+    sealed = [{**r, "record_sha256": record_digest(r)} for r in (u, {"token_ids": ids(OUT)}, {"ok": False})]
     result = {
-        "result_version": 2, "repeats": 1, "methods": ["hooks"], "units": [u], "native": [],
-        "reference": {"ok": False, "error": "not computed here"},
+        "result_version": 2, "repeats": 1, "methods": ["hooks"], "units": [sealed[0]], "native": [],
+        "baseline": sealed[1], "reference": sealed[2],
     }  # fmt: skip
     (tmp_path / "result.json").write_text(json.dumps(result))
     return tmp_path / "result.json"
@@ -249,3 +253,31 @@ def test_a_result_from_before_the_proof_is_refused(tmp_path: Path) -> None:
     (tmp_path / "result.json").write_text(json.dumps({"result_version": 1}))
     with pytest.raises(SpecError, match=r"results\.m: result_version 1 is not 2"):
         load_model_result(tmp_path / "result.json", "m")
+
+
+def test_an_edited_unit_record_is_an_integrity_problem(tmp_path: Path) -> None:
+    path = _write_result(tmp_path, Y)
+    result = json.loads(path.read_text())
+    result["baseline"]["token_ids"][0] = [1, 2, 3]
+    path.write_text(json.dumps(result))
+    assert load_model_result(path).integrity_problems == [
+        "baseline: its record changed since it was written (sha256 differs)"
+    ]
+
+
+def test_a_deviating_hooks_does_not_pass_alone_the_agreeing_majority_does() -> None:
+    m = passing()
+    for u in m.result["units"]:
+        if u["method"] == "hooks":
+            u["token_ids"] = [[9], *u["token_ids"][1:]]
+    s = score({"m": m}, PARITY)["models"]["m"]
+    assert s["parity_pass"] is False
+    assert s["methods_passing"] == ["nnsight", "pyvene"]
+
+
+def test_one_method_proves_no_parity() -> None:
+    units = [unit("hooks", r, C4) for r in (0, 1)]
+    m = model(units, {("hooks", r): X for r in (0, 1)}, methods=("hooks",))
+    s = score({"m": m}, PARITY)["models"]["m"]
+    assert s["parity_pass"] is False
+    assert s["failures"] == ["only 1 method was run: parity needs at least two to compare"]

@@ -56,9 +56,22 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+_UNHASHED = ("spec_hash", "record_sha256")
+
+
+def record_digest(record: dict[str, Any]) -> str:
+    """sha256 of a unit record's own content (canonical JSON, without ``spec_hash`` and the digest itself)."""
+    content = {k: v for k, v in record.items() if k not in _UNHASHED}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def file_problems(out: Path, record: dict[str, Any]) -> list[str]:
-    """Why the files a unit checkpoint lists (``files``: path relative to ``out`` -> sha256) are not the ones
-    it wrote: missing, or changed since (a direction flipped between attempts must not be reused)."""
+    """Why a unit checkpoint is not what its unit wrote: its own content changed (``record_sha256``), or a
+    file it lists (``files``: path relative to ``out`` -> sha256) is missing or changed since (a direction
+    flipped between attempts must not be reused). A digest guards against accidents and careless edits, not
+    against someone who recomputes it: the frozen artifacts' manifest and signed decisions carry the rest."""
+    if record.get("record_sha256") != record_digest(record):
+        return ["its record changed since it was written (sha256 differs)"]
     files = record.get("files", {})
     if not isinstance(files, dict):
         return ["its file list is malformed"]

@@ -1,4 +1,4 @@
-"""Command line: ``run``, ``score`` and ``tiny``; exit codes and signal handling.
+"""Command line: ``run``, ``preflight``, ``score`` and ``tiny``; exit codes and signal handling.
 
 Exit codes: 0 success; 2 invalid spec (do not retry); 1 any other failure (retryable);
 143 on SIGTERM and 130 on SIGINT. Every non-zero exit also ends stdout with an ``error`` event.
@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="one per-model run")
     run.add_argument("--spec", required=True, type=Path)
     run.add_argument("--out", required=True, type=Path)
+    check = sub.add_parser("preflight", help="check a run spec against the model's config, no weights")
+    check.add_argument("--spec", required=True, type=Path)
     score = sub.add_parser("score", help="score result.json files")
     score.add_argument("--spec", required=True, type=Path)
     score.add_argument("--out", required=True, type=Path)
@@ -64,6 +66,12 @@ def _dispatch(args: argparse.Namespace, events: EventStream) -> None:
         from .runner import run
 
         run(spec, args.out.resolve(), events)
+    elif args.command == "preflight":
+        spec = parse_run_spec(load_json(args.spec, "spec"))
+        from .preflight import preflight
+
+        found = preflight(spec)
+        events.emit("preflight", checked=found.checked, num_layers=found.num_layers, note=found.note)
     elif args.command == "score":
         score_spec = parse_score_spec(load_json(args.spec, "score spec"))
         from .checkpoint import atomic_write_json

@@ -30,6 +30,7 @@ _DTYPES: dict[str, torch.dtype] = {
 
 # Only what a causal LM and its tokenizer need: repos often ship both .bin and .safetensors copies.
 _ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+_NO_WEIGHTS = [p for p in _ALLOW_PATTERNS if p != "*.safetensors"]
 
 
 @dataclass
@@ -53,7 +54,9 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_model_path(spec: ModelSpec, cache_dir: str) -> Path:
+def resolve_model_path(spec: ModelSpec, cache_dir: str, *, weights: bool = True) -> Path:
+    """The local directory of the model; ``weights=False`` fetches a hub model's config and tokenizer only
+    (the preflight's view). Errors no retry can fix are invalid specs."""
     if spec.id.startswith("tiny:"):
         arch = spec.id.removeprefix("tiny:")
         if arch not in TINY_ARCHS:
@@ -73,7 +76,10 @@ def resolve_model_path(spec: ModelSpec, cache_dir: str) -> Path:
     try:
         return Path(
             snapshot_download(
-                spec.id, revision=spec.revision, cache_dir=cache_dir, allow_patterns=_ALLOW_PATTERNS
+                spec.id,
+                revision=spec.revision,
+                cache_dir=cache_dir,
+                allow_patterns=_ALLOW_PATTERNS if weights else _NO_WEIGHTS,
             )
         )
     except GatedRepoError as err:

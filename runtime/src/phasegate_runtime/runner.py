@@ -31,6 +31,7 @@ from .checkpoint import (
     file_problems,
     load_checkpoint,
     native_file,
+    record_digest,
     reference_file,
     sha256_file,
     unit_file,
@@ -45,9 +46,10 @@ from .events import EventStream, log
 from .fused import COMPILE_SECONDS, FAILURES, fused_enabled
 from .generation import decode, generate_ids, greedy_config, make_batches, new_token_ids, stop_token_ids
 from .models import LoadedModel, load_model
+from .preflight import check_site
 from .reference import reference_direction
 from .site_check import SiteCheck, install_site_observer
-from .spec import MethodName, ModelSpec, RunSpec, SpecError, check_numerics_environment
+from .spec import MethodName, ModelSpec, RunSpec, check_numerics_environment
 
 RESULT_VERSION = 2
 
@@ -79,18 +81,9 @@ def timed(device: torch.device) -> Iterator[Timing]:
 
 
 def validate_against_model(spec: RunSpec, loaded: LoadedModel) -> None:
-    """Spec checks that need the model: still invalid-spec errors (exit 2), not retryable failures."""
-    if spec.site.layer >= loaded.num_layers:
-        raise SpecError("site.layer", f"must be < num_hidden_layers ({loaded.num_layers})")
-    reach = -spec.site.position
-    for field in ("harmful", "harmless"):
-        for i, prompt in enumerate(getattr(spec.prompts, field)):
-            n = len(loaded.tokenizer(prompt)["input_ids"])
-            if n < reach:
-                raise SpecError(
-                    f"prompts.{field}[{i}]",
-                    f"has {n} tokens, fewer than site.position ({spec.site.position}) reaches back",
-                )
+    """Spec checks that need the model: still invalid-spec errors (exit 2), not retryable failures. The same
+    rules the preflight applied before dispatch (:mod:`.preflight`), now on the loaded model."""
+    check_site(spec, loaded.num_layers, loaded.tokenizer)
 
 
 def environment(spec: RunSpec, loaded: LoadedModel) -> dict[str, Any]:
@@ -176,6 +169,7 @@ class Run:
         seed_everything(self.spec.seed)
         record = compute()
         record["spec_hash"] = self.spec_hash
+        record["record_sha256"] = record_digest(record)
         atomic_write_json(path, record)
         self.done += 1
         self.events.emit(
@@ -354,7 +348,10 @@ class Run:
                 try:
                     if not fast["ok"]:
                         raise RuntimeError(f"its fast unit {unit_name(method, 0)} failed")
-                    fast_unit = np.load(self.out / fast["direction_file"], allow_pickle=False)
+                    fast_path = self.out / fast["direction_file"]
+                    fast_unit = np.load(fast_path, allow_pickle=False)
+                    # The delta it steers with: if repeat 0 is ever computed again, this unit is too.
+                    record["files"][fast["direction_file"]] = sha256_file(fast_path)
                     backend = make_backend(method, loaded)
                     with watched(None) as reads:
                         native_read = compute_direction(

@@ -28,8 +28,9 @@ The proof, per model:
 ``parity_pass`` holds when ``failures`` is empty: every unit ok, every pair within thresholds with identical
 token ids, every method within thresholds of the reference, the site checks exact, the native units identical
 and the files intact. A method *passes* (``methods_passing``) when its own units meet all of that and it
-agrees with the reference method (``hooks``, the one with the fewest moving parts, or else the first by
-name), so one deviating library does not fail the others.
+belongs to the largest group of such methods that agree with each other (within thresholds, identical token
+ids), if that group is a strict majority: no method is the yardstick, so one deviating library, whichever it
+is, does not fail the others. Parity needs at least two methods.
 """
 
 from __future__ import annotations
@@ -84,10 +85,11 @@ def _within(cos: list[float], dist: list[float], parity: ParitySpec) -> bool:
     return bool(cos) and min(cos) >= parity.min_cosine and max(dist) <= parity.max_l2
 
 
-def _site_problems(name: str, checks: Mapping[str, Any]) -> list[str]:
-    """Why a unit's site checks fail: a steered pass that did not receive exactly raw + delta, an unsteered
-    pass that changed, a pass block L+1 never received, or no pass at all."""
-    problems = []
+def _site_problems(name: str, checks: Mapping[str, Any], kinds: tuple[str, ...]) -> list[str]:
+    """Why a unit's site checks fail: a check of a kind the unit must have is missing, a steered pass did not
+    receive exactly raw + delta, an unsteered pass changed, the residual changed between two other blocks, a
+    pass block L+1 never received, or no pass at all."""
+    problems = [f"{name}: its {kind} site check is missing" for kind in kinds if kind not in checks]
     for kind, check in sorted(checks.items()):
         if check["forward_passes"] == 0:
             problems.append(f"{name}: no forward pass reached the site in its {kind} work")
@@ -102,7 +104,15 @@ def _site_problems(name: str, checks: Mapping[str, Any]) -> list[str]:
                 f"{name}: in its {kind} passes the residual after the site differed from {wanted} "
                 f"(max abs error {check['max_abs_error']:.3g})"
             )
+        if check.get("elsewhere_max_abs_error", 0.0) != 0.0:
+            problems.append(
+                f"{name}: in its {kind} passes the residual changed between blocks other than the site "
+                f"(max abs error {check['elsewhere_max_abs_error']:.3g})"
+            )
     return problems
+
+
+_UNIT_CHECKS = ("reads", "steered")
 
 
 def score_model(model: ModelResult, parity: ParitySpec) -> dict[str, Any]:
@@ -189,11 +199,21 @@ def score_model(model: ModelResult, parity: ParitySpec) -> dict[str, Any]:
     every_site_problem: list[str] = []
     for name, checks, method in [
         ("baseline", result["baseline"]["site_check"], None),
-        ("reference", ref_unit.get("site_check", {}), None),
+        ("reference", ref_unit.get("site_check", {}) if ref_unit.get("ok") else {"unsteered": None}, None),
         *((f"{m}/r{r}", units[(m, r)]["site_check"], m) for m, r in sorted(ok)),
         *((f"native/{m}", u["site_check"], m) for m, u in sorted(natives.items()) if u.get("ok")),
     ]:
-        problems = _site_problems(name, checks)
+        kinds = ("unsteered",) if method is None else _UNIT_CHECKS
+        checks = {k: c for k, c in checks.items() if c is not None}
+        problems = _site_problems(name, checks, kinds)
+        if method is not None and not name.startswith("native/"):
+            # The same decoder as the baseline's: block L's own prefill output must be bit-identical to it.
+            base_prints = result["baseline"]["site_check"].get("unsteered", {}).get("prefill_fingerprints")
+            if checks.get("steered", {}).get("prefill_fingerprints") != base_prints:
+                problems.append(
+                    f"{name}: block {result['site']['layer']}'s own output over the prompts differs from the "
+                    "baseline's: the residual was changed inside or before the site"
+                )
         every_site_problem.extend(problems)
         (own_problems[method] if method else site_failures).extend(problems)
         for kind, check in checks.items():
@@ -240,16 +260,23 @@ def score_model(model: ModelResult, parity: ParitySpec) -> dict[str, Any]:
     for m in methods:
         failures.extend(own_problems[m])
 
-    reference_method = "hooks" if "hooks" in methods else methods[0]
+    if len(methods) < 2:
+        failures.append(f"only {len(methods)} method was run: parity needs at least two to compare")
 
-    def method_passes(m: str) -> bool:
-        if own_problems[m] or not reference["methods"][m]["within_thresholds"] or site_failures:
-            return False
-        if m == reference_method:
-            return True
-        pair = next(p for p in pairs if {p["a"], p["b"]} == {m, reference_method})
+    # A method passes on its own checks, then by agreeing with the largest group of methods that pass them too
+    # (a strict majority): no method is the yardstick, so a deviating one cannot fail the others.
+    def agree(a: str, b: str) -> bool:
+        pair = next(p for p in pairs if {p["a"], p["b"]} == {a, b})
         return bool(pair["within_thresholds"] and pair["outputs_identical"])
 
+    sound = [m for m in methods if not own_problems[m] and reference["methods"][m]["within_thresholds"]]
+    if site_failures:
+        sound = []
+    groups: list[list[str]] = [[m, *(n for n in sound if n != m and agree(m, n))] for m in sound]
+    groups = [g for g in groups if all(agree(a, b) for a, b in itertools.combinations(g, 2))]
+    sizes = [len(g) for g in groups]
+    largest = sorted(groups[sizes.index(max(sizes))]) if groups else []
+    passing = largest if len(largest) * 2 > len(sound) else []
     all_ok = all(per_method[m]["n_ok"] == repeats for m in methods)
     return {
         "methods": per_method,
@@ -262,8 +289,7 @@ def score_model(model: ModelResult, parity: ParitySpec) -> dict[str, Any]:
         "numerics": result["numerics"],
         "failures": failures,
         "parity_pass": not failures,
-        "reference_method": reference_method,
-        "methods_passing": [m for m in methods if method_passes(m)],
+        "methods_passing": passing,
     }
 
 
@@ -298,7 +324,8 @@ def score(models: Mapping[str, ModelResult], parity: ParitySpec) -> dict[str, An
 
 
 def load_model_result(path: str | Path, key: str = "") -> ModelResult:
-    """A result.json and the direction arrays it names, each checked against the sha256 its unit recorded."""
+    """A result.json and the direction arrays it names; each unit record and each file it lists is checked
+    against the sha256 its unit recorded."""
     path = Path(path)
     result = json.loads(path.read_text())
     if result.get("result_version") != RESULT_VERSION:
@@ -312,13 +339,15 @@ def load_model_result(path: str | Path, key: str = "") -> ModelResult:
     named: list[tuple[str, tuple[str, int], dict[str, Any]]] = [("reference", REFERENCE, result["reference"])]
     named += [(f"{u['method']}/r{u['repeat']}", (u["method"], int(u["repeat"])), u) for u in result["units"]]
     named += [(f"native/{u['method']}", (f"native:{u['method']}", 0), u) for u in result["native"]]
+    problems.extend(f"baseline: {p}" for p in file_problems(out, result["baseline"]))
     for name, slot, unit in named:
-        if not (unit.get("ok") and unit.get("direction_file")):
-            continue
         bad = file_problems(out, unit)
-        if unit["direction_file"] not in unit.get("files", {}):
+        has_direction = bool(unit.get("ok") and unit.get("direction_file"))
+        if has_direction and unit["direction_file"] not in unit.get("files", {}):
             bad.append(f"{unit['direction_file']} has no recorded sha256")
         problems.extend(f"{name}: {p}" for p in bad)
+        if not has_direction:
+            continue
         if (out / unit["direction_file"]).is_file():
             directions[slot] = np.load(out / unit["direction_file"], allow_pickle=False)
         else:

@@ -13,14 +13,18 @@ model is loaded, before any library wraps the model (nnsight keeps an instance `
 body of its controller, so the observer runs inside nnsight's interventions; forward hooks run after
 ``forward``).
 
-All bookkeeping stays on the device (a running maximum and counters updated in place), so it is recorded into
-the decoder's CUDA graph like every other kernel of a step and replayed with it: replayed steps are measured,
-not assumed.
+Every other hand-off between consecutive blocks is checked too (nothing may be added there), and block L's own
+output over each whole prompt batch is fingerprinted: steering must leave it bit-identical to the unsteered
+run's, so a method that edits the residual inside or before block L is caught even where the hand-off at L
+matches. All bookkeeping of the decode steps stays on the device (running maxima and counters updated in
+place), so it is recorded into the decoder's CUDA graph like every other kernel of a step and replayed with
+it: replayed steps are measured, not assumed.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,13 +44,19 @@ class SiteCheck:
 
     ``forward_passes``: passes through block L; ``checked_passes``: passes whose next module received the
     residual (they must be equal); ``positions``: batch rows x sequence positions checked; ``max_abs_error``:
-    the largest ``|received - (raw + delta)|`` over all of them (``delta`` = 0 when unsteered).
+    the largest ``|received - (raw + delta)|`` over all of them (``delta`` = 0 when unsteered);
+    ``elsewhere_max_abs_error``: the same between every other pair of consecutive blocks, where nothing may be
+    added; ``prefill_fingerprints``: sha256 of block L's own output in each pass over a whole prompt batch (a
+    prefill or a read), in order: steering must leave them equal to the unsteered run's, so an edit inside or
+    before block L shows even where the hand-off at L looks right.
     """
 
     forward_passes: int
     checked_passes: int
     positions: int
     max_abs_error: float
+    elsewhere_max_abs_error: float
+    prefill_fingerprints: tuple[str, ...]
 
     @property
     def exact(self) -> bool:
@@ -54,6 +64,7 @@ class SiteCheck:
             self.forward_passes > 0
             and self.checked_passes == self.forward_passes
             and self.max_abs_error == 0.0
+            and self.elsewhere_max_abs_error == 0.0
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -62,8 +73,14 @@ class SiteCheck:
             "checked_passes": self.checked_passes,
             "positions": self.positions,
             "max_abs_error": self.max_abs_error,
+            "elsewhere_max_abs_error": self.elsewhere_max_abs_error,
+            "prefill_fingerprints": list(self.prefill_fingerprints),
             "exact": self.exact,
         }
+
+
+def _fingerprint(hidden: torch.Tensor) -> str:
+    return hashlib.sha256(hidden.detach().contiguous().view(torch.uint8).cpu().numpy().tobytes()).hexdigest()
 
 
 class _Watch:
@@ -71,29 +88,40 @@ class _Watch:
         self.layer = layer
         self.delta = delta
         # Ordinary tensors (not created under inference mode), updated in place by every pass.
-        self.max_err = torch.zeros((), dtype=torch.float32, device=device)
+        self.max_err = torch.zeros(2, dtype=torch.float32, device=device)  # at the site, elsewhere
         self.counts = torch.zeros(3, dtype=torch.long, device=device)  # passes, checked passes, positions
-        self.raw: torch.Tensor | None = None
+        self.raw: dict[int, torch.Tensor] = {}
+        self.fingerprints: list[str] = []
 
-    def saw_output(self, output: Any) -> None:
+    def saw_output(self, index: int, output: Any) -> None:
         # A copy: pyvene writes its intervention back into the block's output tensor in place.
-        self.raw = block_hidden(output).detach().clone()
+        hidden = block_hidden(output).detach().clone()
+        self.raw[index] = hidden
+        if index != self.layer:
+            return
         self.counts[0].add_(1)
+        # A whole prompt batch (decode steps have one position); never in a CUDA graph capture (host work).
+        capturing = hidden.is_cuda and torch.cuda.is_current_stream_capturing()
+        if hidden.shape[1] > 1 and not capturing:
+            self.fingerprints.append(_fingerprint(hidden))
 
-    def saw_input(self, received: torch.Tensor) -> None:
-        raw = self.raw
+    def saw_input(self, index: int, received: torch.Tensor) -> None:
+        raw = self.raw.pop(index - 1, None)
         if raw is None or raw.shape != received.shape:
-            return  # not the residual of a watched pass; the pass counts then disagree
-        expected = raw if self.delta is None else raw + self.delta
+            return  # not the residual of a watched pass; at the site, the pass counts then disagree
+        at_site = index - 1 == self.layer
+        expected = raw + self.delta if at_site and self.delta is not None else raw
         err = (received.detach().float() - expected.float()).abs().amax()
-        torch.maximum(self.max_err, err, out=self.max_err)
-        self.counts[1].add_(1)
-        self.counts[2].add_(received.shape[0] * received.shape[1])
-        self.raw = None
+        slot = self.max_err[0 if at_site else 1]
+        torch.maximum(slot, err, out=slot)
+        if at_site:
+            self.counts[1].add_(1)
+            self.counts[2].add_(received.shape[0] * received.shape[1])
 
     def result(self) -> SiteCheck:
         passes, checked, positions = (int(v) for v in self.counts.tolist())
-        return SiteCheck(passes, checked, positions, float(self.max_err.item()))
+        at_site, elsewhere = (float(v) for v in self.max_err.tolist())
+        return SiteCheck(passes, checked, positions, at_site, elsewhere, tuple(self.fingerprints))
 
 
 class SiteObserver:
@@ -117,13 +145,13 @@ class SiteObserver:
         @functools.wraps(original)
         def forward(*args: Any, **kwargs: Any) -> Any:
             watch = self._watch
-            if watch is not None and index == watch.layer + 1:
+            if watch is not None and index > 0:
                 received = args[0] if args else kwargs.get("hidden_states")
                 if isinstance(received, torch.Tensor):
-                    watch.saw_input(received)
+                    watch.saw_input(index, received)
             output = original(*args, **kwargs)
-            if watch is not None and index == watch.layer:
-                watch.saw_output(output)
+            if watch is not None and index < self._n_layers:
+                watch.saw_output(index, output)
             return output
 
         module.forward = forward

@@ -378,8 +378,8 @@ def check_numerics_environment(numerics: NumericsSpec, environ: Mapping[str, str
     """Numerics come from the spec alone: a ``PHASEGATE_*`` variable that asks for something else refuses the
     run (it used to change the decoder silently, outside the spec hash that keys the checkpoints)."""
     for name, field in NUMERICS_ENV.items():
-        if name not in environ:
-            continue
+        if not environ.get(name, "").strip():
+            continue  # unset, or set to nothing: asks for nothing
         wanted = getattr(numerics, field)
         if _env_setting(field, environ[name]) != wanted:
             shown = str(wanted).lower() if isinstance(wanted, bool) else wanted

@@ -1,0 +1,47 @@
+/**
+ * The preflight before any dispatch: each model's run spec checked by the runtime against the model's config and
+ * tokenizer, on this worker's CPU (`phasegate-runtime preflight`, runtime/src/phasegate_runtime/preflight.py). What
+ * the run would refuse after loading the model on a paid GPU (a layer past the model's depth, a prompt the site
+ * position reaches past, an unknown `tiny:` model, a hub id the hub rejects, identical contrast sets) is refused
+ * here, final, before a second is paid. A hub model this worker cannot reach is reported as not checked.
+ */
+import { ApplicationFailure } from '@temporalio/common';
+import { ErrorTypes, type PreflightRecord } from '../workflows/definitions';
+import { modelOutDir, writeRunSpec } from './run-model';
+import { runRuntime, RuntimeExitCode } from './runtime-process';
+import type { PreflightInput } from './types';
+
+export interface PreflightDeps {
+  workDir: string;
+  modelCacheDir: string;
+  python: string;
+  runtimeSrc: string;
+}
+
+export async function preflightModels(deps: PreflightDeps, input: PreflightInput): Promise<PreflightRecord> {
+  const record: PreflightRecord = { checked: [], notChecked: [] };
+  for (const model of input.protocol.models) {
+    const specPath = writeRunSpec(input, model, modelOutDir(deps.workDir, input.phaseId, model.key), deps.modelCacheDir, 'preflight-spec.json');
+    let note: string | null = null;
+    let checked = false;
+    const exit = await runRuntime({
+      python: deps.python,
+      runtimeSrc: deps.runtimeSrc,
+      args: ['preflight', '--spec', specPath],
+      onEvent: (event) => {
+        if (event.event !== 'preflight') return;
+        checked = event.checked === true;
+        note = typeof event.note === 'string' ? event.note : null;
+      },
+    });
+    if (exit.code === RuntimeExitCode.invalidSpec) {
+      throw ApplicationFailure.create({ type: ErrorTypes.invalidInput, message: `${model.key}: ${exit.error?.message ?? 'invalid spec'} (found before any GPU run)`, nonRetryable: true });
+    }
+    if (exit.code !== RuntimeExitCode.ok) {
+      throw ApplicationFailure.create({ type: ErrorTypes.runtimeFailure, message: `preflight of ${model.key} failed: ${exit.error?.message ?? exit.stderrTail.trim().split('\n').pop() ?? `exit ${exit.code}`}` });
+    }
+    if (checked) record.checked.push(model.key);
+    else record.notChecked.push({ modelKey: model.key, why: note ?? 'not checked' });
+  }
+  return record;
+}
