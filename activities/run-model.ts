@@ -100,6 +100,8 @@ export async function runModel(deps: RunModelDeps, input: RunModelInput): Promis
   const timer = setInterval(beat, (deps.heartbeatEverySeconds ?? 5) * 1000);
   beat();
   log.info({ backend: backend.name, outDir }, 'model run started');
+  // The attempt is charged from here: time spent queued for a worker is not GPU time.
+  const startedAtMs = Date.now();
   try {
     const result = await backend.run(
       {
@@ -122,10 +124,10 @@ export async function runModel(deps: RunModelDeps, input: RunModelInput): Promis
       },
     );
     log.info({ seconds: result.measuredSeconds }, 'model run finished');
-    return result;
+    return { ...result, startedAtMs };
   } catch (err) {
     if (!(err instanceof BackendError)) throw err;
-    const details = [{ measuredSeconds: err.measuredSeconds, backendIds: err.backendIds }];
+    const details = [{ measuredSeconds: err.measuredSeconds, backendIds: err.backendIds, startedAtMs }];
     log.warn({ kind: err.kind, seconds: err.measuredSeconds }, `model run ended: ${err.message}`);
     if (err.kind === 'cancelled') throw new CancelledFailure(err.message, details);
     const type = { invalid_input: ErrorTypes.invalidInput, missing_credentials: ErrorTypes.missingCredentials, failure: ErrorTypes.runtimeFailure }[err.kind];

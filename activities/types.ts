@@ -34,6 +34,8 @@ export interface ModelRunResult {
   /** Seconds the backend measured for this attempt (process wall time locally, container GPU time on Modal). */
   measuredSeconds: number;
   backendIds: Record<string, string>;
+  /** When the backend run began (epoch ms, the worker's clock): charges start here, not when it was scheduled. */
+  startedAtMs: number;
 }
 
 export interface ScoreInput {

@@ -12,6 +12,7 @@ import { repoRoot } from '../common/config';
 import { BackendError, type BackendContext, type BackendJob } from '../activities/backends/backend';
 import { modalBackendFromEnv } from '../activities/backends/modal';
 import { rejection } from './helpers/errors';
+import { fakeModalEnv } from './helpers/modal';
 
 /** Each launcher answers in well under a second here; a test that waits longer is a launcher polling forever. */
 const TEST_TIMEOUT_MS = 30_000;
@@ -30,14 +31,7 @@ function setup(outcome = 'ok'): { job: BackendJob; env: NodeJS.ProcessEnv; state
   const specPath = path.join(dir, 'spec.json');
   writeFileSync(specPath, JSON.stringify({ phase_id: 'phase-modal', model_key: 'qwen-7b', methods: ['hooks', 'pyvene'], repeats: 1 }));
   const statePath = path.join(dir, 'fake-modal.json');
-  const env = {
-    PHASEGATE_MODAL_FAKE: '1',
-    PHASEGATE_MODAL_FAKE_STATE: statePath,
-    PHASEGATE_MODAL_FAKE_OUTCOME: outcome,
-    MODAL_TOKEN_ID: 'ak-test',
-    MODAL_TOKEN_SECRET: 'as-test',
-    PHASEGATE_MODAL_POLL_SECONDS: '0.05',
-  };
+  const env = fakeModalEnv(statePath, outcome);
   const job: BackendJob = { phaseId: 'phase-modal', modelKey: 'qwen-7b', attempt: 1, gpu: 'A10G', timeoutMinutes: 20, specPath, outDir: path.join(dir, 'out') };
   return { job, env, statePath, state: () => JSON.parse(readFileSync(statePath, 'utf8')) as FakeState };
 }

@@ -11,6 +11,7 @@ import { getState, startPhase, type PhaseClient } from '../client/phases';
 import type { LoadedProtocol } from '../protocols/load';
 import type { PhaseState } from '../workflows/definitions';
 import { approveAs, reviewAs } from './helpers/decisions';
+import { fakeModalEnv } from './helpers/modal';
 import { makeWorker, phaseResult, serverPerFile, testProtocol, testWorker, waitFor } from './helpers/temporal';
 
 const server = serverPerFile();
@@ -44,14 +45,7 @@ function fakeModal(outcome = 'ok'): FakeModal {
   const state = (): { calls: Record<string, { cancelled: boolean }>; spawns: string[] } =>
     existsSync(statePath) ? (JSON.parse(readFileSync(statePath, 'utf8')) as { calls: Record<string, { cancelled: boolean }>; spawns: string[] }) : { calls: {}, spawns: [] };
   return {
-    env: {
-      PHASEGATE_MODAL_FAKE: '1',
-      PHASEGATE_MODAL_FAKE_STATE: statePath,
-      PHASEGATE_MODAL_FAKE_OUTCOME: outcome,
-      MODAL_TOKEN_ID: 'ak-test',
-      MODAL_TOKEN_SECRET: 'as-test',
-      PHASEGATE_MODAL_POLL_SECONDS: '0.05',
-    },
+    env: fakeModalEnv(statePath, outcome),
     calls: () => state().calls,
     spawns: () => state().spawns,
   };

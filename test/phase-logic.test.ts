@@ -4,6 +4,7 @@ import { sign as nodeSign } from 'node:crypto';
 import {
   attemptReserveUsd,
   attemptTimeoutSeconds,
+  attemptWindow,
   applyApproveBudget,
   MIN_ATTEMPT_SECONDS,
   applyRejectBudget,
@@ -216,6 +217,13 @@ describe('ledger and budget check', () => {
     const base = { modelKey: 'm', attempt: 1, gpu: 'A10G', usdPerSecond: 0.000306, startedAtMs: 0, endedAtMs: 100_000, backendIds: {} };
     expect(ledgerEntryFor({ ...base, outcome: 'succeeded', measuredSeconds: 60 })).toMatchObject({ seconds: 60, usd: 0.01836, secondsBasis: 'measured' });
     expect(ledgerEntryFor({ ...base, outcome: 'timed_out', measuredSeconds: null })).toMatchObject({ seconds: 100, usd: 0.0306, secondsBasis: 'observed' });
+  });
+
+  test('an attempt is charged from when its run began, not from when it was scheduled; a stray clock is clamped', () => {
+    expect(attemptWindow(1_000, 31_000, 91_000)).toEqual({ startedAtMs: 31_000, endedAtMs: 91_000 }); // 30 s queued: not charged
+    expect(attemptWindow(1_000, undefined, 91_000)).toEqual({ startedAtMs: 1_000, endedAtMs: 91_000 }); // never reported: upper bound
+    expect(attemptWindow(1_000, -5_000, 91_000).startedAtMs).toBe(1_000); // a worker clock behind the workflow's
+    expect(attemptWindow(1_000, 99_000, 91_000).startedAtMs).toBe(91_000); // or ahead of it
   });
 
   test('an attempt refused before launching leaves nothing to release; one that ran or named a call does', () => {

@@ -136,6 +136,16 @@ export function ledgerEntryFor(r: AttemptRecord): LedgerEntry {
 }
 
 /**
+ * An attempt's charged window: from when its run began on the worker (reported by the activity), else from its
+ * scheduling. A reported start outside [scheduled, ended] (another machine's clock) is clamped into it, so the
+ * window never grows past what the workflow itself saw.
+ */
+export function attemptWindow(scheduledAtMs: number, reportedStartMs: number | undefined, endedAtMs: number): { startedAtMs: number; endedAtMs: number } {
+  const start = reportedStartMs === undefined ? scheduledAtMs : Math.min(Math.max(reportedStartMs, scheduledAtMs), endedAtMs);
+  return { startedAtMs: start, endedAtMs };
+}
+
+/**
  * Whether any attempt of this run may have started something that costs money: one that ran for some time or
  * named a remote call. An attempt refused before launching (missing credentials, say) charged 0 and named none.
  */

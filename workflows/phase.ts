@@ -52,6 +52,7 @@ import {
   checkBudget,
   gateContext,
   initialState,
+  attemptWindow,
   ledgerEntryFor,
   mayHaveLaunched,
   retryDelaySeconds,
@@ -215,7 +216,14 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
     }
   } catch (err) {
     if (err instanceof ContinueAsNew) throw err;
-    if (isCancellation(err) && state.status !== 'FROZEN') {
+    if (isCancellation(err) && state.status === 'FREEZING' && patched('freeze-finishes-after-a-cancel')) {
+      // The cancel arrived after scoring, before the freeze itself began (while the state was being recorded):
+      // the phase is FREEZING, so the freeze finishes, as it would have had the cancel come a moment later.
+      await CancellationScope.nonCancellable(async () => {
+        state.freeze = await freezePhase({ input: { ...input, resume: undefined }, state });
+        moveTo('FROZEN', `artifacts frozen in ${state.freeze.dir} (a cancel arrived while freezing)`);
+      });
+    } else if (isCancellation(err) && state.status !== 'FROZEN') {
       // Recording the outcome must not itself be cancelled.
       await CancellationScope.nonCancellable(async () => {
         for (const m of state.models) if (m.status === 'running') m.status = 'cancelled';
@@ -227,8 +235,8 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
       throw err;
     }
     // A bug in workflow code (a TypeError, say) fails the workflow task instead, so a fixed deployment resumes.
-    if (!isCancellation(err) && !(err instanceof ActivityFailure || err instanceof ApplicationFailure)) throw err;
-    if (state.status !== 'FROZEN') {
+    else if (!isCancellation(err) && !(err instanceof ActivityFailure || err instanceof ApplicationFailure)) throw err;
+    else if (state.status !== 'FROZEN') {
       await releaseLeftovers(input, state, 'failed');
       state.failure = errorMessage(err);
       moveTo('FAILED', state.failure);
@@ -315,7 +323,7 @@ async function runModels(
       const runModel = modelRunner(attemptTimeoutSeconds(model.timeout_minutes, state.budget.approvedUsd - spentUsd(state.ledger), usdPerSecond));
       progress.status = 'running';
       progress.attempts = attempt;
-      const startedAtMs = Date.now();
+      const scheduledAtMs = Date.now();
       let outcome: AttemptOutcome = 'succeeded';
       let measured: number | null = null;
       let result: ModelRunResult | null = null;
@@ -331,7 +339,12 @@ async function runModels(
       const error = failure === null ? undefined : errorMessage(failure);
       const backendIds = result?.backendIds ?? backendIdsOf(failure);
       state.ledger.push(
-        ledgerEntryFor({ modelKey: model.key, attempt, gpu: model.gpu, usdPerSecond, outcome, measuredSeconds: measured, startedAtMs, endedAtMs: Date.now(), backendIds, error }),
+        ledgerEntryFor({
+          modelKey: model.key, attempt, gpu: model.gpu, usdPerSecond, outcome, measuredSeconds: measured, backendIds, error,
+          // From when the run began on the worker, if it said so; an attempt that never reported is charged from
+          // its scheduling (an upper bound).
+          ...attemptWindow(scheduledAtMs, result?.startedAtMs ?? startedAtOf(failure), Date.now()),
+        }),
       );
       Object.assign(progress.backendIds, backendIds);
       state.events.push({ at: nowIso(), kind: 'attempt', message: `${model.key} attempt ${attempt}: ${outcome}${error ? ` (${error})` : ''}` });
@@ -427,6 +440,11 @@ function firstDetail(err: unknown): Record<string, unknown> | null {
 function measuredSecondsOf(err: unknown): number | null {
   const v = firstDetail(err)?.measuredSeconds;
   return typeof v === 'number' && Number.isFinite(v) ? v : null;
+}
+
+function startedAtOf(err: unknown): number | undefined {
+  const v = firstDetail(err)?.startedAtMs;
+  return typeof v === 'number' && Number.isFinite(v) ? v : undefined;
 }
 
 function backendIdsOf(err: unknown): Record<string, string> {
