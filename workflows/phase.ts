@@ -233,10 +233,10 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
         await condition(allHandlersFinished);
       });
       throw err;
-    }
-    // A bug in workflow code (a TypeError, say) fails the workflow task instead, so a fixed deployment resumes.
-    else if (!isCancellation(err) && !(err instanceof ActivityFailure || err instanceof ApplicationFailure)) throw err;
-    else if (state.status !== 'FROZEN') {
+    } else if (!isCancellation(err) && !(err instanceof ActivityFailure || err instanceof ApplicationFailure)) {
+      // A bug in workflow code (a TypeError, say) fails the workflow task instead, so a fixed deployment resumes.
+      throw err;
+    } else if (state.status !== 'FROZEN') {
       await releaseLeftovers(input, state, 'failed');
       state.failure = errorMessage(err);
       moveTo('FAILED', state.failure);
@@ -382,9 +382,10 @@ async function releaseLeftovers(input: PhaseInput, state: PhaseState, why: strin
   const { stopped } = await CancellationScope.nonCancellable(() => releaseCompute({ phaseId: input.phaseId, protocol: input.protocol }));
   const endedAtMs = Date.now();
   for (const { modelKey, ids } of stopped) {
+    state.events.push({ at: nowIso(), kind: 'note', message: `${modelKey}: ${ids.join(', ')} still running when the phase left RUNNING (${why}); stopped` });
     const model = input.protocol.models.find((m) => m.key === modelKey);
     const last = [...state.ledger].reverse().find((e) => e.modelKey === modelKey);
-    if (model === undefined || last === undefined) continue;
+    if (model === undefined || last === undefined) continue; // nothing of this run to extend: noted above
     state.ledger.push(
       ledgerEntryFor({
         modelKey, attempt: last.attempt, gpu: model.gpu, usdPerSecond: input.pricing.usdPerSecond[model.gpu] ?? 0, outcome: 'cancelled',
@@ -392,7 +393,6 @@ async function releaseLeftovers(input: PhaseInput, state: PhaseState, why: strin
         error: `still running when the phase left RUNNING (${why}); stopped`,
       }),
     );
-    state.events.push({ at: nowIso(), kind: 'note', message: `${modelKey}: ${ids.join(', ')} still running when the phase left RUNNING (${why}); stopped` });
   }
 }
 

@@ -80,12 +80,6 @@ def timed(device: torch.device) -> Iterator[Timing]:
     timing.wall_s = time.perf_counter() - started
 
 
-def validate_against_model(spec: RunSpec, loaded: LoadedModel) -> None:
-    """Spec checks that need the model: still invalid-spec errors (exit 2), not retryable failures. The same
-    rules the preflight applied before dispatch (:mod:`.preflight`), now on the loaded model."""
-    check_site(spec, loaded.num_layers, loaded.tokenizer)
-
-
 def environment(spec: RunSpec, loaded: LoadedModel) -> dict[str, Any]:
     def version(name: str) -> str | None:
         try:
@@ -108,7 +102,6 @@ def environment(spec: RunSpec, loaded: LoadedModel) -> dict[str, Any]:
         "device": str(loaded.device),
         "device_name": device_name,
         "determinism": asdict(determinism_record(spec.seed)),
-        "fused_kernels": fused_enabled(spec.numerics.fused_kernels, loaded.device),
         "fused_kernels_error": FAILURES[0] if FAILURES else None,
     }
 
@@ -201,7 +194,8 @@ class Run:
         loaded = self.loader(spec.model, spec.cache_dir)
         set_numerics(loaded.model, spec.numerics)
         observer = install_site_observer(loaded.model)
-        validate_against_model(spec, loaded)
+        # The preflight's rules (checked before dispatch), now on the loaded model: invalid specs (exit 2).
+        check_site(spec, loaded.num_layers, loaded.tokenizer)
         self.events.emit(
             "model_loaded",
             model_key=spec.model_key,
@@ -303,30 +297,50 @@ class Run:
                 changed_fraction=None,
             )
 
-        def method_unit(method: MethodName, repeat: int) -> dict[str, Any]:
-            record: dict[str, Any] = {"method": method, "repeat": repeat, "files": {}}
+        def guarded(record: dict[str, Any], name: str, body: Callable[[], None]) -> dict[str, Any]:
+            """Runs a unit's ``body``, timed; its failure is recorded in the unit (see module docstring)."""
             with timed(dev) as t:
                 try:
-                    backend = make_backend(method, loaded)
-                    with watched(None) as reads:
-                        direction = compute_direction(backend, harmful, harmless, layer, spec.site.position)
-                    rel = self._write_direction(unit_stem(method, repeat), direction.unit, record["files"])
-                    delta = steering_delta(direction.unit, spec.steering.alpha, loaded.dtype, dev)
-                    rows, steered = generate(backend, delta)
-                    record.update(
-                        ok=True,
-                        error=None,
-                        direction_file=rel,
-                        direction_norm_before_normalisation=direction.norm_before_normalisation,
-                        site_check={"reads": reads[0].to_json(), "steered": steered.to_json()},
-                        **steered_record(rows),
-                    )
+                    body()
                 except torch.OutOfMemoryError:
                     raise
-                except Exception as err:  # noqa: BLE001 - recorded per unit, see module docstring
-                    failed(record, err, unit_name(method, repeat))
+                except Exception as err:  # noqa: BLE001 - recorded per unit; parity then fails with the reason
+                    failed(record, err, name)
             record.update(wall_s=t.wall_s, gpu_s=t.gpu_s)
             return record
+
+        def read_then_steer(
+            record: dict[str, Any],
+            backend: Backend,
+            explicit_positions: bool,
+            stem: str,
+            steer_with: np.ndarray | None,
+        ) -> None:
+            """The direction as ``backend`` reads it, saved as ``stem``; then generation steered by
+            ``steer_with`` (a unit vector; None: the direction just read). Both watched at the site."""
+            with watched(None) as reads:
+                direction = compute_direction(
+                    backend, harmful, harmless, layer, spec.site.position, explicit_positions
+                )
+            rel = self._write_direction(stem, direction.unit, record["files"])
+            unit = direction.unit if steer_with is None else steer_with
+            rows, steered = generate(backend, steering_delta(unit, spec.steering.alpha, loaded.dtype, dev))
+            record.update(
+                ok=True,
+                error=None,
+                direction_file=rel,
+                direction_norm_before_normalisation=direction.norm_before_normalisation,
+                site_check={"reads": reads[0].to_json(), "steered": steered.to_json()},
+                **steered_record(rows),
+            )
+
+        def method_unit(method: MethodName, repeat: int) -> dict[str, Any]:
+            record: dict[str, Any] = {"method": method, "repeat": repeat, "files": {}}
+
+            def body() -> None:
+                read_then_steer(record, make_backend(method, loaded), True, unit_stem(method, repeat), None)
+
+            return guarded(record, unit_name(method, repeat), body)
 
         units = [
             self._unit(
@@ -344,37 +358,19 @@ class Run:
             tokens are comparable with that unit's, token for token)."""
             record: dict[str, Any] = {"method": method, "repeat": 0, "files": {}}
             fast = fast_r0[method]
-            with timed(dev) as t:
-                try:
-                    if not fast["ok"]:
-                        raise RuntimeError(f"its fast unit {unit_name(method, 0)} failed")
-                    fast_path = self.out / fast["direction_file"]
-                    fast_unit = np.load(fast_path, allow_pickle=False)
-                    # The delta it steers with: if repeat 0 is ever computed again, this unit is too.
-                    record["files"][fast["direction_file"]] = sha256_file(fast_path)
-                    backend = make_backend(method, loaded)
-                    with watched(None) as reads:
-                        native_read = compute_direction(
-                            backend, harmful, harmless, layer, spec.site.position, explicit_positions=False
-                        )
-                    rel = self._write_direction(f"native_{method}_read", native_read.unit, record["files"])
-                    delta = steering_delta(fast_unit, spec.steering.alpha, loaded.dtype, dev)
-                    with native_generate(loaded.model):
-                        rows, steered = generate(backend, delta)
-                    record.update(
-                        ok=True,
-                        error=None,
-                        direction_file=rel,
-                        direction_norm_before_normalisation=native_read.norm_before_normalisation,
-                        site_check={"reads": reads[0].to_json(), "steered": steered.to_json()},
-                        **steered_record(rows),
-                    )
-                except torch.OutOfMemoryError:
-                    raise
-                except Exception as err:  # noqa: BLE001 - recorded, and parity then fails with the reason
-                    failed(record, err, f"native/{method}")
-            record.update(wall_s=t.wall_s, gpu_s=t.gpu_s)
-            return record
+
+            def body() -> None:
+                if not fast["ok"]:
+                    raise RuntimeError(f"its fast unit {unit_name(method, 0)} failed")
+                fast_path = self.out / fast["direction_file"]
+                # The delta it steers with: if repeat 0 is ever computed again, this unit is too.
+                record["files"][fast["direction_file"]] = sha256_file(fast_path)
+                fast_unit = np.load(fast_path, allow_pickle=False)
+                backend = make_backend(method, loaded)
+                with native_generate(loaded.model):
+                    read_then_steer(record, backend, False, f"native_{method}_read", fast_unit)
+
+            return guarded(record, f"native/{method}", body)
 
         natives = [
             self._unit(f"native/{m}", native_file(self.out, m), lambda m=m: native_unit(m))  # type: ignore[misc]
