@@ -11,8 +11,17 @@ import pytest
 
 from phasegate_runtime import modal_launch
 from phasegate_runtime.modal_fake import FakeCall, FakeModal
-from phasegate_runtime.modal_job import call_is_over, claim_key, release_claim, take_claim
-from phasegate_runtime.modal_launch import RECORD_FILE, Emit, Job, cancel, launch, main
+from phasegate_runtime.modal_job import call_is_over, claim_call, claim_key, release_claim, take_claim
+from phasegate_runtime.modal_launch import (
+    RECORD_FILE,
+    Emit,
+    Job,
+    Polling,
+    cancel,
+    launch,
+    main,
+    merged_seconds,
+)
 
 from _data import run_spec_dict, write_json
 
@@ -52,9 +61,9 @@ class BoundedEmit(Emit):
         super().__call__(event, **fields)
 
 
-def _launch(job: Job, fake: FakeModal) -> tuple[int, list[dict[str, Any]]]:
+def _launch(job: Job, fake: FakeModal, unknown_for_s: float = 600.0) -> tuple[int, list[dict[str, Any]]]:
     stream = io.StringIO()
-    code = launch(job, fake, BoundedEmit(stream), poll_s=0.001)
+    code = launch(job, fake, BoundedEmit(stream), Polling(poll_s=0.001, unknown_for_s=unknown_for_s))
     return code, _events(stream)
 
 
@@ -72,9 +81,16 @@ def test_launch_spawns_once_and_copies_results_and_ids(job: Job) -> None:
     record = json.loads((job.out_dir / RECORD_FILE).read_text())
     assert (record["call_id"], record["app_id"], record["status"]) == ("fc-fake-1", "ap-fake", "finished")
     assert fake.launches.get("demo-ab12cd34/tiny-qwen")["call_id"] == "fc-fake-1"
+    windows = events[-1].pop("windows")
     assert events[-1] == {"event": "finished", "result": str(job.out_dir / "result.json"),
                           "gpu_seconds": 12.5, "call_id": "fc-fake-1", "app_id": "ap-fake",
-                          "reattached": False}  # fmt: skip
+                          "reattached": False, "reused": False}  # fmt: skip
+    # The call's billable window: from the spawn request to its end plus idle scale-down and the stop.
+    [window] = windows
+    assert (window["call_id"], window["resource"]) == ("fc-fake-1", "gpu")
+    spawned_ms = fake.call("fc-fake-1")["spawned_at"] * 1000
+    assert window["from_ms"] <= spawned_ms
+    assert window["to_ms"] - spawned_ms >= modal_launch.AFTER_END_MS
 
 
 @pytest.mark.parametrize("lost", ["launch record", "nothing"])
@@ -160,7 +176,8 @@ def test_sigterm_detaches_and_cancel_cancels_the_remote_call(job: Job) -> None:
     stream = io.StringIO()
     assert cancel(job.phase_id, job.model_key, job.out_dir, fake, Emit(stream)) == 0
     assert fake.call("fc-fake-1")["cancelled"] is True
-    assert _events(stream) == [{"event": "cancelled", "call_ids": ["fc-fake-1"]}]
+    [event] = _events(stream)
+    assert (event["event"], event["call_ids"]) == ("cancelled", ["fc-fake-1"])
     assert json.loads((job.out_dir / RECORD_FILE).read_text())["status"] == "cancelled"
     fake.outcome = "ok"  # a cancelled call is never reattached to
     code, _ = _launch(_attempt(job, 2), fake)
@@ -171,7 +188,7 @@ def test_sigterm_detaches_and_cancel_cancels_the_remote_call(job: Job) -> None:
 def test_cancel_finds_an_unrecorded_call_through_its_container_claim(job: Job) -> None:
     fake = FakeModal(outcome="hang")
     fake.spawn({"phase_id": job.phase_id}, gpu="A10G", timeout_s=600)  # its launcher died before recording it
-    fake.launches.put(claim_key(job.phase_id, job.model_key), "fc-fake-1")  # its container started
+    fake.launches.put(claim_key(job.phase_id, job.model_key), {"call_id": "fc-fake-1", "task": "ta-1"})
     stream = io.StringIO()
     assert cancel(job.phase_id, job.model_key, job.out_dir, fake, Emit(stream)) == 0
     assert fake.call("fc-fake-1")["cancelled"] is True
@@ -235,19 +252,37 @@ def test_claims_let_one_container_run(tmp_path: Path) -> None:
     store = FakeModal().launches
     key = claim_key("p", "m")
     live = {"fc-a"}
-    assert take_claim(store, key, "fc-a", is_live=live.__contains__) is None
-    assert take_claim(store, key, "fc-b", is_live=live.__contains__) == "fc-a"  # live owner: newcomer yields
-    assert take_claim(store, key, "fc-a", is_live=live.__contains__) is None  # re-entry by the owner
+    assert take_claim(store, key, "fc-a", "ta", is_live=live.__contains__) is None
+    assert (
+        take_claim(store, key, "fc-b", "tb", is_live=live.__contains__) == "fc-a"
+    )  # live owner: newcomer yields
+    assert take_claim(store, key, "fc-a", "ta", is_live=live.__contains__) is None  # re-entry by the owner
     live.clear()  # fc-a was killed outright and never released: its claim is stale
-    assert take_claim(store, key, "fc-b", is_live=live.__contains__, sleep=lambda _: None) is None
-    assert store.get(key) == "fc-b"
+    assert take_claim(store, key, "fc-b", "tb", is_live=live.__contains__, sleep=lambda _: None) is None
+    assert claim_call(store.get(key)) == "fc-b"
     # Two takers of a stale claim: the one overwritten during its settle yields to the last writer.
     live.clear()
-    assert take_claim(store, key, "fc-c", is_live=live.__contains__,
-                      sleep=lambda _: store.put(key, "fc-d")) == "fc-d"  # fmt: skip
-    release_claim(store, key, "fc-c")  # not the holder: no effect
-    assert store.get(key) == "fc-d"
-    release_claim(store, key, "fc-d")
+    d = {"call_id": "fc-d", "task": "td"}
+    assert take_claim(store, key, "fc-c", "tc", is_live=live.__contains__,
+                      sleep=lambda _: store.put(key, d)) == "fc-d"  # fmt: skip
+    release_claim(store, key, "fc-c", "tc")  # not the holder: no effect
+    assert claim_call(store.get(key)) == "fc-d"
+    release_claim(store, key, "fc-d", "td")
+    assert store.get(key) is None
+
+
+def test_a_preempted_input_restarts_and_the_old_container_cannot_release_the_new_claim() -> None:
+    store = FakeModal().launches
+    key = claim_key("p", "m")
+    assert take_claim(store, key, "fc-a", "ta-1", is_live=lambda _: True) is None
+    # Modal restarts the preempted input in a new container: same call id, another task. The call is live
+    # (it is this very call), yet the restarted copy must run: the old container is gone.
+    assert take_claim(store, key, "fc-a", "ta-2", is_live=lambda _: True) is None
+    assert store.get(key)["task"] == "ta-2"
+    release_claim(store, key, "fc-a", "ta-1")  # the old container's late clean-up
+    assert store.get(key)["task"] == "ta-2"  # the new one still holds it: no third container may start
+    assert take_claim(store, key, "fc-b", "tb", is_live=lambda _: True) == "fc-a"
+    release_claim(store, key, "fc-a", "ta-2")
     assert store.get(key) is None
 
 
@@ -257,20 +292,125 @@ def test_reconcile_without_an_account_says_billing_could_not_be_read(
     monkeypatch.delenv("MODAL_TOKEN_ID", raising=False)
     monkeypatch.setenv("MODAL_CONFIG_PATH", str(tmp_path / "none.toml"))
     (tmp_path / "qwen-7b").mkdir()
-    write_json(tmp_path / "qwen-7b" / RECORD_FILE, {
-        "calls": [{"call_id": "fc-1", "at": "2026-11-28T08:00:00+00:00", "gpu_seconds": 500.0},
-                  {"call_id": "fc-2", "at": "2026-11-28T09:00:00+00:00", "gpu_seconds": 100.0}]})  # fmt: skip
-    assert main(["reconcile", "--phase-dir", str(tmp_path), "--protocol", str(PROTOCOL)]) == 0
+    hour = 3_600_000
+    base = 1_795_000_000_000 // hour * hour  # a whole hour
+    # fc-1 reported twice (a detached attempt, then the reattached one): its overlap counts once.
+    windows = [
+        {"call_id": "fc-1", "from_ms": base, "to_ms": base + 400_000, "resource": "gpu"},
+        {"call_id": "fc-1", "from_ms": base + 100_000, "to_ms": base + 500_000, "resource": "gpu"},
+        {"call_id": "fc-2", "from_ms": base + 600_000, "to_ms": base + 700_000, "resource": "gpu"},
+    ]
+    record = {"app_id": "ap-1", "calls": [{"call_id": "fc-1"}], "windows": windows}
+    write_json(tmp_path / "qwen-7b" / RECORD_FILE, record)
+    from datetime import UTC, datetime
+
+    now = datetime.fromtimestamp((base + 1000_000) / 1000, UTC)  # still inside that hour
+    assert modal_launch.reconcile(tmp_path, PROTOCOL, Emit(), now=now) == 0
     out = capsys.readouterr()
     report = json.loads(out.out.splitlines()[-1])
     qwen, gemma = report["models"]
-    assert qwen["estimate_usd"] == round(600 * 0.000306, 4)
-    assert (qwen["measured_seconds"], qwen["measured_usd"]) == (600.0, round(600 * 0.000306, 4))
-    assert gemma["measured_usd"] is None
+    assert qwen["bound_gpu_seconds"] == 600.0
+    pricing = json.loads((PROTOCOL.parent / "pricing" / "modal-gpu.json").read_text())
+    box = pricing["modal_container"]
+    assert qwen["bound_usd"]["gpu"] == round(600 * pricing["usd_per_second"]["A10G"], 4)
+    assert qwen["bound_usd"]["memory"] == round(600 * box["memory_gib"] * box["usd_per_gib_second"], 4)
+    assert gemma["bound_gpu_seconds"] == 0.0
     assert report["total"]["billed_usd"] is None
+    assert report["billing_window"]["complete"] is False
     assert report["billing_note"].startswith("billing could not be read: no Modal credentials")
-    assert "billing could not be read" in out.err
-    assert "estimate $" in out.err
+    assert "INCOMPLETE" in report["billing_note"]
+    assert "ledger bound $" in out.err
+
+
+def test_merged_seconds_counts_each_call_second_once() -> None:
+    w = [
+        {"call_id": "a", "from_ms": 0, "to_ms": 10_000},
+        {"call_id": "a", "from_ms": 5_000, "to_ms": 12_000},
+        {"call_id": "b", "from_ms": 0, "to_ms": 1_000},
+        {"call_id": "a", "from_ms": 20_000, "to_ms": 21_000},
+    ]
+    assert merged_seconds(w) == 12 + 1 + 1  # two calls running at once are both billed
+
+
+def test_network_errors_while_waiting_are_waited_out_not_a_second_run(job: Job) -> None:
+    fake = FakeModal(run_s=0.05, probe_errors=3)
+    code, events = _launch(job, fake)
+    assert code == 0
+    assert fake.spawned == ["fc-fake-1"]
+    assert sum(1 for e in events if e.get("poll_error")) == 3
+
+
+def _billed_ms(fake: FakeModal) -> float:
+    with fake.state() as s:
+        return sum(float(c["billed_s"]) for c in s["calls"].values()) * 1000
+
+
+def test_a_preempted_call_is_billed_for_both_containers_and_the_window_covers_them(job: Job) -> None:
+    fake = FakeModal(outcome="preempt", run_s=0.02)
+    code, events = _launch(job, fake)
+    assert code == 0
+    call = fake.call("fc-fake-1")
+    assert len(call["containers"]) == 2
+    assert merged_seconds(events[-1]["windows"]) * 1000 >= _billed_ms(fake)
+
+
+def test_a_late_retry_after_completion_reuses_the_finished_run(job: Job) -> None:
+    """Attempt 1 finished on Modal but its worker never reported it; the Dict entry and the local record are
+    gone (a retry on another host, after Modal's 7 days): the new call finds the done marker, runs nothing."""
+    fake = FakeModal(run_s=0.05)
+    assert _launch(job, fake)[0] == 0
+    fake.launches.pop("demo-ab12cd34/tiny-qwen")
+    (job.out_dir / RECORD_FILE).unlink()
+    code, events = _launch(_attempt(job, 2), fake)
+    assert code == 0
+    assert fake.spawned == ["fc-fake-1", "fc-fake-2"]
+    assert events[-1]["reused"] is True
+    with fake.state() as s:
+        assert s["runs"] == {"demo-ab12cd34/tiny-qwen": 1}  # one paid run of the work
+
+
+def test_every_window_ends_after_what_modal_bills(job: Job) -> None:
+    """Over a crash, a retry and a duplicate, the launcher's windows cover every billed container-second."""
+    fake = FakeModal(outcome="crash", run_s=0.05)
+    windows: list[dict[str, Any]] = []
+    code, events = _launch(job, fake)
+    windows += events[-1]["windows"]
+    assert code == 1
+    fake.outcome = "ok"
+    code, events = _launch(_attempt(job, 2), fake)
+    windows += events[-1]["windows"]
+    assert code == 0
+    assert merged_seconds(windows) * 1000 >= _billed_ms(fake)
+
+
+def test_cancel_reports_the_stopped_call_window(job: Job) -> None:
+    fake = _orphaned_running_call(job)
+    stream = io.StringIO()
+    assert cancel(job.phase_id, job.model_key, job.out_dir, fake, Emit(stream)) == 0
+    [event] = _events(stream)
+    [window] = event["windows"]
+    assert window["call_id"] == "fc-fake-1"
+    assert window["to_ms"] - window["from_ms"] >= _billed_ms(fake)
+
+
+def test_a_hub_model_is_downloaded_on_a_cpu_container_first_and_once(job: Job, tmp_path: Path) -> None:
+    spec = json.loads(job.spec_path.read_text())
+    spec["model"]["id"] = "Qwen/Qwen2.5-7B-Instruct"
+    write_json(job.spec_path, spec)
+    fake = FakeModal()
+    code, events = _launch(job, fake)
+    assert code == 0
+    assert [fake.call(c)["kind"] for c in fake.spawned] == ["prefetch", "run"]
+    assert {w["resource"] for w in events[-1]["windows"]} == {"cpu", "gpu"}
+    fake.launches.pop("demo-ab12cd34/tiny-qwen")
+    (job.out_dir / RECORD_FILE).unlink()
+    assert _launch(_attempt(job, 2), fake)[0] == 0
+    assert [fake.call(c)["kind"] for c in fake.spawned] == ["prefetch", "run", "run"]  # downloaded once
+
+
+def test_modal_check_reports_the_gpu_it_got(capsys: pytest.CaptureFixture[str]) -> None:
+    assert modal_launch.check("H100", FakeModal(), Emit(), poll_s=0.001) == 0
+    assert "modal check H100: ok (gpu NVIDIA H100" in capsys.readouterr().err
 
 
 def test_a_network_error_while_probing_a_live_call_does_not_spawn_a_second_one(job: Job) -> None:
@@ -278,7 +418,7 @@ def test_a_network_error_while_probing_a_live_call_does_not_spawn_a_second_one(j
     # call, so it must be treated as live, never paid for twice.
     fake = _orphaned_running_call(job)
     fake.set_outcome("fc-fake-1", "probe_error")
-    code, events = _launch(_attempt(job, 2), fake)
+    code, events = _launch(_attempt(job, 2), fake, unknown_for_s=0.01)
     assert fake.spawned == ["fc-fake-1"]
     assert code == 1  # the poll keeps failing: retryable, and the retry reattaches to the same call
     assert any(e["event"] == "launched" and e.get("reattached") for e in events)
@@ -292,8 +432,8 @@ def test_the_claim_is_kept_when_its_owner_cannot_be_polled(tmp_path: Path) -> No
     def is_live(call_id: str) -> bool:
         return call_id in unknown
 
-    assert take_claim(fake.launches, key, "fc-a", is_live=is_live) is None
-    assert take_claim(fake.launches, key, "fc-b", is_live=is_live, sleep=lambda _: None) == "fc-a"
+    assert take_claim(fake.launches, key, "fc-a", "ta-1", is_live=is_live) is None
+    assert take_claim(fake.launches, key, "fc-b", "ta-2", is_live=is_live, sleep=lambda _: None) == "fc-a"
 
 
 def test_a_timeout_error_raised_by_the_remote_function_is_a_failure_not_still_running(job: Job) -> None:
@@ -307,9 +447,11 @@ def test_a_timeout_error_raised_by_the_remote_function_is_a_failure_not_still_ru
 def test_releasing_a_claim_that_is_already_gone_is_not_an_error() -> None:
     fake = FakeModal()
     key = claim_key("p", "m")
-    assert take_claim(fake.launches, key, "fc-a", is_live=lambda _: False) is None
+    assert take_claim(fake.launches, key, "fc-a", "ta-1", is_live=lambda _: False) is None
     fake.launches.pop(key)
-    release_claim(fake.launches, key, "fc-a")  # no KeyError: a finished run is not turned into a failure
+    release_claim(
+        fake.launches, key, "fc-a", "ta-1"
+    )  # no KeyError: a finished run is not turned into a failure
     assert fake.launches.get(key) is None
 
 

@@ -14,7 +14,7 @@ call with ``Function.with_options`` (each GPU type gets its own container pool).
 
 from __future__ import annotations
 
-import sys
+import os
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +23,21 @@ import modal
 from .modal_job import (
     APP_NAME,
     APP_TAGS,
+    CPU_REQUEST_CORES,
     DICT_NAME,
+    MEMORY_REQUEST_MIB,
+    SCALEDOWN_WINDOW_S,
     SECRET_NAME,
     VOLUME_NAME,
     VolumePaths,
     call_is_over,
-    claim_key,
-    release_claim,
-    run_model_body,
-    take_claim,
+    prefetch_body,
+    run_in_container,
+    smoke_body,
 )
 
 VOLUME_ROOT = Path("/data")
-# The default per-call timeout; the launcher overrides it with the protocol's timeout_minutes.
+# The default per-call timeout; the launcher overrides it with what the attempt may run.
 DEFAULT_TIMEOUT_S = 60 * 60
 
 _RUNTIME_DIR = Path(__file__).resolve().parents[2]
@@ -61,6 +63,8 @@ image = (
 app = modal.App(APP_NAME, tags=APP_TAGS, image=image)
 volume = modal.Volume.from_name(VOLUME_NAME, create_if_missing=True)
 launches = modal.Dict.from_name(DICT_NAME, create_if_missing=True)
+# A missing HF_TOKEN is found when the app is deployed, not on a paid GPU.
+hf_secret = modal.Secret.from_name(SECRET_NAME, required_keys=["HF_TOKEN"])
 
 
 def _is_live(call_id: str) -> bool:
@@ -79,40 +83,40 @@ def _is_live(call_id: str) -> bool:
     gpu="A10G",
     timeout=DEFAULT_TIMEOUT_S,
     volumes={str(VOLUME_ROOT): volume},
-    # A missing HF_TOKEN is found when the app is deployed, not on a paid GPU.
-    secrets=[modal.Secret.from_name(SECRET_NAME, required_keys=["HF_TOKEN"])],
+    secrets=[hf_secret],
     # No platform retries: the workflow retries, and every attempt must get its own ledger line.
     retries=0,
     # A container idles (and is billed) this long after its call; one call per phase and model needs no
-    # warm pool (Modal's default is 60 s).
-    scaledown_window=2,
+    # warm pool (Modal's default is 60 s). The ledger adds it to every call (modal_job.SCALEDOWN_WINDOW_S).
+    scaledown_window=SCALEDOWN_WINDOW_S,
+    # The launcher sets the CPU and memory limits per call (with_options), from the pricing table.
+    cpu=CPU_REQUEST_CORES,
+    memory=MEMORY_REQUEST_MIB,
 )
 def run_model(spec: dict[str, Any]) -> dict[str, Any]:
-    call_id = modal.current_function_call_id() or "unknown"
-    key = claim_key(str(spec["phase_id"]), str(spec["model_key"]))
-    owner = take_claim(launches, key, call_id, is_live=_is_live)
-    if owner is not None:
-        return {"status": "duplicate", "owner": owner, "gpu_seconds": 0.0, "files": {}, "message": None}
-    try:
-        volume.reload()
-        result = run_model_body(spec, VolumePaths(VOLUME_ROOT))
-    except TimeoutError as err:
-        # Never let a TimeoutError escape: the caller's SDK raises that same builtin for "no output yet".
-        result = {
-            "status": "failure",
-            "gpu_seconds": None,
-            "files": {},
-            "message": f"TimeoutError in the container: {err}",
-        }
-    finally:
-        # Clean-up must not throw a finished run away (a retry would pay for it again): its errors are logged.
-        # Checkpoints must outlive this container for a retry to resume (Volumes also commit on exit).
-        for step, action in (
-            ("volume commit", volume.commit),
-            ("claim release", lambda: release_claim(launches, key, call_id)),
-        ):
-            try:
-                action()
-            except Exception as err:  # noqa: BLE001 - logged; the result stands
-                print(f"phasegate: {step} failed after the run: {type(err).__name__}: {err}", file=sys.stderr)
+    return run_in_container(
+        spec,
+        call_id=modal.current_function_call_id() or "unknown",
+        # Modal's container (task) id: a preempted input restarts in another container with the same call id.
+        task_id=os.environ.get("MODAL_TASK_ID", "unknown"),
+        claims=launches,
+        volume=volume,
+        paths=VolumePaths(VOLUME_ROOT),
+        is_live=_is_live,
+    )
+
+
+@app.function(timeout=3 * 60 * 60, volumes={str(VOLUME_ROOT): volume}, secrets=[hf_secret], cpu=2.0,
+              memory=4096, retries=2, scaledown_window=SCALEDOWN_WINDOW_S)  # fmt: skip
+def prefetch_model(model: dict[str, Any]) -> dict[str, Any]:
+    """Downloads a model's weights into the Volume's model cache on a CPU container (GPU seconds are ~20x the
+    price of a CPU's: the first run of a 9B model would otherwise pay ~34 GB of download at GPU rates)."""
+    result = prefetch_body(model, VolumePaths(VOLUME_ROOT))
+    volume.commit()
     return result
+
+
+@app.function(gpu="A10G", timeout=5 * 60, retries=0, scaledown_window=SCALEDOWN_WINDOW_S)
+def smoke(expected_gpu: str) -> dict[str, Any]:
+    """`phasegate modal check`: the driver, CUDA, torch and the GPU a call really gets, in one short call."""
+    return smoke_body(expected_gpu)

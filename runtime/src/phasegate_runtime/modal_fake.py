@@ -6,12 +6,22 @@ on every later ``get``; the Dict's ``put(skip_if_exists=True)`` is atomic.
 
 State can live in a JSON file (``PHASEGATE_MODAL_FAKE_STATE``) so that separate launcher processes, as the
 TypeScript backend starts them, share one "Modal". Each spawned call's outcome is fixed at spawn time from
-``PHASEGATE_MODAL_FAKE_OUTCOME``: ``ok`` (default), ``fail``, ``invalid``, ``crash`` or ``hang``.
+``PHASEGATE_MODAL_FAKE_OUTCOME`` (``OUTCOMES``), and so is how long it runs (``PHASEGATE_MODAL_FAKE_RUN_S``,
+default 0: output at once).
+
+It also keeps Modal's bill, so that tests can hold the ledger against it: every call's containers, each billed
+from its start to its end plus the idle ``scaledown_window`` (``billed_s``, once the call is over: finished,
+failed, timed out on the platform, or cancelled). A container starts when the call is spawned (no queueing,
+the most a call can be billed). ``preempt`` runs half, loses its container, and restarts the input in a
+second one (billed both); a call whose (phase, model) already finished with the same spec on the "Volume"
+returns that result at once (``reused``), as ``modal_job.run_model_body``'s done marker does; ``runs`` counts
+the full runs per (phase, model) that did the work.
 """
 
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import io
 import json
 import os
@@ -34,7 +44,12 @@ OUTCOMES = (
     "remote_timeout",
     "auth_error",
     "not_deployed",
+    "preempt",
 )
+# What the double bills after a call's last output (modal_job.SCALEDOWN_WINDOW_S is the app's setting).
+FAKE_SCALEDOWN_S = 2.0
+# How long a preempted input waits for its second container, as a share of its run.
+FAKE_RESTART_GAP = 0.25
 
 
 class RemoteError(Exception):
@@ -53,6 +68,10 @@ class InputCancellation(Exception):
     """What ``get`` raises for a cancelled call."""
 
 
+class FunctionTimeoutError(Exception):
+    """Modal's FunctionTimeoutError: the call ran past its timeout on the platform."""
+
+
 class ProbeConnectionError(Exception):
     """A network error while polling: says nothing about whether the call runs (Modal's ConnectionError)."""
 
@@ -64,17 +83,43 @@ def fake_result(spec: dict[str, Any], call_id: str) -> dict[str, Any]:
     directions = {
         f"directions/{m}_r{r}.npy": buf.getvalue() for m in spec["methods"] for r in range(spec["repeats"])
     }
-    result = {"result_version": 1, "phase_id": spec["phase_id"], "model_key": spec["model_key"],
-              "fake_modal_call": call_id, "methods": spec["methods"], "repeats": spec["repeats"]}  # fmt: skip
-    return {"status": "ok", "gpu_seconds": 12.5, "message": None,
-            "files": {**directions, "result.json": json.dumps(result).encode()}}  # fmt: skip
+    result = {
+        "result_version": 1,
+        "phase_id": spec["phase_id"],
+        "model_key": spec["model_key"],
+        "fake_modal_call": call_id,
+        "methods": spec["methods"],
+        "repeats": spec["repeats"],
+    }
+    return {
+        "status": "ok",
+        "gpu_seconds": 12.5,
+        "message": None,
+        "files": {**directions, "result.json": json.dumps(result).encode()},
+    }
+
+
+def _spec_key(spec: dict[str, Any]) -> tuple[str, str]:
+    return f"{spec.get('phase_id')}/{spec.get('model_key')}", hashlib.sha256(
+        json.dumps(spec, sort_keys=True).encode()
+    ).hexdigest()
 
 
 class FakeModal:
-    def __init__(self, state_path: Path | None = None, *, outcome: str = "ok", app: str = "ap-fake") -> None:
+    def __init__(
+        self,
+        state_path: Path | None = None,
+        *,
+        outcome: str = "ok",
+        app: str = "ap-fake",
+        run_s: float = 0.0,
+        probe_errors: int = 0,
+    ) -> None:
         self._path = state_path
-        self._memory: dict[str, Any] = {"calls": {}, "dict": {}, "spawns": []}
+        self._memory: dict[str, Any] = {}
         self.outcome = outcome
+        self.run_s = run_s
+        self.probe_errors = probe_errors
         self._app = app
         self.launches = FakeDict(self)
         # Tests set this to an exception instance to simulate the worker dying while it waits on a call.
@@ -85,12 +130,19 @@ class FakeModal:
         path = os.environ.get("PHASEGATE_MODAL_FAKE_STATE") or str(
             Path(tempfile.gettempdir()) / "phasegate-modal-fake.json"
         )
-        return cls(Path(path), outcome=os.environ.get("PHASEGATE_MODAL_FAKE_OUTCOME", "ok"))
+        return cls(
+            Path(path),
+            outcome=os.environ.get("PHASEGATE_MODAL_FAKE_OUTCOME", "ok"),
+            run_s=float(os.environ.get("PHASEGATE_MODAL_FAKE_RUN_S", "0") or 0),
+            probe_errors=int(os.environ.get("PHASEGATE_MODAL_FAKE_PROBE_ERRORS", "0") or 0),
+        )
 
     @contextmanager
     def state(self) -> Iterator[dict[str, Any]]:
         """The state, locked and written back on exit (file-backed), or the in-memory one."""
+        empty: dict[str, Any] = {"calls": {}, "dict": {}, "spawns": [], "volume": {}, "runs": {}}
         if self._path is None:
+            self._memory = {**empty, **self._memory}
             yield self._memory
             return
         self._path.parent.mkdir(parents=True, exist_ok=True)
@@ -100,7 +152,7 @@ class FakeModal:
                 state = json.loads(self._path.read_text()) if self._path.exists() else {}
             except json.JSONDecodeError:
                 state = {}
-            state = {"calls": {}, "dict": {}, "spawns": [], **state}
+            state = {**empty, **state}
             yield state
             tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}")
             tmp.write_text(json.dumps(state))
@@ -114,7 +166,39 @@ class FakeModal:
     def app_id(self) -> str:
         return self._app
 
-    def spawn(self, spec: dict[str, Any], *, gpu: str, timeout_s: int) -> FakeCall:
+    def _new_call(self, kind: str, spec: dict[str, Any], gpu: str, timeout_s: int, **extra: Any) -> FakeCall:
+        with self.state() as s:
+            call_id = f"fc-fake-{len(s['spawns']) + 1}"
+            s["spawns"].append(call_id)
+            key, sha = _spec_key(spec)
+            reused = kind == "run" and self.outcome == "ok" and s["volume"].get(key) == sha
+            s["calls"][call_id] = {
+                "kind": kind,
+                "spec": spec,
+                "gpu": gpu,
+                "timeout_s": timeout_s,
+                "outcome": self.outcome if kind == "run" else "ok",
+                "cancelled": False,
+                "spawned_at": time.time(),
+                "run_s": 0.0 if reused else self.run_s,
+                "reused": reused,
+                "probe_errors_left": self.probe_errors,
+                "ended_at": None,
+                "containers": [],
+                "billed_s": None,
+                **extra,
+            }
+        return FakeCall(self, call_id)
+
+    def spawn(
+        self,
+        spec: dict[str, Any],
+        *,
+        gpu: str,
+        timeout_s: int,
+        cpu_limit: float = 0.0,
+        memory_limit_mib: int = 0,
+    ) -> FakeCall:
         # What Modal raises before any call exists: rejected credentials, an app never deployed.
         if self.outcome == "auth_error":
             raise AuthError("invalid token")
@@ -122,12 +206,19 @@ class FakeModal:
             raise NotFoundError("Lookup failed for Function 'run_model' from the 'phasegate' app")
         if self.outcome not in OUTCOMES and not self.outcome.startswith("duplicate:"):
             raise ValueError(f"unknown fake outcome {self.outcome!r}")
-        with self.state() as s:
-            call_id = f"fc-fake-{len(s['spawns']) + 1}"
-            s["spawns"].append(call_id)
-            s["calls"][call_id] = {"spec": spec, "gpu": gpu, "timeout_s": timeout_s, "outcome": self.outcome,
-                                   "cancelled": False}  # fmt: skip
-        return FakeCall(self, call_id)
+        return self._new_call(
+            "run", spec, gpu, timeout_s, cpu_limit=cpu_limit, memory_limit_mib=memory_limit_mib
+        )
+
+    def prefetch(self, spec: dict[str, Any]) -> FakeCall:
+        if self.outcome == "auth_error":
+            raise AuthError("invalid token")
+        return self._new_call("prefetch", spec, "cpu", 3 * 3600)
+
+    def smoke(self, gpu: str) -> FakeCall:
+        if self.outcome in ("auth_error", "not_deployed"):
+            return self.spawn({}, gpu=gpu, timeout_s=300)  # raises as spawn does
+        return self._new_call("smoke", {}, gpu, 300)
 
     def from_id(self, call_id: str) -> FakeCall:
         return FakeCall(self, call_id)
@@ -141,27 +232,79 @@ class FakeModal:
             return dict(s["calls"][call_id])
 
 
+def _finish(state: dict[str, Any], call: dict[str, Any], ended_at: float) -> None:
+    """The call is over at ``ended_at``: its containers and what Modal bills for them."""
+    if call["ended_at"] is not None:
+        return
+    start = float(call["spawned_at"])
+    if call["outcome"] == "preempt" and call["kind"] == "run":
+        half, gap = start + float(call["run_s"]) / 2, float(call["run_s"]) * FAKE_RESTART_GAP
+        containers = [[start, min(half, ended_at)]]
+        if ended_at > half + gap:
+            containers.append([half + gap, ended_at])
+    else:
+        containers = [[start, ended_at]]
+    call["ended_at"] = ended_at
+    call["containers"] = containers
+    call["billed_s"] = sum(b - a + FAKE_SCALEDOWN_S for a, b in containers)
+    if call["kind"] == "run" and call["outcome"] in ("ok", "preempt") and not call["cancelled"]:
+        key, sha = _spec_key(call["spec"])
+        if not call["reused"]:
+            state["runs"][key] = int(state["runs"].get(key, 0)) + 1
+        state["volume"][key] = sha
+
+
 class FakeCall:
     def __init__(self, fake: FakeModal, call_id: str) -> None:
         self._fake = fake
         self.object_id = call_id
+
+    def _ready_at(self, call: dict[str, Any]) -> float:
+        start, run_s = float(call["spawned_at"]), float(call["run_s"])
+        if call["outcome"] == "hang":
+            return start + float(call["timeout_s"])
+        if call["outcome"] == "preempt":
+            return start + run_s * (1 + FAKE_RESTART_GAP)
+        return start + run_s
 
     def get(self, timeout: float | None = None) -> Any:
         if self._fake.die_on_get is not None:
             raise self._fake.die_on_get
         with self._fake.state() as s:
             call = s["calls"].get(self.object_id)
-        if call is None:
-            raise NotFoundError(f"function call {self.object_id} not found")
-        if call["cancelled"]:
-            raise InputCancellation(f"function call {self.object_id} was cancelled")
-        outcome = str(call["outcome"])
-        if outcome == "hang":
-            time.sleep(min(timeout or 0.0, 0.2))
-            raise TimeoutError()
+            if call is None:
+                raise NotFoundError(f"function call {self.object_id} not found")
+            if call["cancelled"]:
+                raise InputCancellation(f"function call {self.object_id} was cancelled")
+            if call["probe_errors_left"] > 0:
+                # The call runs; polling it fails on the network.
+                call["probe_errors_left"] -= 1
+                raise ProbeConnectionError("polling failed: connection reset")
+            now, ready_at = time.time(), self._ready_at(call)
+            if now >= ready_at:
+                _finish(s, call, ready_at)
+        outcome, kind = str(call["outcome"]), str(call["kind"])
         if outcome == "probe_error":
-            # The call runs; polling it fails on the network.
             raise ProbeConnectionError("polling failed: connection reset")
+        if now < ready_at:
+            time.sleep(max(0.0, min(timeout or 0.0, ready_at - now, 0.2)))
+            raise TimeoutError()
+        if outcome == "hang":
+            raise FunctionTimeoutError(
+                f"function call {self.object_id} timed out after {call['timeout_s']} s"
+            )
+        if kind == "prefetch":
+            return {"status": "ok", "path": "/data/models/fake", "message": None, "seconds": call["run_s"]}
+        if kind == "smoke":
+            return {
+                "status": "ok",
+                "message": None,
+                "gpu": f"NVIDIA {call['gpu']}",
+                "cuda": "12.8",
+                "torch": "2.9.1",
+                "driver": "570.0",
+                "cuda_available": True,
+            }
         if outcome == "remote_timeout":
             raise TimeoutError("a TimeoutError raised by the remote function itself")
         if outcome == "crash":
@@ -171,12 +314,14 @@ class FakeCall:
         if outcome in ("fail", "invalid"):
             status = "failure" if outcome == "fail" else "invalid_spec"
             return {"status": status, "gpu_seconds": 3.0, "files": {}, "message": f"fake {status}"}
-        return fake_result(call["spec"], self.object_id)
+        return {**fake_result(call["spec"], self.object_id), "reused": call["reused"]}
 
     def cancel(self) -> None:
         with self._fake.state() as s:
-            if self.object_id in s["calls"]:
-                s["calls"][self.object_id]["cancelled"] = True
+            call = s["calls"].get(self.object_id)
+            if call is not None and call["ended_at"] is None:
+                call["cancelled"] = True
+                _finish(s, call, time.time())
 
 
 class FakeDict:

@@ -37,10 +37,25 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from .checkpoint import atomic_write_bytes, atomic_write_json
-from .modal_job import APP_NAME, APP_TAGS, DICT_NAME, FUNCTION_NAME, call_is_over, claim_key
+from .modal_job import (
+    APP_NAME,
+    CPU_REQUEST_CORES,
+    DICT_NAME,
+    FUNCTION_NAME,
+    MEMORY_REQUEST_MIB,
+    SCALEDOWN_WINDOW_S,
+    STOP_MARGIN_S,
+    call_is_over,
+    claim_call,
+    claim_key,
+)
 
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_MISSING_CREDENTIALS = 0, 1, 2, 3
 RECORD_FILE = "modal-launch.json"
+PREFETCH_FUNCTION, SMOKE_FUNCTION = "prefetch_model", "smoke"
+# What a call may still be billed after its launcher saw it end (idle scale-down, then the container's stop).
+AFTER_END_MS = (SCALEDOWN_WINDOW_S + STOP_MARGIN_S) * 1000
+
 CREDENTIALS_HELP = (
     "Modal credentials are missing: set MODAL_TOKEN_ID and MODAL_TOKEN_SECRET in the worker's environment, "
     "or run `modal token new` (or `modal token set --token-id ... --token-secret ...`) to write ~/.modal.toml"
@@ -70,7 +85,11 @@ class ModalPort(Protocol):
     def launches(self) -> Store: ...
 
     def app_id(self) -> str: ...
-    def spawn(self, spec: dict[str, Any], *, gpu: str, timeout_s: int) -> CallHandle: ...
+    def spawn(
+        self, spec: dict[str, Any], *, gpu: str, timeout_s: int, cpu_limit: float, memory_limit_mib: int
+    ) -> CallHandle: ...
+    def prefetch(self, spec: dict[str, Any]) -> CallHandle: ...
+    def smoke(self, gpu: str) -> CallHandle: ...
     def from_id(self, call_id: str) -> CallHandle: ...
 
 
@@ -81,7 +100,6 @@ class SdkModal:
         import modal
 
         self._modal = modal
-        self._app_name, self._function_name = APP_NAME, FUNCTION_NAME
         self._launches: Store = modal.Dict.from_name(DICT_NAME, create_if_missing=True)
 
     @property
@@ -89,11 +107,30 @@ class SdkModal:
         return self._launches
 
     def app_id(self) -> str:
-        return str(self._modal.App.lookup(self._app_name).app_id)
+        return str(self._modal.App.lookup(APP_NAME).app_id)
 
-    def spawn(self, spec: dict[str, Any], *, gpu: str, timeout_s: int) -> CallHandle:
-        fn = self._modal.Function.from_name(self._app_name, self._function_name)
-        call: CallHandle = fn.with_options(gpu=gpu, timeout=timeout_s).spawn(spec)
+    def _function(self, name: str) -> Any:
+        return self._modal.Function.from_name(APP_NAME, name)
+
+    def spawn(
+        self, spec: dict[str, Any], *, gpu: str, timeout_s: int, cpu_limit: float, memory_limit_mib: int
+    ) -> CallHandle:
+        # (request, limit) pairs: Modal bills CPU and memory at max(request, use), and the limit caps the use.
+        fn = self._function(FUNCTION_NAME).with_options(
+            gpu=gpu,
+            timeout=timeout_s,
+            cpu=(min(CPU_REQUEST_CORES, cpu_limit), cpu_limit),
+            memory=(min(MEMORY_REQUEST_MIB, memory_limit_mib), memory_limit_mib),
+        )
+        call: CallHandle = fn.spawn(spec)
+        return call
+
+    def prefetch(self, spec: dict[str, Any]) -> CallHandle:
+        call: CallHandle = self._function(PREFETCH_FUNCTION).spawn(spec)
+        return call
+
+    def smoke(self, gpu: str) -> CallHandle:
+        call: CallHandle = self._function(SMOKE_FUNCTION).with_options(gpu=gpu).spawn(gpu)
         return call
 
     def from_id(self, call_id: str) -> CallHandle:
@@ -140,6 +177,9 @@ class Job:
     timeout_s: int
     spec_path: Path
     out_dir: Path
+    # The container's CPU and memory limits (the pricing table's `modal_container`), which the ledger prices.
+    cpu_limit: float = 4.0
+    memory_limit_mib: int = 49152
 
     @property
     def key(self) -> str:
@@ -154,6 +194,10 @@ class Emit:
         stream = self._stream or sys.stdout
         stream.write(json.dumps({"event": event, **fields}) + "\n")
         stream.flush()
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
 
 
 def read_record(out_dir: Path) -> dict[str, Any]:
@@ -174,7 +218,7 @@ def _probe(port: ModalPort, call_id: str) -> tuple[str, Any]:
         return "done", port.from_id(call_id).get(timeout=0)
     except TimeoutError as err:
         # The SDK raises the builtin TimeoutError, without arguments, while a call has no output yet. (The
-        # container never lets a TimeoutError of its own escape: see modal_app.run_model.)
+        # container never lets a TimeoutError of its own escape: see modal_job.run_in_container.)
         return ("live", None) if not err.args else ("failed", f"TimeoutError: {err}")
     except Exception as err:  # noqa: BLE001 - sorted below: only a known "it is over" means spawn anew
         if call_is_over(err):
@@ -192,48 +236,202 @@ def _install_files(out_dir: Path, files: dict[str, bytes]) -> Path:
     return out_dir / "result.json"
 
 
-def launch(
-    job: Job,
-    port: ModalPort,
-    emit: Emit,
-    *,
-    poll_s: float = 30.0,
-    clock: Callable[[], float] = time.monotonic,
-) -> int:
+class CallBook:
+    """What this (phase, model) knows of its calls: the local launch record, mirrored to the Modal Dict.
+
+    Money: every call's billable window is [the moment its spawn was requested, the moment a launcher saw it
+    end + AFTER_END_MS]. Modal bills a container from its start (after the spawn request) to its stop (after
+    its idle scale-down), CPU and memory included, so that window is an upper bound of the bill. A call whose
+    spawn was never recorded (an orphan: its worker died inside ``spawn``) is dated from the earliest spawn
+    request of this (phase, model). The workflow charges each call's window once (workflows/phase-logic.ts).
+    """
+
+    def __init__(self, job: Job, port: ModalPort, spec_sha: str, app_id: str) -> None:
+        self._job, self._port = job, port
+        record = read_record(job.out_dir)
+        if record.get("spec_sha256") != spec_sha:
+            record = {}
+        record.update(phase_id=job.phase_id, model_key=job.model_key, app_id=app_id, spec_sha256=spec_sha)
+        record.setdefault("calls", [])
+        entry = port.launches.get(job.key)
+        self.entry = entry if isinstance(entry, dict) and entry.get("spec_sha256") == spec_sha else None
+        firsts = [
+            v
+            for v in (record.get("first_request_ms"), (self.entry or {}).get("first_request_ms"))
+            if isinstance(v, int)
+        ]
+        if firsts:
+            record["first_request_ms"] = min(firsts)
+        self.record = record
+        self.spec_sha = spec_sha
+
+    def save(self) -> None:
+        write_record(self._job.out_dir, self.record)
+
+    def _mirror(self, **fields: Any) -> None:
+        entry = {
+            "spec_sha256": self.spec_sha,
+            "first_request_ms": self.record.get("first_request_ms"),
+            **fields,
+        }
+        self._port.launches.put(self._job.key, entry)
+
+    def spawn_requested(self) -> int:
+        """Dates the spawn about to be made, before it is made: an orphan of it is dated from here."""
+        at = now_ms()
+        self.record.setdefault("first_request_ms", at)
+        self.save()
+        self._mirror(call_id=(self.entry or {}).get("call_id"), attempt=self._job.attempt)
+        return at
+
+    def remember(self, call_id: str, how: str, spawned_at_ms: int | None) -> None:
+        spawned_at_ms = spawned_at_ms if spawned_at_ms is not None else self._known_spawn(call_id)
+        entry = {
+            "call_id": call_id,
+            "attempt": self._job.attempt,
+            "spec_sha256": self.spec_sha,
+            "gpu": self._job.gpu,
+            "at": datetime.now(UTC).isoformat(),
+            "spawned_at_ms": spawned_at_ms,
+        }
+        self.record.update(call_id=call_id, status="running", gpu=self._job.gpu)
+        if not any(c["call_id"] == call_id for c in self.record["calls"]):
+            self.record["calls"] = [*self.record["calls"], {**entry, "how": how}]
+        self.save()  # local first: no network between spawn and a durable trace
+        self._mirror(**entry)
+
+    def _known_spawn(self, call_id: str) -> int | None:
+        for c in [*self.record["calls"], self.entry or {}]:
+            if c.get("call_id") == call_id and isinstance(c.get("spawned_at_ms"), int):
+                return int(c["spawned_at_ms"])
+        return None
+
+    def spawned_at(self, call_id: str) -> int:
+        known = self._known_spawn(call_id)
+        if known is not None:
+            return known
+        first = self.record.get("first_request_ms")
+        return int(first) if isinstance(first, int) else now_ms()
+
+    def window(self, call_id: str, resource: str = "gpu") -> dict[str, Any]:
+        """The call's billable window, as of now (the call was just seen to end, or was just stopped)."""
+        return {
+            "call_id": call_id,
+            "from_ms": self.spawned_at(call_id),
+            "to_ms": now_ms() + AFTER_END_MS,
+            "resource": resource,
+        }
+
+    def known_calls(self) -> list[str]:
+        ids = [e.get("call_id") for e in (self.entry, self.record) if isinstance(e, dict)]
+        return list(dict.fromkeys(c for c in ids if isinstance(c, str)))
+
+
+@dataclass(frozen=True)
+class Polling:
+    poll_s: float = 30.0
+    # How long polling may fail on the network before the launcher gives up (exit 1; the retry reattaches).
+    unknown_for_s: float = 600.0
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+
+
+def _wait(call: CallHandle, emit: Emit, polling: Polling) -> tuple[str, Any]:
+    """Waits for a call: ("done", output) or ("over", reason). Polling errors that say nothing about the call
+    (the network) are waited out, up to ``unknown_for_s`` in a row; then ("unknown", reason)."""
+    poll_s, unknown_for_s, clock, sleep = polling.poll_s, polling.unknown_for_s, polling.clock, polling.sleep
+    started, unknown_since = clock(), None
+    while True:
+        try:
+            return "done", call.get(timeout=poll_s)
+        except TimeoutError as err:
+            if err.args:  # a TimeoutError with a message came from the remote side: the call is over
+                return "over", f"TimeoutError: {err}"
+            unknown_since = None
+            emit("running", call_id=call.object_id, elapsed_s=round(clock() - started, 1))
+        except Exception as err:  # noqa: BLE001 - sorted: only a known "it is over" ends the wait
+            if call_is_over(err):
+                return "over", f"{type(err).__name__}: {err}"
+            unknown_since = clock() if unknown_since is None else unknown_since
+            why = f"{type(err).__name__}: {err}"
+            if clock() - unknown_since > unknown_for_s:
+                return (
+                    "unknown",
+                    f"could not poll the call for {unknown_for_s:.0f} s ({why}); it may still run",
+                )
+            emit("running", call_id=call.object_id, elapsed_s=round(clock() - started, 1), poll_error=why)
+            sleep(poll_s)
+
+
+def _is_hub_model(spec: dict[str, Any]) -> bool:
+    model_id = str(spec.get("model", {}).get("id", ""))
+    return not (model_id.startswith(("tiny:", "/", ".")) or model_id == "")
+
+
+def _prefetch(
+    spec: dict[str, Any], port: ModalPort, book: CallBook, emit: Emit, polling: Polling
+) -> int | None:
+    """Downloads a hub model into the Volume on a CPU container once, before any GPU call of it."""
+    model = spec.get("model", {})
+    flag = f"prefetched/{model.get('id')}@{model.get('revision') or 'main'}"
+    if not _is_hub_model(spec) or port.launches.get(flag):
+        return None
+    requested = now_ms()
+    call = port.prefetch(spec)
+    emit("prefetching", call_id=call.object_id, model=model.get("id"))
+    state, value = _wait(call, emit, polling)
+    window = {
+        "call_id": call.object_id,
+        "from_ms": requested,
+        "to_ms": now_ms() + AFTER_END_MS,
+        "resource": "cpu",
+    }
+    book.record["prefetch_windows"] = [*book.record.get("prefetch_windows", []), window]
+    book.save()
+    if state == "done" and isinstance(value, dict) and value.get("status") == "ok":
+        port.launches.put(flag, {"call_id": call.object_id, "at": datetime.now(UTC).isoformat()})
+        emit("prefetched", call_id=call.object_id, windows=[window])
+        return None
+    invalid = isinstance(value, dict) and value.get("status") == "invalid_spec"
+    message = value.get("message") if isinstance(value, dict) else value
+    emit(
+        "error",
+        kind="invalid_spec" if invalid else "failure",
+        message=f"downloading the model: {message}",
+        call_id=call.object_id,
+        windows=[window],
+        gpu_seconds=None,
+    )
+    return EXIT_INVALID if invalid else EXIT_FAILURE
+
+
+def launch(job: Job, port: ModalPort, emit: Emit, polling: Polling | None = None) -> int:
     spec_text = job.spec_path.read_text()
     spec = json.loads(spec_text)
     spec_sha = hashlib.sha256(spec_text.encode()).hexdigest()
     job.out_dir.mkdir(parents=True, exist_ok=True)
     emit("launching", key=job.key, attempt=job.attempt)
     app_id = port.app_id()
-    record = read_record(job.out_dir)
-    if record.get("spec_sha256") != spec_sha:
-        record = {}
-    record.update(phase_id=job.phase_id, model_key=job.model_key, app_id=app_id, spec_sha256=spec_sha)
-    record.setdefault("calls", [])
+    book = CallBook(job, port, spec_sha, app_id)
+    record = book.record
+    polling = polling or Polling()
 
     if record.get("status") == "finished" and (job.out_dir / "result.json").exists():
-        # The result arrived before the worker could report it: nothing to run or wait for.
-        emit("finished", result=str(job.out_dir / "result.json"), gpu_seconds=record.get("gpu_seconds"),
-             call_id=record.get("call_id"), app_id=app_id, reattached=True)  # fmt: skip
+        # The result arrived before the worker could report it: nothing to run or wait for. Its windows again:
+        # the workflow charges a call's window once, however often it is reported.
+        emit(
+            "finished",
+            result=str(job.out_dir / "result.json"),
+            gpu_seconds=record.get("gpu_seconds"),
+            call_id=record.get("call_id"),
+            app_id=app_id,
+            reattached=True,
+            windows=record.get("windows", []),
+        )
         return EXIT_OK
 
-    def remember(call_id: str, how: str) -> None:
-        entry = {"call_id": call_id, "attempt": job.attempt, "spec_sha256": spec_sha, "gpu": job.gpu,
-                 "at": datetime.now(UTC).isoformat()}  # fmt: skip
-        record.update(call_id=call_id, status="running", gpu=job.gpu)
-        record["calls"] = [*record["calls"], {**entry, "how": how}]
-        write_record(job.out_dir, record)  # local first: no network between spawn and a durable trace
-        port.launches.put(job.key, entry)
-
     call: CallHandle | None = None
-    entry = port.launches.get(job.key)
-    candidates = [
-        e.get("call_id")
-        for e in (entry if isinstance(entry, dict) and entry.get("spec_sha256") == spec_sha else None, record)
-        if isinstance(e, dict)
-    ]
-    queue = list(dict.fromkeys(c for c in candidates if isinstance(c, str)))
+    queue = book.known_calls()
     probed: set[str] = set()
     while queue and call is None:
         call_id = queue.pop(0)
@@ -247,7 +445,7 @@ def launch(
         if state == "live" or (state == "done" and isinstance(value, dict) and value.get("status") == "ok"):
             call = port.from_id(call_id)
             if record.get("call_id") != call_id:
-                remember(call_id, "reattached")
+                book.remember(call_id, "reattached", None)
             emit("launched", call_id=call_id, app_id=app_id, reattached=True, attempt=job.attempt)
             continue
         reason = value if state == "failed" else (value.get("message") if isinstance(value, dict) else None)
@@ -255,35 +453,53 @@ def launch(
 
     reattached = call is not None
     if call is None:
-        call = port.spawn(spec, gpu=job.gpu, timeout_s=job.timeout_s)
-        remember(call.object_id, "spawned")
+        failed = _prefetch(spec, port, book, emit, polling)
+        if failed is not None:
+            return failed
+        requested = book.spawn_requested()
+        call = port.spawn(
+            spec,
+            gpu=job.gpu,
+            timeout_s=job.timeout_s,
+            cpu_limit=job.cpu_limit,
+            memory_limit_mib=job.memory_limit_mib,
+        )
+        book.remember(call.object_id, "spawned", requested)
         emit("launched", call_id=call.object_id, app_id=app_id, reattached=False, attempt=job.attempt)
 
-    started = clock()
+    windows: list[dict[str, Any]] = list(record.get("prefetch_windows", []))
+    live: CallHandle = call
+
+    def ended(status: str, **fields: Any) -> None:
+        windows.append(book.window(live.object_id))
+        record.update(status=status, windows=windows, **fields)
+        book.save()
+
     while True:
-        try:
-            result = call.get(timeout=poll_s)
-        except TimeoutError as err:
-            if err.args:  # a TimeoutError with a message came from the remote side: the call is over
-                record.update(status="failed")
-                write_record(job.out_dir, record)
-                emit("error", kind="failure", message=f"modal call {call.object_id}: TimeoutError: {err}",
-                     call_id=call.object_id, app_id=app_id, gpu_seconds=None)  # fmt: skip
-                return EXIT_FAILURE
-            emit("running", call_id=call.object_id, elapsed_s=round(clock() - started, 1))
-            continue
-        except Exception as err:  # noqa: BLE001 - a remote failure (timeout, crash, cancel): retryable
-            record.update(status="failed")
-            write_record(job.out_dir, record)
-            emit("error", kind="failure", message=f"modal call {call.object_id}: {type(err).__name__}: {err}",
-                 call_id=call.object_id, app_id=app_id, gpu_seconds=None)  # fmt: skip
+        live = call
+        state, result = _wait(call, emit, polling)
+        if state != "done":
+            if state == "over":
+                ended("failed")
+            gpu_seconds = None
+            emit(
+                "error",
+                kind="failure",
+                message=f"modal call {call.object_id}: {result}",
+                call_id=call.object_id,
+                app_id=app_id,
+                gpu_seconds=gpu_seconds,
+                windows=windows,
+            )
             return EXIT_FAILURE
         status = result.get("status") if isinstance(result, dict) else None
         if status == "duplicate":
-            # Another call holds this (phase, model) (an orphan of a worker that died right after spawn).
+            # Another call holds this (phase, model) (an orphan of a worker that died right after spawn). Ours
+            # ran for the seconds its container took to start: billed, so on the ledger.
+            windows.append(book.window(call.object_id))
             owner = str(result["owner"])
             call = port.from_id(owner)
-            remember(owner, "duplicate-of")
+            book.remember(owner, "duplicate-of", None)
             emit("launched", call_id=owner, app_id=app_id, reattached=True, attempt=job.attempt)
             reattached = True
             continue
@@ -293,13 +509,19 @@ def launch(
                 c["gpu_seconds"] = gpu_seconds
         if status == "ok":
             path = _install_files(job.out_dir, dict(result["files"]))
-            record.update(status="finished", gpu_seconds=gpu_seconds)
-            write_record(job.out_dir, record)
-            emit("finished", result=str(path), gpu_seconds=gpu_seconds, call_id=call.object_id, app_id=app_id,
-                 reattached=reattached)  # fmt: skip
+            ended("finished", gpu_seconds=gpu_seconds)
+            emit(
+                "finished",
+                result=str(path),
+                gpu_seconds=gpu_seconds,
+                call_id=call.object_id,
+                app_id=app_id,
+                reattached=reattached,
+                reused=bool(result.get("reused")),
+                windows=windows,
+            )
             return EXIT_OK
-        record.update(status="failed", gpu_seconds=gpu_seconds)
-        write_record(job.out_dir, record)
+        ended("failed", gpu_seconds=gpu_seconds)
         message = (
             result.get("message") if isinstance(result, dict) else None
         ) or f"unexpected result {status}"
@@ -311,6 +533,7 @@ def launch(
             call_id=call.object_id,
             app_id=app_id,
             gpu_seconds=gpu_seconds,
+            windows=windows,
         )
         return EXIT_INVALID if kind == "invalid_spec" else EXIT_FAILURE
 
@@ -325,21 +548,40 @@ def _recorded_calls(port: ModalPort, phase_id: str, model_key: str, out_dir: Pat
     """
     entry = port.launches.get(f"{phase_id}/{model_key}")
     ids: list[Any] = [e.get("call_id") for e in (entry, read_record(out_dir)) if isinstance(e, dict)]
-    ids.append(port.launches.get(claim_key(phase_id, model_key)))
+    ids.append(claim_call(port.launches.get(claim_key(phase_id, model_key))))
     return list(dict.fromkeys(c for c in ids if isinstance(c, str)))
 
 
+def _spawned_at(port: ModalPort, phase_id: str, model_key: str, out_dir: Path, call_id: str) -> int:
+    """When a call's spawn was requested, as far as anything recorded it (else the earliest request)."""
+    record, entry = read_record(out_dir), port.launches.get(f"{phase_id}/{model_key}")
+    for c in [*record.get("calls", []), entry if isinstance(entry, dict) else {}]:
+        if c.get("call_id") == call_id and isinstance(c.get("spawned_at_ms"), int):
+            return int(c["spawned_at_ms"])
+    firsts = [v.get("first_request_ms") for v in (record, entry) if isinstance(v, dict)]
+    known = [int(v) for v in firsts if isinstance(v, int)]
+    return min(known) if known else now_ms()
+
+
 def cancel(phase_id: str, model_key: str, out_dir: Path, port: ModalPort, emit: Emit) -> int:
-    cancelled = []
+    cancelled, windows = [], []
     for call_id in _recorded_calls(port, phase_id, model_key, out_dir):
         if _probe(port, call_id)[0] == "live":
             port.from_id(call_id).cancel()
             cancelled.append(call_id)
+            windows.append(
+                {
+                    "call_id": call_id,
+                    "from_ms": _spawned_at(port, phase_id, model_key, out_dir, call_id),
+                    "to_ms": now_ms() + AFTER_END_MS,
+                    "resource": "gpu",
+                }
+            )
     record = read_record(out_dir)
     if record and cancelled:
         record.update(status="cancelled")
         write_record(out_dir, record)
-    emit("cancelled", call_ids=cancelled)
+    emit("cancelled", call_ids=cancelled, windows=windows)
     return EXIT_OK
 
 
@@ -349,8 +591,44 @@ def status(phase_id: str, model_key: str, out_dir: Path, port: ModalPort, emit: 
     return EXIT_OK
 
 
-def read_billing(app_tag: dict[str, str], since: datetime) -> tuple[float | None, str]:
-    """The app's billed USD since ``since`` (hourly rows), or None and why it could not be read."""
+def check(gpu: str, port: ModalPort, emit: Emit, *, poll_s: float = 5.0, limit_s: float = 900.0) -> int:
+    """`phasegate modal check`: one short GPU call (driver, CUDA, torch, the GPU it got) before paying."""
+    call = port.smoke(gpu)
+    emit("launched", call_id=call.object_id, app_id=port.app_id(), gpu=gpu)
+    started = time.monotonic()
+    state, value = _wait(call, emit, Polling(poll_s=poll_s, unknown_for_s=limit_s))
+    seconds = round(time.monotonic() - started, 1)
+    ok = state == "done" and isinstance(value, dict) and value.get("status") == "ok"
+    fields = value if isinstance(value, dict) else {"message": value}
+    emit("check", ok=ok, seconds=seconds, **{k: v for k, v in fields.items() if k != "status"})
+    got = ", ".join(f"{k} {fields.get(k)}" for k in ("gpu", "driver", "cuda", "torch"))
+    line = (
+        f"modal check {gpu}: ok ({got}; {seconds} s)"
+        if ok
+        else f"modal check {gpu}: FAILED: {fields.get('message')}"
+    )
+    print(line, file=sys.stderr)
+    return EXIT_OK if ok else EXIT_FAILURE
+
+
+def merged_seconds(windows: list[dict[str, Any]]) -> float:
+    """Seconds covered by the windows, each call's overlapping reports counted once."""
+    total = 0.0
+    by_call: dict[str, list[tuple[int, int]]] = {}
+    for w in windows:
+        by_call.setdefault(str(w["call_id"]), []).append((int(w["from_ms"]), int(w["to_ms"])))
+    for spans in by_call.values():
+        end = None
+        for a, b in sorted(spans):
+            start = a if end is None else max(a, end)
+            if b > start:
+                total += (b - start) / 1000
+            end = b if end is None else max(end, b)
+    return total
+
+
+def read_billing(app_ids: set[str], start: datetime, end: datetime) -> tuple[dict[str, float] | None, str]:
+    """Modal's billed USD for these apps over whole hours [start, end), split by resource, or None and why."""
     if not has_credentials():
         return None, "billing could not be read: no Modal credentials on this machine (see docs/modal.md)"
     if os.environ.get("PHASEGATE_MODAL_FAKE"):
@@ -358,66 +636,110 @@ def read_billing(app_tag: dict[str, str], since: datetime) -> tuple[float | None
     try:
         import modal
 
-        start = since.replace(minute=0, second=0, microsecond=0)
-        rows = modal.Workspace.from_context().billing.report(
-            start=start, resolution="h", tag_names=list(app_tag)
-        )
+        rows = modal.Workspace.from_context().billing.report(start=start, end=end, resolution="h")
     except Exception as err:  # noqa: BLE001 - plan without billing API, network, auth: all reported as such
         return None, f"billing could not be read: {type(err).__name__}: {err}"
-    mine = [r for r in rows if all(r.tags.get(k) == v for k, v in app_tag.items())]
-    note = (
-        f"Modal billing report, hourly rows tagged {app_tag} from {start.isoformat()}: the whole app over"
-        " those hours (other phases' runs in the same hours included; the current hour is not reported yet)"
-    )
-    return float(sum(r.cost for r in mine)), note
+    split: dict[str, float] = {}
+    for row in rows:
+        if row.object_id not in app_ids:
+            continue
+        for resource, cost in row.cost_by_resource.items():
+            split[resource] = split.get(resource, 0.0) + float(cost)
+    return split, f"Modal billing report, hourly rows of app {', '.join(sorted(app_ids))}"
 
 
-def reconcile(phase_dir: Path, protocol_path: Path, emit: Emit) -> int:
+def reconcile(phase_dir: Path, protocol_path: Path, emit: Emit, *, now: datetime | None = None) -> int:
+    """The phase's ledger bound (its calls' windows) beside Modal's bill, by resource. The bill covers whole
+    hours only and lags: a window that is not over yet is labelled incomplete, not compared as if it were."""
     protocol = json.loads(protocol_path.read_text())
-    pricing = json.loads((protocol_path.parent / protocol["pricing"]).read_text())["usd_per_second"]
-    rows, earliest = [], None
+    table = json.loads((protocol_path.parent / protocol["pricing"]).read_text())
+    container = table.get("modal_container", {})
+    rows, all_windows, app_ids = [], [], set()
     for model in protocol["models"]:
         record = read_record(phase_dir / model["key"])
-        calls = {c["call_id"]: c for c in record.get("calls", [])}
-        measured = [c["gpu_seconds"] for c in calls.values() if isinstance(c.get("gpu_seconds"), int | float)]
-        for c in calls.values():
-            at = datetime.fromisoformat(c["at"])
-            earliest = at if earliest is None or at < earliest else earliest
-        rate = float(pricing[model["gpu"]])
-        rows.append({
-            "model_key": model["key"], "gpu": model["gpu"], "usd_per_second": rate, "calls": sorted(calls),
-            "estimate_seconds": model["expected_gpu_seconds"],
-            "estimate_usd": round(model["expected_gpu_seconds"] * rate, 4),
-            "measured_seconds": round(sum(measured), 1) if measured else None,
-            "measured_usd": round(sum(measured) * rate, 4) if measured else None,
-        })  # fmt: skip
-    billed, note = (
-        read_billing(APP_TAGS, earliest) if earliest else (None, "billing not read: no Modal call recorded")
-    )
-    total = {
-        "estimate_usd": round(sum(r["estimate_usd"] for r in rows), 4),
-        "measured_usd": round(sum(r["measured_usd"] or 0 for r in rows), 4),
-        "billed_usd": None if billed is None else round(billed, 4),
-    }
-    emit("reconcile", phase_dir=str(phase_dir), models=rows, total=total, billing_note=note)
-    lines = [f"{'model':<14}{'gpu':<11}{'estimate $':>12}{'measured $':>12}{'billed $':>12}"]
-    for r in rows:
-        measured_usd = "-" if r["measured_usd"] is None else f"{r['measured_usd']:.4f}"
-        lines.append(
-            f"{r['model_key']:<14}{r['gpu']:<11}{r['estimate_usd']:>12.4f}{measured_usd:>12}{'(app)':>12}"
+        if record.get("app_id"):
+            app_ids.add(str(record["app_id"]))
+        windows = [*record.get("windows", []), *record.get("prefetch_windows", [])]
+        all_windows += windows
+        gpu_s = merged_seconds([w for w in windows if w.get("resource", "gpu") == "gpu"])
+        cpu_s = merged_seconds([w for w in windows if w.get("resource") == "cpu"])
+        usd = {
+            "gpu": gpu_s * float(table["usd_per_second"][model["gpu"]]),
+            "cpu": gpu_s
+            * float(container.get("cpu_cores", 0))
+            * float(container.get("usd_per_core_second", 0))
+            + cpu_s * float(table["usd_per_second"].get("cpu", 0)),
+            "memory": gpu_s
+            * float(container.get("memory_gib", 0))
+            * float(container.get("usd_per_gib_second", 0)),
+        }
+        rows.append(
+            {
+                "model_key": model["key"],
+                "gpu": model["gpu"],
+                "calls": sorted({c["call_id"] for c in record.get("calls", [])}),
+                "bound_gpu_seconds": round(gpu_s, 1),
+                "bound_cpu_only_seconds": round(cpu_s, 1),
+                "bound_usd": {k: round(v, 4) for k, v in usd.items()},
+            }
         )
-    billed_text = "n/a" if billed is None else f"{billed:.4f}"
-    lines.append(
-        f"{'total':<25}{total['estimate_usd']:>12.4f}{total['measured_usd']:>12.4f}{billed_text:>12}"
+    now = now or datetime.now(UTC)
+    if not all_windows:
+        billed, note, window = None, "billing not read: no Modal call recorded", None
+    else:
+        start = datetime.fromtimestamp(min(int(w["from_ms"]) for w in all_windows) / 1000, UTC)
+        last = datetime.fromtimestamp(max(int(w["to_ms"]) for w in all_windows) / 1000, UTC)
+        start = start.replace(minute=0, second=0, microsecond=0)
+        end = now.replace(
+            minute=0, second=0, microsecond=0
+        )  # the report leaves out the current, partial hour
+        complete = last <= end
+        window = {
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "complete": complete,
+            "last_call_end": last.isoformat(),
+        }
+        billed, note = read_billing(app_ids, start, end)
+        if not complete:
+            note += f"; INCOMPLETE: the phase's calls ran until {last.isoformat()}, after the last whole hour"
+        elif (now - last).total_seconds() < 3600:
+            note += "; the report may still lag the last hour's usage"
+        note += " (other phases of the same app in those hours are included)"
+    total_bound = round(sum(sum(r["bound_usd"].values()) for r in rows), 4)
+    total = {
+        "bound_usd": total_bound,
+        "billed_usd": None if billed is None else round(sum(billed.values()), 4),
+        "billed_by_resource": billed,
+    }
+    emit(
+        "reconcile",
+        phase_dir=str(phase_dir),
+        models=rows,
+        total=total,
+        billing_window=window,
+        billing_note=note,
     )
+    lines = [f"{'model':<14}{'gpu':<11}{'GPU s':>9}{'GPU $':>10}{'CPU $':>10}{'memory $':>10}"]
+    for r in rows:
+        u = r["bound_usd"]
+        lines.append(
+            f"{r['model_key']:<14}{r['gpu']:<11}{r['bound_gpu_seconds']:>9.1f}{u['gpu']:>10.4f}"
+            f"{u['cpu']:>10.4f}{u['memory']:>10.4f}"
+        )
+    billed_text = "n/a" if billed is None else ", ".join(f"{k} {v:.4f}" for k, v in sorted(billed.items()))
+    lines.append(f"ledger bound ${total_bound:.4f}; billed: {billed_text}")
     lines.append(note)
     print("\n".join(lines), file=sys.stderr)
     return EXIT_OK
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m phasegate_runtime.modal_launch", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    parser = argparse.ArgumentParser(
+        prog="python -m phasegate_runtime.modal_launch",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("launch", help="spawn or reattach, wait, copy the results into --out")
     for p in (run, sub.add_parser("status"), sub.add_parser("cancel")):
@@ -429,9 +751,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--timeout-minutes", required=True, type=float)
     run.add_argument("--spec", required=True, type=Path)
     run.add_argument("--poll-seconds", type=float, default=30.0)
-    rec = sub.add_parser("reconcile", help="estimate, measured and billed cost of a phase's Modal runs")
+    run.add_argument("--cpu-limit", type=float, default=Job.cpu_limit, help="physical cores (pricing table)")
+    run.add_argument("--memory-limit-mib", type=int, default=Job.memory_limit_mib, help="MiB (pricing table)")
+    rec = sub.add_parser("reconcile", help="a phase's ledger bound beside Modal's bill, by resource")
     rec.add_argument("--phase-dir", required=True, type=Path)
     rec.add_argument("--protocol", required=True, type=Path)
+    chk = sub.add_parser("check", help="one short GPU call: driver, CUDA, torch, the GPU it got")
+    chk.add_argument("--gpu", required=True)
     return parser
 
 
@@ -444,17 +770,26 @@ def main(argv: list[str] | None = None, port_factory: Callable[[], ModalPort] = 
         emit("error", kind="missing_credentials", message=CREDENTIALS_HELP)
         print(CREDENTIALS_HELP, file=sys.stderr)
         return EXIT_MISSING_CREDENTIALS
-    port = port_factory()
-    if args.command == "cancel":
-        return cancel(args.phase, args.model, args.out, port, emit)
-    if args.command == "status":
-        return status(args.phase, args.model, args.out, port, emit)
-    job = Job(
-        phase_id=args.phase, model_key=args.model, attempt=args.attempt, gpu=args.gpu,
-        timeout_s=max(10, round(args.timeout_minutes * 60)), spec_path=args.spec, out_dir=args.out,
-    )  # fmt: skip
     try:
-        return launch(job, port, emit, poll_s=args.poll_seconds)
+        port = port_factory()
+        if args.command == "cancel":
+            return cancel(args.phase, args.model, args.out, port, emit)
+        if args.command == "status":
+            return status(args.phase, args.model, args.out, port, emit)
+        if args.command == "check":
+            return check(args.gpu, port, emit)
+        job = Job(
+            phase_id=args.phase,
+            model_key=args.model,
+            attempt=args.attempt,
+            gpu=args.gpu,
+            timeout_s=max(10, round(args.timeout_minutes * 60)),
+            spec_path=args.spec,
+            out_dir=args.out,
+            cpu_limit=args.cpu_limit,
+            memory_limit_mib=args.memory_limit_mib,
+        )
+        return launch(job, port, emit, Polling(poll_s=args.poll_seconds))
     except Exception as err:  # noqa: BLE001 - sorted below: configuration errors are final, the rest retryable
         setup = SETUP_ERRORS.get(type(err).__name__)
         if setup is not None:
