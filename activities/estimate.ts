@@ -75,7 +75,9 @@ export function readCalibration(artifactsDir: string, excludePhaseId: string): C
           workload?: { work?: number };
           ledger?: { seconds?: number; secondsBasis?: string }[];
         };
-        const seconds = (artifact.ledger ?? []).filter((e) => e.secondsBasis === 'measured').reduce((s, e) => s + (e.seconds ?? 0), 0);
+        // Measured seconds, and remote calls' billable windows (each call-second once); never a crashed attempt's
+        // observed wall time, which may be mostly waiting for a heartbeat timeout.
+        const seconds = (artifact.ledger ?? []).filter((e) => e.secondsBasis === 'measured' || e.secondsBasis === 'container').reduce((s, e) => s + (e.seconds ?? 0), 0);
         if (artifact.model?.id && artifact.model.gpu && artifact.workload?.work) {
           points.push({ phaseId, modelId: artifact.model.id, gpu: artifact.model.gpu, work: artifact.workload.work, seconds });
         }

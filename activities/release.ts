@@ -24,8 +24,8 @@ export async function releaseCompute(deps: ReleaseDeps, input: ReleaseInput): Pr
   const stopped: ReleaseResult['stopped'] = [];
   for (const model of input.protocol.models) {
     // Where every attempt of this (phase, model) ran: where the launch record lives.
-    const ids = await backend.release({ phaseId: input.phaseId, modelKey: model.key, outDir: modelOutDir(deps.workDir, input.phaseId, model.key) });
-    if (ids.length > 0) stopped.push({ modelKey: model.key, ids });
+    const { ids, windows } = await backend.release({ phaseId: input.phaseId, modelKey: model.key, outDir: modelOutDir(deps.workDir, input.phaseId, model.key) });
+    if (ids.length > 0) stopped.push({ modelKey: model.key, ids, windows });
   }
   return { stopped };
 }

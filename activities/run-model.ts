@@ -112,6 +112,7 @@ export async function runModel(deps: RunModelDeps, input: RunModelInput): Promis
         timeoutMinutes: attemptTimeoutMinutes(model.timeout_minutes, ctx.info.startToCloseTimeoutMs),
         specPath,
         outDir,
+        container: input.container,
       },
       {
         signal: ctx.cancellationSignal,
@@ -127,7 +128,7 @@ export async function runModel(deps: RunModelDeps, input: RunModelInput): Promis
     return { ...result, startedAtMs };
   } catch (err) {
     if (!(err instanceof BackendError)) throw err;
-    const details = [{ measuredSeconds: err.measuredSeconds, backendIds: err.backendIds, startedAtMs }];
+    const details = [{ measuredSeconds: err.measuredSeconds, backendIds: err.backendIds, startedAtMs, windows: err.windows }];
     log.warn({ kind: err.kind, seconds: err.measuredSeconds }, `model run ended: ${err.message}`);
     if (err.kind === 'cancelled') throw new CancelledFailure(err.message, details);
     const type = { invalid_input: ErrorTypes.invalidInput, missing_credentials: ErrorTypes.missingCredentials, failure: ErrorTypes.runtimeFailure }[err.kind];

@@ -3,6 +3,7 @@
  * builds the implementation with `createActivities`.
  */
 import type {
+  CallWindow,
   Estimate,
   FreezeRecord,
   LockedPrompts,
@@ -27,6 +28,8 @@ export interface RunModelInput {
   prompts: LockedPrompts;
   modelKey: string;
   attempt: number;
+  /** The remote container's CPU and memory limits the pricing priced (Modal protocols; PricingSnapshot.container). */
+  container?: { cpuCores: number; memoryGib: number };
 }
 
 export interface ModelRunResult {
@@ -36,6 +39,8 @@ export interface ModelRunResult {
   backendIds: Record<string, string>;
   /** When the backend run began (epoch ms, the worker's clock): charges start here, not when it was scheduled. */
   startedAtMs: number;
+  /** Remote calls' billable windows (Modal); when present, the ledger line charges these instead. */
+  windows?: CallWindow[];
 }
 
 export interface ScoreInput {
@@ -71,7 +76,7 @@ export interface ReleaseInput {
 
 export interface ReleaseResult {
   /** Per model, the remote calls (or processes) that were still running and were stopped. */
-  stopped: { modelKey: string; ids: string[] }[];
+  stopped: { modelKey: string; ids: string[]; windows?: CallWindow[] }[];
 }
 
 export interface PhaseActivities {

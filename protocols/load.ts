@@ -208,8 +208,19 @@ function loadPricing(protocol: Protocol, read: (relative: string) => { sha256: s
   protocol.models.forEach((m, i) => {
     if (table.data.usd_per_second[m.gpu] === undefined) issues.push(`models[${i}].gpu: "${m.gpu}" has no price in ${protocol.pricing}`);
   });
-  return { source: table.data.source, readOn: table.data.read_on, usdPerSecond: table.data.usd_per_second, sha256: file.sha256 };
+  const snapshot: PricingSnapshot = { source: table.data.source, readOn: table.data.read_on, usdPerSecond: table.data.usd_per_second, sha256: file.sha256 };
+  const box = table.data.modal_container;
+  if (protocol.backend === 'modal' && box !== undefined) {
+    // Every second on Modal is priced with the container's CPU and memory at their limits (docs/modal.md).
+    const extra = box.cpu_cores * box.usd_per_core_second + box.memory_gib * box.usd_per_gib_second;
+    snapshot.usdPerSecond = Object.fromEntries(Object.entries(table.data.usd_per_second).map(([gpu, usd]) => [gpu, perSecond(usd + extra)]));
+    snapshot.container = { cpuCores: box.cpu_cores, memoryGib: box.memory_gib, usdPerSecond: perSecond(extra) };
+  }
+  return snapshot;
 }
+
+/** A per-second rate, without the float noise of a sum (rates have more decimals than a ledger's micro-dollars). */
+const perSecond = (usd: number): number => Math.round(usd * 1e12) / 1e12;
 
 /** Resolves `people` (inline or a roster file) and checks that every approver and reviewer has a key. */
 function loadPeople(protocol: Protocol, read: (relative: string) => { sha256: string; text: string }, issues: string[]): Record<string, string> | null {

@@ -180,6 +180,19 @@ export const pricingSchema = z.strictObject({
   read_on: z.string().regex(/^\d{4}-\d{2}-\d{2}$/, 'must be a date YYYY-MM-DD'),
   note: z.string().max(4000).default(''),
   usd_per_second: z.record(gpuSchema, z.number().finite().min(0).max(1)),
+  /**
+   * Modal bills CPU and memory on GPU containers too. The Modal backend runs each call with these limits, and every
+   * second of a Modal protocol is priced with them added (PricingSnapshot.usdPerSecond): an upper bound.
+   */
+  modal_container: z
+    .strictObject({
+      note: z.string().max(4000).default(''),
+      cpu_cores: z.number().finite().min(0.125).max(64),
+      memory_gib: z.number().finite().min(0.125).max(1024),
+      usd_per_core_second: z.number().finite().min(0).max(1),
+      usd_per_gib_second: z.number().finite().min(0).max(1),
+    })
+    .optional(),
 });
 
 /** A roster file (see `people`): the same name -> public key object as inline. */

@@ -33,22 +33,57 @@ async function withEnv(env: Record<string, string | undefined>, body: () => Prom
   }
 }
 
+/** A call as the double keeps it: when it ended (null: still live) and what Modal bills for it. */
+interface FakeCall {
+  kind: 'run' | 'prefetch' | 'smoke';
+  cancelled: boolean;
+  ended_at: number | null;
+  billed_s: number | null;
+  containers: [number, number][];
+}
+
+interface FakeState {
+  calls: Record<string, FakeCall>;
+  spawns: string[];
+  runs: Record<string, number>;
+}
+
 interface FakeModal {
   env: Record<string, string>;
-  calls(): Record<string, { cancelled: boolean }>;
+  calls(): Record<string, FakeCall>;
   spawns(): string[];
+  runs(): Record<string, number>;
 }
 
 /** A fresh double of Modal: every launcher process of the test shares its state file. */
-function fakeModal(outcome = 'ok'): FakeModal {
+function fakeModal(outcome = 'ok', extra: Record<string, string> = {}): FakeModal {
   const statePath = path.join(mkdtempSync(path.join(os.tmpdir(), 'phasegate-modal-phase-')), 'fake-modal.json');
-  const state = (): { calls: Record<string, { cancelled: boolean }>; spawns: string[] } =>
-    existsSync(statePath) ? (JSON.parse(readFileSync(statePath, 'utf8')) as { calls: Record<string, { cancelled: boolean }>; spawns: string[] }) : { calls: {}, spawns: [] };
+  const state = (): FakeState => (existsSync(statePath) ? (JSON.parse(readFileSync(statePath, 'utf8')) as FakeState) : { calls: {}, spawns: [], runs: {} });
   return {
-    env: fakeModalEnv(statePath, outcome),
+    env: { ...fakeModalEnv(statePath, outcome), ...extra },
     calls: () => state().calls,
     spawns: () => state().spawns,
+    runs: () => state().runs,
   };
+}
+
+/**
+ * The money rules, held against the double's bill: nothing live once the phase has left RUNNING; per call, the
+ * ledger charged at least what Modal bills and never one second twice (its charged spans do not overlap).
+ */
+function expectLedgerCoversTheBill(state: PhaseState, modal: FakeModal): void {
+  for (const [callId, call] of Object.entries(modal.calls())) {
+    expect({ callId, live: call.ended_at === null }).toEqual({ callId, live: false });
+    const spans: [number, number][] = [];
+    for (const line of state.ledger) {
+      if (line.calls !== undefined) for (const c of line.calls) if (c.callId === callId) spans.push([Date.parse(c.from), Date.parse(c.to)]);
+      if (line.calls === undefined && (line.backendIds.call === callId || (line.backendIds.stopped ?? '').split(',').includes(callId))) spans.push([Date.parse(line.startedAt), Date.parse(line.endedAt)]);
+    }
+    spans.sort((a, b) => a[0] - b[0]);
+    for (let i = 1; i < spans.length; i++) expect(spans[i]![0]).toBeGreaterThanOrEqual(spans[i - 1]![1]);
+    const charged = spans.reduce((sum, [a, b]) => sum + (b - a) / 1000, 0);
+    expect({ callId, charged: charged >= (call.billed_s ?? 0) }).toEqual({ callId, charged: true });
+  }
 }
 
 /** Starts the phase, passes both gates, and waits for it to fail; returns its state. */
@@ -111,10 +146,37 @@ test('a call a stopped worker left running is stopped, and put on the ledger, wh
     if (state === undefined) throw new Error('no state');
     expect(state.status).toBe('CANCELLED');
     expect(state.ledger).toHaveLength(2);
-    expect(state.ledger[1]).toMatchObject({ modelKey: 'qwen-7b', outcome: 'cancelled', secondsBasis: 'observed', backendIds: { stopped: callId } });
+    expect(state.ledger[1]).toMatchObject({ modelKey: 'qwen-7b', outcome: 'cancelled', secondsBasis: 'container', backendIds: { stopped: callId } });
     expect(state.ledger[1]?.error).toMatch(/still running when the phase left RUNNING \(cancelled\); stopped/);
-    // The ledger covers the call's whole life: the detached attempt's line, then the stopped remainder.
-    expect(Date.parse(state.ledger[1]!.startedAt)).toBe(Date.parse(state.ledger[0]!.endedAt));
+    // The ledger covers the call's whole life, from its spawn to its stop, and the download before it.
+    expectLedgerCoversTheBill(state, modal);
+  });
+});
+
+/**
+ * Each way a Modal run goes wrong, through the real Temporal server and the real launcher processes: a preempted
+ * input restarted in a second container, polls failing on the network, a crashed container, a TimeoutError raised
+ * by the remote function. Every phase ends (FAILED at scoring at best: the double's result is not a real run), and
+ * then: one paid run per model at most, nothing live, and the ledger >= the double's bill, no second twice.
+ */
+test.each([
+  ['preempt', {}, 1],
+  ['ok', { PHASEGATE_MODAL_FAKE_PROBE_ERRORS: '3' }, 1],
+  ['crash', {}, 0],
+  ['remote_timeout', {}, 0],
+])('Modal failure mode %s %j: at most one paid run, nothing live, the ledger covers the bill', async (outcome, extra, paidRuns) => {
+  const modal = fakeModal(outcome, { PHASEGATE_MODAL_FAKE_RUN_S: '0.6', ...extra });
+  await withEnv(modal.env, async () => {
+    const { worker, pc } = await testWorker(server, `modal-${outcome}`);
+    const loaded = testProtocol(`modal-mode-${outcome.replace("_", "-")}-${Object.keys(extra).length}`, { backend: 'modal', models: [qwenOnModal], retry: { max_attempts: 2, initial_interval_seconds: 1, backoff_coefficient: 1 } });
+    await worker.runUntil(async () => {
+      const state = await runToFailure(pc, loaded);
+      expect(state.ledger.length).toBeGreaterThan(0);
+      expect(state.ledger.every((e) => e.secondsBasis === 'container')).toBe(true);
+      expectLedgerCoversTheBill(state, modal);
+    });
+    expect(Object.values(modal.runs()).reduce((a, b) => a + b, 0)).toBe(paidRuns);
+    expect(modal.spawns().length).toBeLessThanOrEqual(paidRuns === 1 ? 1 : 2);
   });
 });
 

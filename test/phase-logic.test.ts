@@ -13,6 +13,7 @@ import {
   gateContext,
   initialState,
   ledgerEntryFor,
+  ledgerEntryForWindows,
   lockHashOf,
   MAX_RETRY_DELAY_SECONDS,
   mayHaveLaunched,
@@ -217,6 +218,33 @@ describe('ledger and budget check', () => {
     const base = { modelKey: 'm', attempt: 1, gpu: 'A10G', usdPerSecond: 0.000306, startedAtMs: 0, endedAtMs: 100_000, backendIds: {} };
     expect(ledgerEntryFor({ ...base, outcome: 'succeeded', measuredSeconds: 60 })).toMatchObject({ seconds: 60, usd: 0.01836, secondsBasis: 'measured' });
     expect(ledgerEntryFor({ ...base, outcome: 'timed_out', measuredSeconds: null })).toMatchObject({ seconds: 100, usd: 0.0306, secondsBasis: 'observed' });
+  });
+
+  test('remote calls are charged by their billable windows, each call-second once, however often reported', () => {
+    const rate = (r: 'gpu' | 'cpu'): number => (r === 'gpu' ? 0.001 : 0.0001);
+    const line = { modelKey: 'm', gpu: 'H100', backendIds: {}, startedAtMs: 0, endedAtMs: 0 };
+    const ledger: ReturnType<typeof ledgerEntryFor>[] = [];
+    // Attempt 1 detached from call C after observing it 0-100 s (no windows: its worker stopped).
+    ledger.push(ledgerEntryFor({ ...line, attempt: 1, outcome: 'failed', usdPerSecond: 0.001, measuredSeconds: null, startedAtMs: 0, endedAtMs: 100_000, backendIds: { call: 'C' } }));
+    // Attempt 2 reattached and saw C end: C's window is 5-300 s; 100-300 s is left to charge. The download D ran
+    // on a CPU before C, 1-4 s.
+    const windows = [
+      { callId: 'D', fromMs: 1_000, toMs: 4_000, resource: 'cpu' as const },
+      { callId: 'C', fromMs: 5_000, toMs: 300_000, resource: 'gpu' as const },
+    ];
+    const second = ledgerEntryForWindows(ledger, { ...line, attempt: 2, outcome: 'succeeded' }, windows, rate);
+    expect(second).toMatchObject({ seconds: 203, usd: 0.2003, secondsBasis: 'container', startedAt: new Date(1_000).toISOString(), endedAt: new Date(300_000).toISOString() });
+    expect(second.calls?.map((c) => [c.callId, c.from, c.to])).toEqual([
+      ['D', new Date(1_000).toISOString(), new Date(4_000).toISOString()],
+      ['C', new Date(100_000).toISOString(), new Date(300_000).toISOString()],
+    ]);
+    ledger.push(second);
+    // A restart re-reports the finished call (and the same window twice): nothing is charged again.
+    const again = ledgerEntryForWindows(ledger, { ...line, attempt: 3, outcome: 'succeeded' }, [...windows, windows[1]!], rate);
+    expect(again).toMatchObject({ seconds: 0, usd: 0, calls: [] });
+    // A call stopped later than its last report: only the new part.
+    const stopped = ledgerEntryForWindows(ledger, { ...line, attempt: 3, outcome: 'cancelled' }, [{ callId: 'C', fromMs: 5_000, toMs: 310_000, resource: 'gpu' }], rate);
+    expect(stopped).toMatchObject({ seconds: 10, usd: 0.01 });
   });
 
   test('an attempt is charged from when its run began, not from when it was scheduled; a stray clock is clamped', () => {

@@ -49,8 +49,14 @@ test('the shipped protocols load once their roster exists', () => {
   expect(phase1.protocol).toMatchObject({ repeats: 5, eval_prompt_count: 30, site: { layer: 15 }, steering: { alpha: 3 }, budget: { cap_usd: 15 }, separate_duties: true });
   expect(phase1.phaseId).toBe(`phase1-tooling-parity-${phase1.protocolHash.slice(0, 12)}`);
   expect(Object.keys(phase1.people).sort()).toEqual(['professor', 'sohail']);
+  // Modal bills the GPU container's CPU and memory too: every second on Modal is priced with them, at their limits.
+  expect(phase1.pricing.container).toEqual({ cpuCores: 4, memoryGib: 48, usdPerSecond: 0.00015896 });
+  expect(phase1.pricing.usdPerSecond.A10G).toBe(0.00046496);
   copyFileSync(path.join(protocolsDir, 'demo.json'), path.join(dir, 'demo.json'));
-  expect(loadProtocol(path.join(dir, 'demo.json')).protocol.backend).toBe('local');
+  const demo = loadProtocol(path.join(dir, 'demo.json'));
+  expect(demo.protocol.backend).toBe('local');
+  expect(demo.pricing.container).toBeUndefined();
+  expect(demo.pricing.usdPerSecond.cpu).toBe(0.0000262); // a local run pays no container
 });
 
 test('every invalid field is named with its path and the reason', () => {

@@ -56,8 +56,11 @@ export interface LockedPrompts {
 export interface PricingSnapshot {
   source: string;
   readOn: string;
+  /** What one second of each GPU type costs at most; on Modal, the container's CPU and memory included. */
   usdPerSecond: Record<string, number>;
   sha256: string;
+  /** A Modal protocol's container limits, priced into usdPerSecond (absent on the local backend). */
+  container?: { cpuCores: number; memoryGib: number; usdPerSecond: number };
 }
 
 export interface PhaseInput {
@@ -143,14 +146,37 @@ export interface LedgerEntry {
   seconds: number;
   usd: number;
   outcome: AttemptOutcome;
-  /** 'measured' when the backend measured the seconds; 'observed' when only the workflow's clock saw them. */
-  secondsBasis: 'measured' | 'observed';
+  /**
+   * 'measured' when the backend measured the seconds; 'observed' when only the workflow's clock saw them;
+   * 'container' for the billable windows of remote calls (Modal: spawn request to end, plus idle and stop), each
+   * call-second charged once however many attempts reported it (see `calls`).
+   */
+  secondsBasis: 'measured' | 'observed' | 'container';
+  /** The spans of remote calls this line charged ('container' lines), so that no later line charges them again. */
+  calls?: ChargedSpan[];
   startedAt: string;
   endedAt: string;
   backendIds: Record<string, string>;
   error?: string;
   /** true for lines carried over from an earlier run of the same phase (see PhaseInput.priorLedger). */
   earlierRun?: boolean;
+}
+
+/** A remote call's billable time as a backend reports it (epoch ms on the worker's clock). */
+export interface CallWindow {
+  callId: string;
+  fromMs: number;
+  toMs: number;
+  /** 'cpu' for a CPU-only helper call (the weight download), priced at the 'cpu' rate. */
+  resource: 'gpu' | 'cpu';
+}
+
+/** The part of a call window that one ledger line charged. */
+export interface ChargedSpan {
+  callId: string;
+  from: string;
+  to: string;
+  resource: 'gpu' | 'cpu';
 }
 
 export type ModelRunStatus = 'pending' | 'running' | 'succeeded' | 'failed' | 'cancelled';

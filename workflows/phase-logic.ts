@@ -3,6 +3,8 @@
  * check. No Temporal API here, so unit tests call these without a server; the workflow wires them to handlers.
  */
 import type {
+  CallWindow,
+  ChargedSpan,
   ApproveBudgetInput,
   AttemptOutcome,
   DecisionResult,
@@ -130,6 +132,77 @@ export function ledgerEntryFor(r: AttemptRecord): LedgerEntry {
     startedAt: new Date(r.startedAtMs).toISOString(),
     endedAt: new Date(r.endedAtMs).toISOString(),
     backendIds: r.backendIds,
+  };
+  if (r.error !== undefined) entry.error = r.error;
+  return entry;
+}
+
+/**
+ * What a call has been charged for already in this model's ledger: the spans of 'container' lines, and the whole
+ * window of any line that named the call without knowing its spans (an attempt that only observed it).
+ */
+function chargedSpans(ledger: readonly LedgerEntry[], modelKey: string, callId: string): [number, number][] {
+  const spans: [number, number][] = [];
+  for (const e of ledger) {
+    if (e.modelKey !== modelKey) continue;
+    if (e.calls !== undefined) {
+      for (const c of e.calls) if (c.callId === callId) spans.push([Date.parse(c.from), Date.parse(c.to)]);
+    } else if (e.backendIds.call === callId || (e.backendIds.stopped ?? '').split(',').includes(callId)) {
+      spans.push([Date.parse(e.startedAt), Date.parse(e.endedAt)]);
+    }
+  }
+  return spans;
+}
+
+/** [from, to) less every span in `taken`. */
+function subtractSpans(from: number, to: number, taken: readonly [number, number][]): [number, number][] {
+  let parts: [number, number][] = [[from, to]];
+  for (const [a, b] of taken) {
+    parts = parts.flatMap(([x, y]): [number, number][] => (b <= x || a >= y ? [[x, y]] : [...(a > x ? [[x, a] as [number, number]] : []), ...(b < y ? [[b, y] as [number, number]] : [])]));
+  }
+  return parts.filter(([x, y]) => y > x);
+}
+
+/**
+ * The ledger line of an attempt that reported its remote calls' billable windows: every second of every window
+ * that no earlier line of this model charged, and nothing twice (a detached attempt's observed time, a reattached
+ * call's whole life, a restart re-reporting a finished call). Modal bills container-seconds; the windows bound them
+ * from above (runtime/.../modal_launch.py, CallBook), so the ledger is never below the bill.
+ */
+export function ledgerEntryForWindows(
+  ledger: readonly LedgerEntry[],
+  r: Omit<AttemptRecord, 'measuredSeconds' | 'usdPerSecond'>,
+  windows: readonly CallWindow[],
+  usdPerSecond: (resource: CallWindow['resource']) => number,
+): LedgerEntry {
+  const charged: ChargedSpan[] = [];
+  const taken = new Map<string, [number, number][]>();
+  let seconds = 0;
+  let usd = 0;
+  for (const w of windows) {
+    const spans = taken.get(w.callId) ?? chargedSpans(ledger, r.modelKey, w.callId);
+    for (const [a, b] of subtractSpans(w.fromMs, w.toMs, spans)) {
+      charged.push({ callId: w.callId, from: new Date(a).toISOString(), to: new Date(b).toISOString(), resource: w.resource });
+      seconds += (b - a) / 1000;
+      usd += ((b - a) / 1000) * usdPerSecond(w.resource);
+      spans.push([a, b]);
+    }
+    taken.set(w.callId, spans);
+  }
+  const froms = charged.map((c) => Date.parse(c.from));
+  const tos = charged.map((c) => Date.parse(c.to));
+  const entry: LedgerEntry = {
+    modelKey: r.modelKey,
+    attempt: r.attempt,
+    gpu: r.gpu,
+    seconds: Math.round(seconds * 1000) / 1000,
+    usd: roundUsd(usd),
+    outcome: r.outcome,
+    secondsBasis: 'container',
+    startedAt: new Date(charged.length > 0 ? Math.min(...froms) : r.startedAtMs).toISOString(),
+    endedAt: new Date(charged.length > 0 ? Math.max(...tos) : r.endedAtMs).toISOString(),
+    backendIds: r.backendIds,
+    calls: charged,
   };
   if (r.error !== undefined) entry.error = r.error;
   return entry;

@@ -39,6 +39,7 @@ import {
   submitReviewUpdate,
   type ApproveBudgetInput,
   type AttemptOutcome,
+  type CallWindow,
   type PhaseInput,
   type PhaseState,
   type PhaseStatus,
@@ -54,6 +55,7 @@ import {
   initialState,
   attemptWindow,
   ledgerEntryFor,
+  ledgerEntryForWindows,
   mayHaveLaunched,
   retryDelaySeconds,
   runPlan,
@@ -329,7 +331,8 @@ async function runModels(
       let result: ModelRunResult | null = null;
       let failure: unknown = null;
       try {
-        result = await runModel({ phaseId: input.phaseId, protocol, protocolHash: input.protocolHash, prompts: input.prompts, modelKey: model.key, attempt });
+        const container = input.pricing.container === undefined ? undefined : { cpuCores: input.pricing.container.cpuCores, memoryGib: input.pricing.container.memoryGib };
+        result = await runModel({ phaseId: input.phaseId, protocol, protocolHash: input.protocolHash, prompts: input.prompts, modelKey: model.key, attempt, container });
         measured = result.measuredSeconds;
       } catch (err) {
         failure = err;
@@ -338,13 +341,17 @@ async function runModels(
       }
       const error = failure === null ? undefined : errorMessage(failure);
       const backendIds = result?.backendIds ?? backendIdsOf(failure);
+      // From when the run began on the worker, if it said so; an attempt that never reported is charged from its
+      // scheduling (an upper bound).
+      const attemptSpan = attemptWindow(scheduledAtMs, result?.startedAtMs ?? startedAtOf(failure), Date.now());
+      const windows = result?.windows ?? windowsOf(failure);
+      const rate = (resource: CallWindow['resource']): number => input.pricing.usdPerSecond[resource === 'cpu' ? 'cpu' : model.gpu] ?? usdPerSecond;
       state.ledger.push(
-        ledgerEntryFor({
-          modelKey: model.key, attempt, gpu: model.gpu, usdPerSecond, outcome, measuredSeconds: measured, backendIds, error,
-          // From when the run began on the worker, if it said so; an attempt that never reported is charged from
-          // its scheduling (an upper bound).
-          ...attemptWindow(scheduledAtMs, result?.startedAtMs ?? startedAtOf(failure), Date.now()),
-        }),
+        // A remote backend that reported its calls' billable windows is charged those, each call-second once
+        // (histories recorded before windows existed replay the attempt's own window).
+        windows.length > 0 && patched('ledger-from-call-windows')
+          ? ledgerEntryForWindows(state.ledger, { modelKey: model.key, attempt, gpu: model.gpu, outcome, backendIds, error, ...attemptSpan }, windows, rate)
+          : ledgerEntryFor({ modelKey: model.key, attempt, gpu: model.gpu, usdPerSecond, outcome, measuredSeconds: measured, backendIds, error, ...attemptSpan }),
       );
       Object.assign(progress.backendIds, backendIds);
       state.events.push({ at: nowIso(), kind: 'attempt', message: `${model.key} attempt ${attempt}: ${outcome}${error ? ` (${error})` : ''}` });
@@ -381,17 +388,18 @@ async function releaseLeftovers(input: PhaseInput, state: PhaseState, why: strin
   if (!patched('release-compute-on-leaving-running') || !mayHaveLaunched(state)) return;
   const { stopped } = await CancellationScope.nonCancellable(() => releaseCompute({ phaseId: input.phaseId, protocol: input.protocol }));
   const endedAtMs = Date.now();
-  for (const { modelKey, ids } of stopped) {
+  for (const { modelKey, ids, windows } of stopped) {
     state.events.push({ at: nowIso(), kind: 'note', message: `${modelKey}: ${ids.join(', ')} still running when the phase left RUNNING (${why}); stopped` });
     const model = input.protocol.models.find((m) => m.key === modelKey);
     const last = [...state.ledger].reverse().find((e) => e.modelKey === modelKey);
     if (model === undefined || last === undefined) continue; // nothing of this run to extend: noted above
+    const usdPerSecond = input.pricing.usdPerSecond[model.gpu] ?? 0;
+    const line = { modelKey, attempt: last.attempt, gpu: model.gpu, outcome: 'cancelled' as const, backendIds: { stopped: ids.join(',') }, error: `still running when the phase left RUNNING (${why}); stopped` };
     state.ledger.push(
-      ledgerEntryFor({
-        modelKey, attempt: last.attempt, gpu: model.gpu, usdPerSecond: input.pricing.usdPerSecond[model.gpu] ?? 0, outcome: 'cancelled',
-        measuredSeconds: null, startedAtMs: Date.parse(last.endedAt), endedAtMs, backendIds: { stopped: ids.join(',') },
-        error: `still running when the phase left RUNNING (${why}); stopped`,
-      }),
+      // The stopped calls' windows, less what earlier lines charged of them; else from the end of the model's last line.
+      windows !== undefined && windows.length > 0 && patched('ledger-from-call-windows')
+        ? ledgerEntryForWindows(state.ledger, { ...line, startedAtMs: Date.parse(last.endedAt), endedAtMs }, windows, () => usdPerSecond)
+        : ledgerEntryFor({ ...line, usdPerSecond, measuredSeconds: null, startedAtMs: Date.parse(last.endedAt), endedAtMs }),
     );
   }
 }
@@ -448,8 +456,22 @@ function startedAtOf(err: unknown): number | undefined {
 }
 
 function backendIdsOf(err: unknown): Record<string, string> {
-  const v = firstDetail(err)?.backendIds;
+  const v = firstDetail(err)?.backendIds ?? lastHeartbeatOf(err)?.backendIds;
   return v !== null && typeof v === 'object' ? (v as Record<string, string>) : {};
+}
+
+/** A timed-out attempt (its worker died) says nothing itself; its last heartbeat named the remote call it ran. */
+function lastHeartbeatOf(err: unknown): Record<string, unknown> | null {
+  const cause = causeOf(err);
+  const details: unknown = cause instanceof TimeoutFailure ? cause.lastHeartbeatDetails : undefined;
+  return details !== null && typeof details === 'object' ? (details as Record<string, unknown>) : null;
+}
+
+/** The remote calls' billable windows a runner attached to its failure (Modal), checked field by field. */
+function windowsOf(err: unknown): CallWindow[] {
+  const v = firstDetail(err)?.windows;
+  if (!Array.isArray(v)) return [];
+  return v.filter((w): w is CallWindow => w !== null && typeof w === 'object' && typeof (w as CallWindow).callId === 'string' && Number.isFinite((w as CallWindow).fromMs) && Number.isFinite((w as CallWindow).toMs));
 }
 
 function errorMessage(err: unknown): string {

@@ -3,7 +3,7 @@
  * The activity owns the Temporal side (heartbeats, cancellation, failures); a backend owns the process or the
  * remote call.
  */
-import type { RunProgress } from '../../workflows/definitions';
+import type { CallWindow, RunProgress } from '../../workflows/definitions';
 
 export interface BackendJob {
   phaseId: string;
@@ -14,6 +14,8 @@ export interface BackendJob {
   /** The runtime spec file, and the folder it checkpoints into and writes result.json to. */
   specPath: string;
   outDir: string;
+  /** A remote container's CPU and memory limits, as the pricing table priced them (Modal only). */
+  container?: { cpuCores: number; memoryGib: number };
 }
 
 export interface BackendContext {
@@ -36,6 +38,8 @@ export interface BackendResult {
   resultPath: string;
   measuredSeconds: number;
   backendIds: Record<string, string>;
+  /** Remote calls' billable windows (Modal): what the ledger charges, each call-second once. */
+  windows?: CallWindow[];
 }
 
 /** Thrown by a backend; `kind` decides whether the workflow retries. */
@@ -46,6 +50,7 @@ export class BackendError extends Error {
     message: string,
     readonly measuredSeconds: number | null,
     readonly backendIds: Record<string, string> = {},
+    readonly windows: CallWindow[] = [],
   ) {
     super(message);
   }
@@ -58,6 +63,12 @@ export interface ReleaseTarget {
   outDir: string;
 }
 
+/** What a release stopped: ids, and (remote calls) their billable windows up to the stop. */
+export interface Released {
+  ids: string[];
+  windows: CallWindow[];
+}
+
 export interface ComputeBackend {
   readonly name: 'local' | 'modal';
   run(job: BackendJob, ctx: BackendContext): Promise<BackendResult>;
@@ -65,5 +76,5 @@ export interface ComputeBackend {
    * Stops whatever still runs, and costs money, for this model of the phase, whoever started it; returns the ids of
    * what was stopped. Throws when that cannot be established (the caller retries): "nothing live" must be known.
    */
-  release(target: ReleaseTarget): Promise<string[]>;
+  release(target: ReleaseTarget): Promise<Released>;
 }

@@ -1,7 +1,7 @@
 /** The local backend: the runtime as a child process on this machine (the embedded default). */
 import path from 'node:path';
 import { runRuntime, RuntimeExitCode, type RuntimeEvent } from '../runtime-process';
-import { BackendError, type BackendContext, type BackendJob, type BackendResult, type ComputeBackend, type ReleaseTarget } from './backend';
+import { BackendError, type BackendContext, type BackendJob, type BackendResult, type ComputeBackend, type Released, type ReleaseTarget } from './backend';
 
 export interface LocalBackendOptions {
   python: string;
@@ -18,8 +18,8 @@ export class LocalBackend implements ComputeBackend {
    * A local run is the activity's own child process: it is stopped with the activity, and with its worker (the
    * runtime exits when its parent dies), so nothing outlives an attempt here.
    */
-  release(_target: ReleaseTarget): Promise<string[]> {
-    return Promise.resolve([]);
+  release(_target: ReleaseTarget): Promise<Released> {
+    return Promise.resolve({ ids: [], windows: [] });
   }
 
   async run(job: BackendJob, ctx: BackendContext): Promise<BackendResult> {

@@ -400,12 +400,14 @@ def test_a_hub_model_is_downloaded_on_a_cpu_container_first_and_once(job: Job, t
     fake = FakeModal()
     code, events = _launch(job, fake)
     assert code == 0
-    assert [fake.call(c)["kind"] for c in fake.spawned] == ["prefetch", "run"]
+    with fake.state() as st:
+        assert [c["kind"] for c in st["calls"].values()] == ["prefetch", "run"]
     assert {w["resource"] for w in events[-1]["windows"]} == {"cpu", "gpu"}
     fake.launches.pop("demo-ab12cd34/tiny-qwen")
     (job.out_dir / RECORD_FILE).unlink()
     assert _launch(_attempt(job, 2), fake)[0] == 0
-    assert [fake.call(c)["kind"] for c in fake.spawned] == ["prefetch", "run", "run"]  # downloaded once
+    with fake.state() as st:
+        assert [c["kind"] for c in st["calls"].values()] == ["prefetch", "run", "run"]  # downloaded once
 
 
 def test_modal_check_reports_the_gpu_it_got(capsys: pytest.CaptureFixture[str]) -> None:

@@ -153,10 +153,12 @@ class FakeModal:
             except json.JSONDecodeError:
                 state = {}
             state = {**empty, **state}
-            yield state
-            tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(state))
-            os.replace(tmp, self._path)
+            try:
+                yield state
+            finally:  # written back even when the block raises (a poll that fails still counts)
+                tmp = self._path.with_name(f".{self._path.name}.{os.getpid()}")
+                tmp.write_text(json.dumps(state))
+                os.replace(tmp, self._path)
 
     @property
     def spawned(self) -> list[str]:
@@ -168,8 +170,9 @@ class FakeModal:
 
     def _new_call(self, kind: str, spec: dict[str, Any], gpu: str, timeout_s: int, **extra: Any) -> FakeCall:
         with self.state() as s:
-            call_id = f"fc-fake-{len(s['spawns']) + 1}"
-            s["spawns"].append(call_id)
+            call_id = f"fc-fake-{len(s['calls']) + 1}"
+            if kind == "run":  # the GPU runs; the CPU download and the smoke check are in `calls` only
+                s["spawns"].append(call_id)
             key, sha = _spec_key(spec)
             reused = kind == "run" and self.outcome == "ok" and s["volume"].get(key) == sha
             s["calls"][call_id] = {
