@@ -40,6 +40,8 @@ export const envSchema = z.object({
   PHASEGATE_KEYS_DIR: z.string().min(1).optional(),
   /** Seconds the Modal launcher waits on a remote call per poll (each poll is a heartbeat of progress). */
   PHASEGATE_MODAL_POLL_SECONDS: z.coerce.number().positive().default(30),
+  /** Model runs a worker runs at once, on their own task queue (a runtime process or a Modal launcher each). */
+  PHASEGATE_MODEL_RUNS: z.coerce.number().int().min(1).max(256).default(2),
   PHASEGATE_TEMPORAL_BIN: z.string().min(1).optional(),
   PHASEGATE_PYTHON: z.string().min(1).optional(),
   LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),

@@ -199,3 +199,26 @@ test('a spec invalid by definition fails in the preflight, before any GPU call i
     expect(modal.spawns()).toEqual([]);
   });
 });
+
+test('long model runs have their own queue and slots: they never starve another phase of its estimate', async () => {
+  const modal = fakeModal('hang');
+  await withEnv(modal.env, async () => {
+    const { worker, pc } = await testWorker(server, 'modal-slots');
+    await worker.runUntil(async () => {
+      // Four Modal launchers that never finish: as many as the phase queue has slots.
+      const hanging: string[] = [];
+      for (const n of [1, 2, 3, 4]) {
+        const { phaseId } = await startPhase(pc, testProtocol(`modal-slots-${n}`, { backend: 'modal', models: [qwenOnModal] }));
+        await approveAs(pc, phaseId, { by: 'demo-approver', usd: 1 });
+        await reviewAs(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
+        hanging.push(phaseId);
+      }
+      await waitFor(() => Promise.resolve(modal.spawns().length === 2)); // two model runs at once per worker
+      const { phaseId } = await startPhase(pc, testProtocol('modal-slots-5', { backend: 'modal', models: [qwenOnModal] }));
+      await waitFor(async () => (await getState(pc, phaseId)).estimate !== null);
+      for (const id of [...hanging, phaseId]) await server.env.client.workflow.getHandle(id).cancel();
+      for (const id of hanging) await expect(phaseResult(server.env.client, id)).rejects.toThrow();
+    });
+    expect(Object.values(modal.calls()).every((c) => c.ended_at !== null)).toBe(true); // every one stopped
+  });
+});

@@ -15,6 +15,7 @@ import { connectionSettings } from '../common/temporal-connection';
 import { startDevServer, type DevServer } from './dev-server';
 import { forwardTemporalLogs } from './temporal-logging';
 import { createPhaseWorker } from './worker';
+import { modelRunQueue } from '../workflows/definitions';
 
 export async function runServer(env: Readonly<Env>, logger: Logger, options: { withDevServer: boolean }): Promise<void> {
   const paths = resolvePaths(env);
@@ -56,6 +57,7 @@ export async function runServer(env: Readonly<Env>, logger: Logger, options: { w
     paths,
     logger,
     modalPollSeconds: env.PHASEGATE_MODAL_POLL_SECONDS,
+    modelRuns: env.PHASEGATE_MODEL_RUNS,
   });
 
   const stop = (signal: string): void => {
@@ -73,7 +75,7 @@ export async function runServer(env: Readonly<Env>, logger: Logger, options: { w
     logger.error(serverDied);
     worker.shutdown();
   });
-  process.stdout.write(`phasegate worker on task queue "${env.PHASEGATE_TASK_QUEUE}"; Ctrl-C stops it\n`);
+  process.stdout.write(`phasegate worker on task queue "${env.PHASEGATE_TASK_QUEUE}" (model runs on "${modelRunQueue(env.PHASEGATE_TASK_QUEUE)}", ${env.PHASEGATE_MODEL_RUNS} at once); Ctrl-C stops it\n`);
   try {
     await worker.run();
   } finally {

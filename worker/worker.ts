@@ -1,8 +1,10 @@
 /**
- * Builds the phasegate worker: the phase workflow and its activities on one task queue, with the compute backends
- * this machine has. Used by the embedded server, the standalone worker process and the tests.
+ * Builds the phasegate worker: the phase workflow and its activities on the phase task queue, and the model runs on a
+ * queue of their own (`modelRunQueue`) with their own concurrency limit, so that long GPU launchers never take the
+ * slots that another phase's estimate, scoring, freeze or clean-up needs. Used by the embedded server, the standalone
+ * worker process and the tests.
  */
-import { NativeConnection, Worker, type WorkerOptions } from '@temporalio/worker';
+import { NativeConnection, Worker, type State, type WorkerOptions } from '@temporalio/worker';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { createActivities } from '../activities';
@@ -10,6 +12,7 @@ import type { ComputeBackend } from '../activities/backends/backend';
 import { LocalBackend } from '../activities/backends/local';
 import { modalBackendFromEnv } from '../activities/backends/modal';
 import { repoRoot, type Paths } from '../common/config';
+import { modelRunQueue } from '../workflows/definitions';
 
 export interface PhaseWorkerOptions {
   connection: NativeConnection;
@@ -21,21 +24,46 @@ export interface PhaseWorkerOptions {
   workflowBundle?: WorkerOptions['workflowBundle'];
   backends?: Partial<Record<'local' | 'modal', ComputeBackend>>;
   modalPollSeconds?: number;
+  /** Model runs this worker runs at once (each is a runtime process or a Modal launcher). */
+  modelRuns?: number;
+}
+
+/** The phase worker and its model-run worker, run and stopped as one. */
+export class PhaseWorker {
+  constructor(
+    readonly phases: Worker,
+    readonly modelRuns: Worker,
+  ) {}
+
+  getState(): State {
+    return this.phases.getState();
+  }
+
+  shutdown(): void {
+    for (const w of [this.modelRuns, this.phases]) if (w.getState() === 'RUNNING') w.shutdown();
+  }
+
+  async run(): Promise<void> {
+    // Either one failing stops the other: a worker half up would take tasks it cannot finish.
+    await Promise.all([this.phases.run(), this.modelRuns.run()].map((p) => p.catch((err: unknown) => { this.shutdown(); throw err; })));
+  }
+
+  async runUntil<R>(fnOrPromise: Promise<R> | (() => Promise<R>)): Promise<R> {
+    return this.phases.runUntil(this.modelRuns.runUntil(fnOrPromise));
+  }
 }
 
 export const workflowsPath = path.join(repoRoot, 'workflows', 'index.ts');
 
-export async function createPhaseWorker(o: PhaseWorkerOptions): Promise<Worker> {
+/** Model runs at once per worker unless configured (PHASEGATE_MODEL_RUNS): on Modal each is a launcher process. */
+export const DEFAULT_MODEL_RUNS = 2;
+
+export async function createPhaseWorker(o: PhaseWorkerOptions): Promise<PhaseWorker> {
   const runtime = { python: o.paths.python, runtimeSrc: o.paths.runtimeSrc };
   // Modal credentials are checked per run, so a worker without them still serves local phases, and a Modal phase
   // fails at once (not retried) with a message saying how to set them.
   const backends = o.backends ?? { local: new LocalBackend(runtime), modal: modalBackendFromEnv(runtime, o.modalPollSeconds) };
-  return Worker.create({
-    connection: o.connection,
-    namespace: o.namespace,
-    taskQueue: o.taskQueue,
-    ...(o.workflowBundle ? { workflowBundle: o.workflowBundle } : { workflowsPath }),
-    activities: createActivities({
+  const activities = createActivities({
       artifactsDir: o.paths.artifactsDir,
       workDir: o.paths.workDir,
       recordsDir: o.paths.recordsDir,
@@ -45,10 +73,10 @@ export async function createPhaseWorker(o: PhaseWorkerOptions): Promise<Worker> 
       runtimeSrc: o.paths.runtimeSrc,
       backends,
       logger: o.logger,
-    }),
-    // A few activities at once (another phase's scoring or freeze beside a model run); model runs themselves
-    // are sequential within a phase. On a small machine concurrent phases share its cores.
-    maxConcurrentActivityTaskExecutions: 4,
+    });
+  const common = {
+    connection: o.connection,
+    namespace: o.namespace,
     // Cancellation reaches an activity only in the reply to a heartbeat the SDK actually sends; its default
     // throttle (up to 60 s) would let a cancelled GPU run go on, and be paid for, for a minute.
     maxHeartbeatThrottleInterval: '3 seconds',
@@ -56,5 +84,22 @@ export async function createPhaseWorker(o: PhaseWorkerOptions): Promise<Worker> 
     // On shutdown a running attempt is stopped (its runtime gets SIGTERM and checkpoints what it finished);
     // this is the time it gets to do so before the worker gives up waiting.
     shutdownGraceTime: '20 seconds',
+  } satisfies Partial<WorkerOptions>;
+  const phases = await Worker.create({
+    ...common,
+    taskQueue: o.taskQueue,
+    ...(o.workflowBundle ? { workflowBundle: o.workflowBundle } : { workflowsPath }),
+    // runModel stays registered here too: attempts scheduled before model runs had their own queue (recorded
+    // histories) still find it on the phase queue.
+    activities,
+    // Estimates, preflights, scoring, freezes, records and clean-ups of every phase on this worker.
+    maxConcurrentActivityTaskExecutions: 4,
   });
+  const modelRuns = await Worker.create({
+    ...common,
+    taskQueue: modelRunQueue(o.taskQueue),
+    activities: { runModel: activities.runModel.bind(activities) },
+    maxConcurrentActivityTaskExecutions: o.modelRuns ?? DEFAULT_MODEL_RUNS,
+  });
+  return new PhaseWorker(phases, modelRuns);
 }

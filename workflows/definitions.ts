@@ -14,6 +14,9 @@ export type { ReviewVerdict, SignatureRecord, SignedDecision } from '../domain/d
 
 export const PHASE_WORKFLOW_TYPE = 'phaseWorkflow';
 
+/** The task queue of a phase queue's model runs (worker/worker.ts): their own slots, never another step's. */
+export const modelRunQueue = (phaseQueue: string): string => `${phaseQueue}-model-runs`;
+
 /** Waiting states, the run states, and the terminal states of a phase. */
 export const ACTIVE_STATUSES = [
   'AWAITING_BUDGET',

@@ -32,6 +32,7 @@ import {
   approveBudgetUpdate,
   ErrorTypes,
   isTerminal,
+  modelRunQueue,
   planQuery,
   rejectBudgetUpdate,
   searchAttributes,
@@ -107,6 +108,9 @@ const { recordPhase } = proxyActivities<PhaseActivities>({
 
 function modelRunner(timeoutSeconds: number): PhaseActivities['runModel'] {
   return proxyActivities<PhaseActivities>({
+    // Model runs have a queue of their own, so that long launchers never starve other phases' steps (histories
+    // recorded before it existed replay on the phase queue).
+    ...(patched('model-runs-on-their-own-queue') ? { taskQueue: modelRunQueue(workflowInfo().taskQueue) } : {}),
     startToCloseTimeout: `${timeoutSeconds} seconds`,
     // The runner heartbeats every few seconds; a dead worker is noticed within this window.
     heartbeatTimeout: '45 seconds',

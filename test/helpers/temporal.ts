@@ -4,7 +4,7 @@
  * once per file, one worker per test, unique ids.
  */
 import { TestWorkflowEnvironment } from '@temporalio/testing';
-import { bundleWorkflowCode, Runtime, DefaultLogger, type WorkflowBundleWithSourceMap, type Worker } from '@temporalio/worker';
+import { bundleWorkflowCode, Runtime, DefaultLogger, type WorkflowBundleWithSourceMap } from '@temporalio/worker';
 import type { Client } from '@temporalio/client';
 import { execFile, execFileSync } from 'node:child_process';
 import { copyFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
@@ -16,7 +16,7 @@ import { parseEnv, repoRoot, resolvePaths, type Paths } from '../../common/confi
 import { loadProtocol, type LoadedProtocol } from '../../protocols/load';
 import { searchAttributes, type PhaseState } from '../../workflows/definitions';
 import type { phaseWorkflow } from '../../workflows/phase';
-import { createPhaseWorker, workflowsPath } from '../../worker/worker';
+import { createPhaseWorker, type PhaseWorker, workflowsPath } from '../../worker/worker';
 import type { PhaseClient } from '../../client/phases';
 import { testRoster } from './decisions';
 import { PhaseRecordStore } from '../../common/phase-records';
@@ -107,12 +107,12 @@ export function phaseClient(env: TestWorkflowEnvironment, taskQueue: string, pat
   return { client: env.client, taskQueue, records: new PhaseRecordStore(paths.recordsDir) };
 }
 
-export async function makeWorker(env: TestWorkflowEnvironment, workflowBundle: WorkflowBundleWithSourceMap, paths: Paths, taskQueue: string): Promise<Worker> {
+export async function makeWorker(env: TestWorkflowEnvironment, workflowBundle: WorkflowBundleWithSourceMap, paths: Paths, taskQueue: string): Promise<PhaseWorker> {
   return createPhaseWorker({ connection: env.nativeConnection, namespace: env.namespace ?? 'default', taskQueue, paths, logger: quietLogger, workflowBundle });
 }
 
 export interface TestWorker {
-  worker: Worker;
+  worker: PhaseWorker;
   pc: PhaseClient;
   paths: Paths;
   taskQueue: string;
