@@ -10,7 +10,7 @@ import path from 'node:path';
 import { getState, startPhase, type PhaseClient } from '../client/phases';
 import type { LoadedProtocol } from '../protocols/load';
 import type { PhaseState } from '../workflows/definitions';
-import { approveAs, reviewAs } from './helpers/decisions';
+import { approveAs, rejectAs, reviewAs } from './helpers/decisions';
 import { fakeModalEnv } from './helpers/modal';
 import { makeWorker, phaseResult, serverPerFile, testProtocol, testWorker, waitFor } from './helpers/temporal';
 
@@ -220,5 +220,27 @@ test('long model runs have their own queue and slots: they never starve another 
       for (const id of hanging) await expect(phaseResult(server.env.client, id)).rejects.toThrow();
     });
     expect(Object.values(modal.calls()).every((c) => c.ended_at !== null)).toBe(true); // every one stopped
+  });
+});
+
+test('a call that would run past the approval is stopped by its own timeout: the ledger stays within the approval', async () => {
+  const modal = fakeModal('hang');
+  await withEnv(modal.env, async () => {
+    const { worker, pc } = await testWorker(server, 'modal-budget-limit');
+    // 40 s expected: the attempt is dispatched; $0.025 pays ~53 s of an A10G container, so the call may run ~41 s
+    // (its scale-down and stop fit in the rest), far less than the protocol's 60 minutes.
+    const loaded = testProtocol('modal-budget-limit', { backend: 'modal', models: [{ ...qwenOnModal, expected_gpu_seconds: 40 }] });
+    await worker.runUntil(async () => {
+      const { phaseId } = await startPhase(pc, loaded);
+      await approveAs(pc, phaseId, { by: 'demo-approver', usd: '0.025' });
+      await reviewAs(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
+      await waitFor(async () => (await getState(pc, phaseId)).status === 'BUDGET_HOLD', 180_000);
+      const state = await getState(pc, phaseId);
+      expect(state.ledger.reduce((sum, e) => sum + e.usd, 0)).toBeLessThanOrEqual(0.025);
+      expectLedgerCoversTheBill(state, modal);
+      expect(Object.values(modal.calls()).filter((c) => c.kind === 'run').map((c) => c.billed_s! < 60)).toEqual([true]);
+      await rejectAs(pc, phaseId, { by: 'demo-approver', reason: 'enough' });
+      await expect(phaseResult(server.env.client, phaseId)).resolves.toMatchObject({ status: 'REJECTED' });
+    });
   });
 });

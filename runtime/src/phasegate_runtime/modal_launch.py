@@ -53,6 +53,8 @@ from .modal_job import (
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_MISSING_CREDENTIALS = 0, 1, 2, 3
 RECORD_FILE = "modal-launch.json"
 PREFETCH_FUNCTION, SMOKE_FUNCTION = "prefetch_model", "smoke"
+# The shortest remote call worth spawning (Modal's own minimum timeout is 10 s).
+MIN_CALL_S = 10
 # What a call may still be billed after its launcher saw it end (idle scale-down, then the container's stop).
 AFTER_END_MS = (SCALEDOWN_WINDOW_S + STOP_MARGIN_S) * 1000
 
@@ -410,6 +412,7 @@ def launch(job: Job, port: ModalPort, emit: Emit, polling: Polling | None = None
     spec = json.loads(spec_text)
     spec_sha = hashlib.sha256(spec_text.encode()).hexdigest()
     job.out_dir.mkdir(parents=True, exist_ok=True)
+    began = time.monotonic()
     emit("launching", key=job.key, attempt=job.attempt)
     app_id = port.app_id()
     book = CallBook(job, port, spec_sha, app_id)
@@ -453,14 +456,31 @@ def launch(job: Job, port: ModalPort, emit: Emit, polling: Polling | None = None
 
     reattached = call is not None
     if call is None:
+        before = len(book.record.get("prefetch_windows", []))
         failed = _prefetch(spec, port, book, emit, polling)
         if failed is not None:
             return failed
+        downloaded = len(book.record.get("prefetch_windows", [])) > before
+        # The call, its idle scale-down and its stop must all fit in what this attempt may spend (its limit is
+        # what the approval left can pay for): Modal stops the function at its timeout, whatever happens here.
+        # A download just made is billed up to its own stop too (at a CPU rate, counted here as if a GPU's).
+        margins = 2 if downloaded else 1
+        timeout_s = int(job.timeout_s - (time.monotonic() - began) - margins * AFTER_END_MS / 1000)
+        if timeout_s < MIN_CALL_S:
+            emit(
+                "error",
+                kind="failure",
+                message=f"only {timeout_s} s of this attempt's limit would be left for "
+                "the call after its stop margin: not spawned",
+                gpu_seconds=None,
+                windows=book.record.get("prefetch_windows", []),
+            )
+            return EXIT_FAILURE
         requested = book.spawn_requested()
         call = port.spawn(
             spec,
             gpu=job.gpu,
-            timeout_s=job.timeout_s,
+            timeout_s=timeout_s,
             cpu_limit=job.cpu_limit,
             memory_limit_mib=job.memory_limit_mib,
         )
