@@ -112,3 +112,24 @@ test('holds a GPU attempt that would exceed the approval, dispatches nothing whi
     recordHistory(server.env, phaseId, 'budget-hold-to-frozen');
   });
 });
+
+test('models run side by side when the approval pays for both at once; each attempt is checked with the others in flight', async () => {
+  const { worker, pc } = await testWorker(server, 'side-by-side');
+  const loaded = testProtocol('side-by-side');
+  const perModelEstimate = 100 * 0.0000262;
+  await worker.runUntil(async () => {
+    const { phaseId } = await startPhase(pc, loaded);
+    // Both estimates fit: spent (0) + the first's estimate in flight + the second's estimate <= the approval (with room
+    // for each attempt's time limit: the approval less the other's estimate, here 300 s of the CPU rate).
+    await approveAs(pc, phaseId, { by: 'demo-approver', usd: 4 * perModelEstimate });
+    await reviewAs(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
+    const frozen = await waitForStatus(pc, phaseId, 'FROZEN', 240);
+    const [a, b] = frozen.ledger;
+    expect(frozen.ledger.map((e) => [e.modelKey, e.outcome]).sort()).toEqual([['tiny-llama', 'succeeded'], ['tiny-qwen2', 'succeeded']]);
+    // The two runs overlapped in time: each began before the other ended.
+    expect(Date.parse(a!.startedAt)).toBeLessThan(Date.parse(b!.endedAt));
+    expect(Date.parse(b!.startedAt)).toBeLessThan(Date.parse(a!.endedAt));
+    expect(spentUsd(frozen.ledger)).toBeLessThanOrEqual(frozen.budget.approvedUsd);
+    expect(frozen.events.some((e) => e.message.includes('BUDGET_HOLD'))).toBe(false);
+  });
+});

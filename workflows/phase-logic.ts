@@ -84,12 +84,16 @@ export interface BudgetCheck {
   nextUsd: number;
   /** The least total approval under which the next attempt may be dispatched. */
   neededUsd: number;
+  inFlightUsd: number;
 }
 
-/** Before each GPU attempt: would spent + this attempt's estimate exceed the approved total? */
-export function checkBudget(state: PhaseState, nextAttemptUsd: number): BudgetCheck {
+/**
+ * Before each GPU attempt: would spent + the estimates of the attempts in flight (other models running side by side)
+ * + this attempt's estimate exceed the approved total?
+ */
+export function checkBudget(state: PhaseState, nextAttemptUsd: number, inFlightUsd = 0): BudgetCheck {
   const spent = spentUsd(state.ledger);
-  const needed = roundUsd(spent + nextAttemptUsd);
+  const needed = roundUsd(spent + inFlightUsd + nextAttemptUsd);
   return {
     // Compared in integer micro-dollars, so the check is exact.
     ok: usdToMicros(needed) <= state.budget.approvedMicros,
@@ -97,6 +101,7 @@ export function checkBudget(state: PhaseState, nextAttemptUsd: number): BudgetCh
     approvedUsd: state.budget.approvedUsd,
     nextUsd: nextAttemptUsd,
     neededUsd: needed,
+    inFlightUsd,
   };
 }
 

@@ -28,6 +28,7 @@ import {
   workflowInfo,
 } from '@temporalio/workflow';
 import type { PhaseActivities, ModelRunResult } from '../activities/types';
+import type { ModelSpec } from '../protocols/schema';
 import {
   approveBudgetUpdate,
   ErrorTypes,
@@ -288,23 +289,116 @@ async function waitForGate(
   }
 }
 
-/** Runs every model that has not succeeded yet, one after the other, each attempt behind a budget check. */
-async function runModels(
-  input: PhaseInput,
-  state: PhaseState,
-  moveTo: (s: PhaseStatus, why: string) => void,
-  publish: () => void,
-  persist: () => Promise<void>,
-): Promise<void> {
+type MoveTo = (s: PhaseStatus, why: string) => void;
+
+/** Runs every model that has not succeeded yet, each attempt behind a budget check. */
+async function runModels(input: PhaseInput, state: PhaseState, moveTo: MoveTo, publish: () => void, persist: () => Promise<void>): Promise<void> {
+  // Side by side (on Modal each model has its own GPU); histories recorded before replay one after the other.
+  if (patched('models-side-by-side')) await runModelsSideBySide(input, state, moveTo, persist);
+  else await runModelsOneByOne(input, state, moveTo, publish, persist);
+}
+
+/** What a model's attempts share: its estimate per attempt, its price, its progress. */
+function modelPlan(input: PhaseInput, state: PhaseState, model: ModelSpec): { usdPerSecond: number; attemptUsd: number; progress: PhaseState['models'][number] | undefined } {
+  const estimate = state.estimate?.models.find((e) => e.modelKey === model.key);
+  const usdPerSecond = input.pricing.usdPerSecond[model.gpu] ?? 0;
+  return { usdPerSecond, attemptUsd: attemptReserveUsd(estimate?.usd ?? 0, usdPerSecond), progress: state.models.find((m) => m.modelKey === model.key) };
+}
+
+/**
+ * Every model at once, each through its own attempts, under one budget rule kept exact: before each dispatch, spent +
+ * the estimates of every attempt in flight + this attempt's estimate must fit the approval, and the attempt may run
+ * only as long as the approval less spent less the others' estimates can pay. A model that does not fit waits alone;
+ * when nothing is in flight and a model still waits, the phase is in BUDGET_HOLD. The first model to fail for good
+ * (or a rejection) stops the others.
+ */
+async function runModelsSideBySide(input: PhaseInput, state: PhaseState, moveTo: MoveTo, persist: () => Promise<void>): Promise<void> {
+  const protocol = input.protocol;
+  const inFlight = new Map<string, number>();
+  let changes = 0; // bumped whenever an attempt ends: a waiting model re-checks
+  const others = (key: string): number => [...inFlight].reduce((sum, [k, usd]) => (k === key ? sum : sum + usd), 0);
+  const scope = new CancellationScope();
+  let ended = false; // FAILED or REJECTED: the other models stop
+
+  const runOne = async (model: ModelSpec): Promise<void> => {
+    const { usdPerSecond, attemptUsd, progress } = modelPlan(input, state, model);
+    if (progress === undefined) return;
+    while (!succeeded(progress) && !ended) {
+      const attempt = progress.attempts + 1;
+      if (attempt > protocol.retry.max_attempts) {
+        progress.status = 'failed';
+        state.failure = progress.lastError ?? 'attempts exhausted';
+        moveTo('FAILED', `${model.key}: ${protocol.retry.max_attempts} attempts failed; last error: ${progress.lastError ?? 'unknown'}`);
+        ended = true;
+        return;
+      }
+      for (let check = checkBudget(state, attemptUsd, others(model.key)); !check.ok; check = checkBudget(state, attemptUsd, others(model.key))) {
+        const seen = changes;
+        const approvedBefore = state.budget.approvedUsd;
+        if (inFlight.size > 0) {
+          // Other attempts may leave room when they end: wait for that, not for a person.
+          await condition(() => changes !== seen || ended);
+        } else {
+          await releaseLeftovers(input, state, 'budget hold');
+          moveTo('BUDGET_HOLD', `${model.key} attempt ${attempt} needs $${check.neededUsd.toFixed(4)} (spent $${check.spentUsd.toFixed(4)} + estimate $${check.nextUsd.toFixed(4)}), approved $${check.approvedUsd.toFixed(4)}`);
+          await persist();
+          // A larger approval, a rejection, or another model's attempt ending (one that was in its back-off).
+          await waitForGate(state, 'budget', protocol.budget.deadline_hours, () => state.budget.approvedUsd > approvedBefore || state.budget.rejection !== null || changes !== seen || ended);
+          if (state.budget.rejection !== null && !ended) {
+            moveTo('REJECTED', `budget rejected during hold by ${state.budget.rejection.by}`);
+            ended = true;
+          }
+        }
+        if (ended) return;
+      }
+      moveTo('RUNNING', `${model.key} attempt ${attempt}`);
+      inFlight.set(model.key, attemptUsd);
+      const limit = attemptTimeoutSeconds(model.timeout_minutes, state.budget.approvedUsd - spentUsd(state.ledger) - others(model.key), usdPerSecond);
+      let done: AttemptResult;
+      try {
+        done = await runAttempt(input, state, model, attempt, limit, persist);
+      } finally {
+        inFlight.delete(model.key);
+        changes++;
+      }
+      if (done.outcome === 'succeeded') continue;
+      if (done.outcome === 'cancelled') throw done.failure;
+      if (isNonRetryable(done.failure)) {
+        progress.status = 'failed';
+        state.failure = `${model.key}: ${done.error ?? 'failed'}`;
+        moveTo('FAILED', state.failure);
+        ended = true;
+        return;
+      }
+      progress.status = 'pending';
+      await sleep(Math.round(retryDelaySeconds(protocol.retry, attempt + 1) * 1000));
+    }
+  };
+
+  const todo = protocol.models.filter((m) => !succeeded(state.models.find((p) => p.modelKey === m.key) ?? { status: '' }));
+  // Settled, not raced: every model's attempt must have its ledger line before the phase moves on.
+  const outcomes = await scope.run(() =>
+    Promise.allSettled(
+      todo.map(async (m) => {
+        await runOne(m);
+        if (ended) scope.cancel(); // the phase failed or was rejected: the other models' attempts stop
+      }),
+    ),
+  );
+  for (const o of outcomes) {
+    // Attempts stopped because another model ended the phase are on the ledger; a user's cancel goes on up.
+    if (o.status === 'rejected' && !(ended && isCancellation(o.reason))) throw o.reason;
+  }
+}
+
+/** Every model one after the other (the order of histories recorded before models ran side by side). */
+async function runModelsOneByOne(input: PhaseInput, state: PhaseState, moveTo: MoveTo, publish: () => void, persist: () => Promise<void>): Promise<void> {
   const protocol = input.protocol;
   for (const model of protocol.models) {
-    const progress = state.models.find((m) => m.modelKey === model.key);
+    const { usdPerSecond, attemptUsd, progress } = modelPlan(input, state, model);
     if (progress === undefined || progress.status === 'succeeded') continue;
-    const estimate = state.estimate?.models.find((e) => e.modelKey === model.key);
-    const usdPerSecond = input.pricing.usdPerSecond[model.gpu] ?? 0;
-    const attemptUsd = attemptReserveUsd(estimate?.usd ?? 0, usdPerSecond);
 
-    while (progress.status !== 'succeeded') {
+    while (!succeeded(progress)) {
       const attempt = progress.attempts + 1;
       if (attempt > protocol.retry.max_attempts) {
         progress.status = 'failed';
@@ -326,51 +420,12 @@ async function runModels(
       }
       moveTo('RUNNING', `${model.key} attempt ${attempt}`);
       // The attempt may not outlive the budget left: it is stopped (and charged) when the approval runs out.
-      const runModel = modelRunner(attemptTimeoutSeconds(model.timeout_minutes, state.budget.approvedUsd - spentUsd(state.ledger), usdPerSecond));
-      progress.status = 'running';
-      progress.attempts = attempt;
-      const scheduledAtMs = Date.now();
-      let outcome: AttemptOutcome = 'succeeded';
-      let measured: number | null = null;
-      let result: ModelRunResult | null = null;
-      let failure: unknown = null;
-      try {
-        const container = input.pricing.container === undefined ? undefined : { cpuCores: input.pricing.container.cpuCores, memoryGib: input.pricing.container.memoryGib };
-        result = await runModel({ phaseId: input.phaseId, protocol, protocolHash: input.protocolHash, prompts: input.prompts, modelKey: model.key, attempt, container });
-        measured = result.measuredSeconds;
-      } catch (err) {
-        failure = err;
-        outcome = isCancellation(err) ? 'cancelled' : err instanceof ActivityFailure && err.cause instanceof TimeoutFailure ? 'timed_out' : 'failed';
-        measured = measuredSecondsOf(err);
-      }
-      const error = failure === null ? undefined : errorMessage(failure);
-      const backendIds = result?.backendIds ?? backendIdsOf(failure);
-      // From when the run began on the worker, if it said so; an attempt that never reported is charged from its
-      // scheduling (an upper bound).
-      const attemptSpan = attemptWindow(scheduledAtMs, result?.startedAtMs ?? startedAtOf(failure), Date.now());
-      const windows = result?.windows ?? windowsOf(failure);
-      const rate = (resource: CallWindow['resource']): number => input.pricing.usdPerSecond[resource === 'cpu' ? 'cpu' : model.gpu] ?? usdPerSecond;
-      state.ledger.push(
-        // A remote backend that reported its calls' billable windows is charged those, each call-second once
-        // (histories recorded before windows existed replay the attempt's own window).
-        windows.length > 0 && patched('ledger-from-call-windows')
-          ? ledgerEntryForWindows(state.ledger, { modelKey: model.key, attempt, gpu: model.gpu, outcome, backendIds, error, ...attemptSpan }, windows, rate)
-          : ledgerEntryFor({ modelKey: model.key, attempt, gpu: model.gpu, usdPerSecond, outcome, measuredSeconds: measured, backendIds, error, ...attemptSpan }),
-      );
-      Object.assign(progress.backendIds, backendIds);
-      state.events.push({ at: nowIso(), kind: 'attempt', message: `${model.key} attempt ${attempt}: ${outcome}${error ? ` (${error})` : ''}` });
-      // Every attempt's line is on the record before anything else happens (a cancel, a retry, a hold).
-      await CancellationScope.nonCancellable(() => persist());
-      if (result !== null) {
-        progress.status = 'succeeded';
-        progress.resultPath = result.resultPath;
-        continue;
-      }
-      progress.lastError = error;
-      if (outcome === 'cancelled') throw failure;
-      if (isNonRetryable(failure)) {
+      const done = await runAttempt(input, state, model, attempt, attemptTimeoutSeconds(model.timeout_minutes, state.budget.approvedUsd - spentUsd(state.ledger), usdPerSecond), persist);
+      if (done.outcome === 'succeeded') continue;
+      if (done.outcome === 'cancelled') throw done.failure;
+      if (isNonRetryable(done.failure)) {
         progress.status = 'failed';
-        state.failure = `${model.key}: ${error ?? 'failed'}`;
+        state.failure = `${model.key}: ${done.error ?? 'failed'}`;
         moveTo('FAILED', state.failure);
         return;
       }
@@ -379,6 +434,64 @@ async function runModels(
       await sleep(Math.round(retryDelaySeconds(protocol.retry, attempt + 1) * 1000));
     }
   }
+}
+
+/** Read through a call: runAttempt sets the status, which TypeScript's narrowing in the loops cannot see. */
+const succeeded = (p: { status: string }): boolean => p.status === 'succeeded';
+
+interface AttemptResult {
+  outcome: AttemptOutcome;
+  failure: unknown;
+  error: string | undefined;
+}
+
+/** One attempt of one model: dispatched with its time limit, then its ledger line and event, recorded at once. */
+async function runAttempt(input: PhaseInput, state: PhaseState, model: ModelSpec, attempt: number, limitSeconds: number, persist: () => Promise<void>): Promise<AttemptResult> {
+  const protocol = input.protocol;
+  const progress = state.models.find((m) => m.modelKey === model.key)!;
+  const usdPerSecond = input.pricing.usdPerSecond[model.gpu] ?? 0;
+  const runModel = modelRunner(limitSeconds);
+  progress.status = 'running';
+  progress.attempts = attempt;
+  const scheduledAtMs = Date.now();
+  let outcome: AttemptOutcome = 'succeeded';
+  let measured: number | null = null;
+  let result: ModelRunResult | null = null;
+  let failure: unknown = null;
+  try {
+    const container = input.pricing.container === undefined ? undefined : { cpuCores: input.pricing.container.cpuCores, memoryGib: input.pricing.container.memoryGib };
+    result = await runModel({ phaseId: input.phaseId, protocol, protocolHash: input.protocolHash, prompts: input.prompts, modelKey: model.key, attempt, container });
+    measured = result.measuredSeconds;
+  } catch (err) {
+    failure = err;
+    outcome = isCancellation(err) ? 'cancelled' : err instanceof ActivityFailure && err.cause instanceof TimeoutFailure ? 'timed_out' : 'failed';
+    measured = measuredSecondsOf(err);
+  }
+  const error = failure === null ? undefined : errorMessage(failure);
+  const backendIds = result?.backendIds ?? backendIdsOf(failure);
+  // From when the run began on the worker, if it said so; an attempt that never reported is charged from its
+  // scheduling (an upper bound).
+  const attemptSpan = attemptWindow(scheduledAtMs, result?.startedAtMs ?? startedAtOf(failure), Date.now());
+  const windows = result?.windows ?? windowsOf(failure);
+  const rate = (resource: CallWindow['resource']): number => input.pricing.usdPerSecond[resource === 'cpu' ? 'cpu' : model.gpu] ?? usdPerSecond;
+  state.ledger.push(
+    // A remote backend that reported its calls' billable windows is charged those, each call-second once
+    // (histories recorded before windows existed replay the attempt's own window).
+    windows.length > 0 && patched('ledger-from-call-windows')
+      ? ledgerEntryForWindows(state.ledger, { modelKey: model.key, attempt, gpu: model.gpu, outcome, backendIds, error, ...attemptSpan }, windows, rate)
+      : ledgerEntryFor({ modelKey: model.key, attempt, gpu: model.gpu, usdPerSecond, outcome, measuredSeconds: measured, backendIds, error, ...attemptSpan }),
+  );
+  Object.assign(progress.backendIds, backendIds);
+  state.events.push({ at: nowIso(), kind: 'attempt', message: `${model.key} attempt ${attempt}: ${outcome}${error ? ` (${error})` : ''}` });
+  // Every attempt's line is on the record before anything else happens (a cancel, a retry, a hold).
+  await CancellationScope.nonCancellable(() => persist());
+  if (result !== null) {
+    progress.status = 'succeeded';
+    progress.resultPath = result.resultPath;
+  } else {
+    progress.lastError = error;
+  }
+  return { outcome, failure, error };
 }
 
 /**
