@@ -10,6 +10,7 @@ import path from 'node:path';
 import { PhaseError } from '../client/errors';
 import type { Logger } from 'pino';
 import { connectClient, ensureSearchAttributes } from '../client/connection';
+import { startHttpServer } from '../client/http';
 import { resolvePaths, type Env } from '../common/config';
 import { connectionSettings } from '../common/temporal-connection';
 import { startDevServer, type DevServer } from './dev-server';
@@ -42,7 +43,11 @@ export async function runServer(env: Readonly<Env>, logger: Logger, options: { w
   // The embedded server's namespace keeps closed histories for an explicit time (the dev server's default is a
   // day); what must outlive any retention is in the phase records. A cluster's retention is its operator's.
   if (devServer !== null) await setRetention(client, settings.namespace, env.PHASEGATE_RETENTION_DAYS);
-  await client.connection.close();
+  // The HTTP API and the gate console, on this client. A port already taken stops the console, not the worker.
+  const http = await startHttpServer(env, logger, client).catch((err: unknown) => {
+    logger.error({ err: (err as Error).message }, 'the HTTP API and console are not served');
+    return null;
+  });
 
   const connection = await NativeConnection.connect({
     address: settings.address,
@@ -77,6 +82,8 @@ export async function runServer(env: Readonly<Env>, logger: Logger, options: { w
   try {
     await worker.run();
   } finally {
+    await http?.close();
+    await client.connection.close();
     await connection.close();
     if (devServer !== null) {
       logger.info('stopping the Temporal dev server');
