@@ -4,7 +4,8 @@
  * The approver and the reviewer each sign in with their own token and import their own key file into their own
  * browser; each decision is signed in the browser (WebCrypto Ed25519) and checked by the workflow. A decision
  * from the wrong person is refused, and the page shows the validator's reason. The phase reaches FROZEN on the
- * page without a reload; the report opens; `verify`'s answer is shown.
+ * page without a reload; the report opens; `verify`'s answer is shown. A local webhook receiver checks every
+ * notification (gate opened, frozen), its signature, and the de-duplication of a retried delivery.
  */
 import { copyFileSync, existsSync, mkdtempSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
@@ -17,7 +18,9 @@ import { getState, startPhase } from '../client/phases';
 import { issueToken } from '../client/tokens';
 import { repoRoot } from '../common/config';
 import { testKeys } from './helpers/decisions';
-import { quietLogger, serverPerFile, testProtocol, testWorker, waitFor } from './helpers/temporal';
+import { freePort, quietLogger, serverPerFile, testProtocol, testWorker, waitFor } from './helpers/temporal';
+import { webhookReceiver } from './helpers/webhooks';
+import { signBody } from '../activities/notify';
 
 const server = serverPerFile();
 const CHROMIUM = process.env.PHASEGATE_CHROMIUM ?? '/usr/bin/chromium';
@@ -58,7 +61,13 @@ async function submitDecision(page: Page, kind: string, fields: Record<string, s
 }
 
 test('approve and review from the page, signed in the browser; a wrong person is refused with the reason; the phase freezes on the page', async () => {
-  const { worker, pc } = await testWorker(server, 'console');
+  // Notifications: Slack-compatible, signed JSON, a JSON receiver that fails once per key (so a retry must be
+  // de-duplicated), and a dead webhook, which must not hold the phase.
+  const secret = 'console-test-webhook-secret';
+  const receiver = await webhookReceiver(secret);
+  const consoleBase = 'http://console.example/console';
+  const notify = { slackUrls: [`${receiver.url}/slack`], jsonUrls: [`${receiver.url}/json-flaky`, `http://127.0.0.1:${await freePort()}/dead`], secret, consoleUrl: consoleBase };
+  const { worker, pc } = await testWorker(server, 'console', { notify });
   const loaded = testProtocol('console');
   const tokenStore = path.join(mkdtempSync(path.join(os.tmpdir(), 'phasegate-console-tokens-')), 'http-tokens.json');
   const tokens = { approver: issueToken(tokenStore, 'demo-approver'), reviewer: issueToken(tokenStore, 'demo-reviewer') };
@@ -115,13 +124,33 @@ test('approve and review from the page, signed in the browser; a wrong person is
     expect(gates.match(/signature verified/g)).toHaveLength(2);
     expect(await approver.textContent('#parity')).toContain('parity_pass');
     await waitFor(async () => (await approver.locator('#parity img[src^="blob:"]').count()) === 2);
-    await approver.screenshot({ path: path.join(os.tmpdir(), `phasegate-console-${process.pid}.png`), fullPage: false });
+    await approver.screenshot({ path: path.join(os.tmpdir(), `phasegate-console-${process.pid}.png`), fullPage: true });
     if (process.env.UPDATE_SCREENSHOT === '1') copyFileSync(path.join(os.tmpdir(), `phasegate-console-${process.pid}.png`), path.join(repoRoot, 'docs', 'console-phase.png'));
 
     await approver.click('#open-report');
     await approver.waitForSelector('#report:not([hidden]) .report h1');
     expect(await approver.textContent('#report')).toContain('Closeout');
     expect(existsSync(CHROMIUM)).toBe(true);
+
+    // Each notification reached both live receivers; the JSON ones are signed; the retried one was dropped as a duplicate.
+    const expected = ['gate-opened', 'gate-opened', 'frozen'];
+    const flaky = (duplicate: boolean): number => receiver.deliveries.filter((d) => d.path === '/json-flaky' && d.duplicate === duplicate).length;
+    await waitFor(async () => Promise.resolve(flaky(false) === expected.length && flaky(true) >= expected.length), 60_000);
+    const json = receiver.deliveries.filter((d) => d.path === '/json-flaky');
+    const unique = json.filter((d) => !d.duplicate);
+    expect(unique.map((d) => d.body.event)).toEqual(expected);
+    expect(unique.map((d) => d.body.gate)).toEqual(['budget', 'review', null]);
+    expect(json.every((d) => d.signatureOk === true && d.key === d.body.idempotencyKey && d.body.phaseId === phaseId)).toBe(true);
+    expect(json.filter((d) => d.duplicate).length).toBeGreaterThanOrEqual(expected.length);
+    expect(new Set(unique.map((d) => d.key)).size).toBe(expected.length);
+    const slack = receiver.deliveries.filter((d) => d.path === '/slack');
+    expect(slack.filter((d) => !d.duplicate)).toHaveLength(expected.length);
+    expect(slack.every((d) => !d.duplicate)).toBe(true);
+    for (const d of slack) expect(String(d.body.text)).toContain(`<${consoleBase}/phases/${phaseId}|Open ${phaseId} in the phasegate console>`);
+    expect(String(slack[2]!.body.text)).toContain('FROZEN');
+    // A forged signature would not pass the receiver's check.
+    expect(signBody('another-secret-entirely', JSON.stringify(unique[0]!.body), 1)).not.toBe(signBody(secret, JSON.stringify(unique[0]!.body), 1));
   });
+  await receiver.close();
   await new Promise<void>((r) => (http ? http.close(() => r()) : r()));
 }, 600_000);

@@ -11,7 +11,7 @@ import { PhaseError } from '../client/errors';
 import type { Logger } from 'pino';
 import { connectClient, ensureSearchAttributes } from '../client/connection';
 import { startHttpServer } from '../client/http';
-import { resolvePaths, type Env } from '../common/config';
+import { notifyConfig, resolvePaths, type Env } from '../common/config';
 import { connectionSettings } from '../common/temporal-connection';
 import { startDevServer, type DevServer } from './dev-server';
 import { forwardTemporalLogs } from './temporal-logging';
@@ -20,7 +20,8 @@ import { createPhaseWorker } from './worker';
 export async function runServer(env: Readonly<Env>, logger: Logger, options: { withDevServer: boolean }): Promise<void> {
   const paths = resolvePaths(env);
   const settings = connectionSettings(env);
-  forwardTemporalLogs(logger);
+  forwardTemporalLogs(logger, env.PHASEGATE_WORKER_METRICS_ADDRESS !== undefined ? { metricsAddress: env.PHASEGATE_WORKER_METRICS_ADDRESS } : {});
+  if (env.PHASEGATE_WORKER_METRICS_ADDRESS !== undefined) process.stdout.write(`Temporal worker metrics: http://${env.PHASEGATE_WORKER_METRICS_ADDRESS}/metrics\n`);
 
   let devServer: DevServer | null = null;
   if (options.withDevServer && !settings.external) {
@@ -61,6 +62,7 @@ export async function runServer(env: Readonly<Env>, logger: Logger, options: { w
     paths,
     logger,
     modalPollSeconds: env.PHASEGATE_MODAL_POLL_SECONDS,
+    notify: notifyConfig(env),
   });
 
   const stop = (signal: string): void => {

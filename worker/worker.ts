@@ -9,7 +9,7 @@ import { createActivities } from '../activities';
 import type { ComputeBackend } from '../activities/backends/backend';
 import { LocalBackend } from '../activities/backends/local';
 import { modalBackendFromEnv } from '../activities/backends/modal';
-import { repoRoot, type Paths } from '../common/config';
+import { repoRoot, type NotifyConfig, type Paths } from '../common/config';
 
 export interface PhaseWorkerOptions {
   connection: NativeConnection;
@@ -21,6 +21,7 @@ export interface PhaseWorkerOptions {
   workflowBundle?: WorkerOptions['workflowBundle'];
   backends?: Partial<Record<'local' | 'modal', ComputeBackend>>;
   modalPollSeconds?: number;
+  notify?: NotifyConfig;
 }
 
 export const workflowsPath = path.join(repoRoot, 'workflows', 'index.ts');
@@ -45,6 +46,7 @@ export async function createPhaseWorker(o: PhaseWorkerOptions): Promise<Worker> 
       runtimeSrc: o.paths.runtimeSrc,
       backends,
       logger: o.logger,
+      ...(o.notify ? { notify: o.notify } : {}),
     }),
     // A few activities at once (another phase's scoring or freeze beside a model run); model runs themselves
     // are sequential within a phase. On a small machine concurrent phases share its cores.
