@@ -51,6 +51,7 @@ import { phaseMetrics } from './metrics';
 import {
   approveBudget,
   cancelPhase,
+  checkPhaseId,
   getPlan,
   getState,
   getStatus,
@@ -84,6 +85,13 @@ function zodProblem(error: z.ZodError): string {
 interface RequestHead {
   method: string;
   header(name: string): string | undefined;
+}
+
+/** A value checked by a schema outside the OpenAPI routes (the console's fragments): a failure is bad input. */
+function valid<T>(schema: z.ZodType<T>, value: unknown): T {
+  const r = schema.safeParse(value);
+  if (!r.success) throw new PhaseError('invalid', zodProblem(r.error));
+  return r.data;
 }
 
 /** Host, Origin and Content-Type: the checks that keep a browser tab on another site out. */
@@ -247,7 +255,7 @@ export function createApp(deps: HttpDeps, logger: Logger): OpenAPIHono<Env_> {
   app.openAPIRegistry.registerComponent('securitySchemes', 'bearer', { type: 'http', scheme: 'bearer' });
 
   app.get('/phases/:id/artifacts/:file', async (c) => {
-    const { body, type } = await artifactFile(pc, phaseIdParam.parse({ id: c.req.param('id') }).id, c.req.param('file'));
+    const { body, type } = await artifactFile(pc, checkPhaseId(c.req.param('id')), c.req.param('file'));
     return c.body(body, 200, { 'content-type': type, 'content-security-policy': "default-src 'none'; style-src 'unsafe-inline'" });
   });
   app.get('/metrics', async (c) => {
@@ -259,15 +267,15 @@ export function createApp(deps: HttpDeps, logger: Logger): OpenAPIHono<Env_> {
   for (const shell of ['/console', '/console/', '/console/phases/:id']) app.get(shell, (c) => consoleAsset(c, 'index.html'));
   app.get('/console/assets/:file', (c) => consoleAsset(c, c.req.param('file')));
   app.get('/fragments/phases', async (c) => {
-    const q = listQuery.parse(c.req.query());
+    const q = valid(listQuery, c.req.query());
     const phases = await phaseList(pc, { person: c.get('person'), ...(q.status ? { status: q.status } : {}), waitingForMe: q.waiting === 'me' });
     return c.html(renderPhaseList(phases, c.get('person')));
   });
   app.get('/fragments/phases/:id', async (c) => {
-    const detail = await phaseDetail(pc, phaseIdParam.parse({ id: c.req.param('id') }).id, c.get('person'));
+    const detail = await phaseDetail(pc, checkPhaseId(c.req.param('id')), c.get('person'));
     return c.json(renderPhasePage(detail));
   });
-  app.get('/fragments/phases/:id/report', async (c) => c.html(renderReport(await reportOf(pc, phaseIdParam.parse({ id: c.req.param('id') }).id))));
+  app.get('/fragments/phases/:id/report', async (c) => c.html(renderReport(await reportOf(pc, checkPhaseId(c.req.param('id'))))));
   return app;
 }
 

@@ -86,6 +86,9 @@ test('authentication, origin checks, protocol roots and signed decisions over HT
     expect((await callText(port, '/console')).status).toBe(200);
     expect((await callText(port, '/console/assets/console.js')).headers['content-security-policy']).toContain("script-src 'self'");
     expect((await callText(port, '/console/assets/../../etc/passwd')).status).not.toBe(200);
+    expect((await callText(port, '/fragments/phases/Not_An_Id', approverToken)).status).toBe(400);
+    expect((await callText(port, '/fragments/phases?waiting=you', approverToken)).status).toBe(400);
+    expect((await callText(port, '/phases/no-such-phase/artifacts/secrets.txt', approverToken)).status).toBe(404);
 
     // Another site's page, or a rebound DNS name, cannot drive it.
     expect((await call(port, 'GET', '/phases', { token: approverToken, headers: { host: 'evil.example:80' } })).body.kind).toBe('forbidden');
