@@ -41,4 +41,15 @@ export default tseslint.config(
     ...tseslint.configs.disableTypeChecked,
     languageOptions: { globals: { module: 'readonly', require: 'readonly', __dirname: 'readonly' } },
   },
+  {
+    // The console's script runs in the browser, unbundled.
+    files: ['client/console/assets/*.js'],
+    languageOptions: {
+      sourceType: 'script',
+      parserOptions: { projectService: false, project: false, program: null },
+      globals: Object.fromEntries(
+        ['window', 'document', 'location', 'history', 'fetch', 'sessionStorage', 'indexedDB', 'crypto', 'atob', 'btoa', 'TextDecoder', 'URL', 'URLSearchParams', 'Blob', 'setTimeout', 'clearTimeout'].map((g) => [g, 'readonly']),
+      ),
+    },
+  },
 );

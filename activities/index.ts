@@ -3,6 +3,7 @@
  * the worker wire them the same way.
  */
 import { Context } from '@temporalio/activity';
+import type { NotifyConfig } from '../common/config';
 import type { Logger } from 'pino';
 import type { ComputeBackend } from './backends/backend';
 import { estimateActivity } from './estimate';
@@ -12,6 +13,7 @@ import { preflightModels } from './preflight';
 import { releaseCompute } from './release';
 import { runModel } from './run-model';
 import { scorePhase } from './score';
+import { sendNotification } from './notify';
 import type { PhaseActivities } from './types';
 
 export type { PhaseActivities } from './types';
@@ -26,7 +28,11 @@ export interface ActivityDeps {
   runtimeSrc: string;
   backends: Partial<Record<'local' | 'modal', ComputeBackend>>;
   logger: Logger;
+  /** Webhooks told of gates, holds, freezes and failures; none when absent. */
+  notify?: NotifyConfig;
 }
+
+const NO_WEBHOOKS: NotifyConfig = { slackUrls: [], jsonUrls: [], secret: null, consoleUrl: 'http://127.0.0.1:8787/console' };
 
 export function createActivities(deps: ActivityDeps): PhaseActivities {
   return {
@@ -45,5 +51,11 @@ export function createActivities(deps: ActivityDeps): PhaseActivities {
     verifyResume: (input) => verifyResume(Context.current().client, input),
     releaseCompute: (input) => releaseCompute(deps, input),
     preflightModels: (input) => preflightModels(deps, input),
+    sendNotification: (input) => {
+      const ctx = Context.current();
+      const earlier: unknown = ctx.info.heartbeatDetails;
+      const delivered = Array.isArray(earlier) ? earlier.filter((d): d is string => typeof d === 'string') : [];
+      return sendNotification(deps.notify ?? NO_WEBHOOKS, input, { delivered, record: (d) => ctx.heartbeat(d) });
+    },
   };
 }

@@ -10,6 +10,7 @@ import type {
   PhaseInput,
   PhaseState,
   PreflightRecord,
+  Notification,
   PricingSnapshot,
   ScoreSummary,
 } from '../workflows/definitions';
@@ -88,4 +89,6 @@ export interface PhaseActivities {
   freezePhase(input: FreezeInput): Promise<FreezeRecord>;
   releaseCompute(input: ReleaseInput): Promise<ReleaseResult>;
   preflightModels(input: PreflightInput): Promise<PreflightRecord>;
+  /** Posts a notification to the configured webhooks (activities/notify.ts). */
+  sendNotification(input: Notification): Promise<{ delivered: string[] }>;
 }

@@ -1,16 +1,17 @@
 /**
  * `bin/phasegate`: start phases, decide at their gates (each decision signed with the person's own key), query,
- * wait, verify. Exit codes (client/errors.ts): 0 success, 2 invalid input or a refused decision (the message
- * names the field or says why), 1 anything else. No error ever prints a stack trace.
+ * wait, verify. The commands and their options are declared with commander, which also writes `--help`.
+ * Exit codes (client/errors.ts): 0 success, 2 invalid input or a refused decision (the message names the field
+ * or says why), 1 anything else. No error ever prints a stack trace.
  */
-import { parseArgs, type ParseArgsConfig } from 'node:util';
+import { Command, CommanderError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { ConfigError, parseEnv, resolvePaths, type Env } from '../common/config';
 import { PhaseRecordStore } from '../common/phase-records';
 import { createLogger } from '../common/logger';
 import { connectionSettings } from '../common/temporal-connection';
-import { ACTIVE_STATUSES, TERMINAL_STATUSES, type PhaseStatus, type ReviewVerdict } from '../workflows/definitions';
+import { ACTIVE_STATUSES, TERMINAL_STATUSES, type PhaseState, type PhaseStatus, type ReviewVerdict } from '../workflows/definitions';
 import { decisionShapeProblem, type DecisionContent, type DecisionKind, type SignedDecision } from '../domain/decisions';
 import { parseUsd } from '../domain/money';
 import { connectClient } from './connection';
@@ -39,72 +40,11 @@ import {
   type PhaseVerification,
 } from './phases';
 
-const USAGE = `usage: phasegate <command> [options]
 
-  server [--state-dir DIR]                      embedded Temporal dev server + worker (foreground)
-  worker                                        worker only, against TEMPORAL_ADDRESS
-  http [--port N]                               HTTP API
-  start --protocol FILE [--json]                start a phase (idempotent); prints the phase id last
-  id --protocol FILE                            the phase id a protocol file gives (validates it; no server)
-  keys new NAME                                 make NAME's Ed25519 key pair; prints the public key last
-  keys show NAME                                print NAME's public key
-  tokens issue NAME | tokens revoke NAME        NAME's bearer token for the HTTP API (printed once, stored hashed)
-  approve-budget ID --usd N --by NAME [--note T]          (each decision is signed with NAME's key)
-  reject-budget ID --by NAME --reason T
-  review ID --verdict approved|advised|changes-requested --by NAME [--ref T] [--notes T]
-  plan ID [--json]                              the run plan a reviewer reads
-  status ID [--json] [--watch]
-  wait ID --for STATE [--timeout S]
-  ledger ID [--json]
-  report ID                                     print the closeout report of a frozen phase
-  verify ID | verify --dir DIR                  check a frozen phase: manifest and every signed decision
-  reopen ID --defect T                          start a new phase linked to a frozen one
-  cancel ID
-  list [--json]
-`;
-
-const options = {
-  protocol: { type: 'string' },
-  json: { type: 'boolean' },
-  watch: { type: 'boolean' },
-  usd: { type: 'string' },
-  by: { type: 'string' },
-  note: { type: 'string' },
-  reason: { type: 'string' },
-  verdict: { type: 'string' },
-  ref: { type: 'string' },
-  notes: { type: 'string' },
-  for: { type: 'string' },
-  timeout: { type: 'string' },
-  defect: { type: 'string' },
-  dir: { type: 'string' },
-  'state-dir': { type: 'string' },
-  port: { type: 'string' },
-  help: { type: 'boolean', short: 'h' },
-} satisfies ParseArgsConfig['options'];
-
-type Values = ReturnType<typeof parseArgs<{ options: typeof options; allowPositionals: true }>>['values'];
-
-const usage = (why: string): PhaseError => new PhaseError('invalid', `${why}\n\n${USAGE}`);
-
-type StringOption = { [K in keyof typeof options]: (typeof options)[K]['type'] extends 'string' ? K : never }[keyof typeof options];
-
-function required(values: Values, name: StringOption): string {
-  const v = values[name];
-  if (typeof v !== 'string' || v.trim() === '') throw usage(`--${name} is required`);
-  return v;
-}
-
-function phaseIdArg(positionals: string[]): string {
-  const id = positionals[1];
-  if (id === undefined) throw usage(`${positionals[0] ?? 'command'}: the phase ID is required`);
-  return checkPhaseId(id);
-}
-
-function nameArg(positionals: string[]): string {
-  const name = positionals[2];
-  if (name === undefined) throw usage(`${positionals[0]} ${positionals[1]}: NAME is required`);
-  return name;
+/** An option's value: required and not blank. */
+function required(value: string | undefined, name: string): string {
+  if (value === undefined || value.trim() === '') throw new PhaseError('invalid', `--${name} is required`);
+  return value;
 }
 
 function usdArg(raw: string): string {
@@ -165,165 +105,198 @@ export interface CliIo {
 
 const processIo: CliIo = { environment: process.env, connect: connectClient, stdout: (text) => process.stdout.write(text) };
 
-export async function main(argv: string[], io: CliIo = processIo): Promise<number> {
-  const print = (line: string): void => io.stdout(`${line}\n`);
-  const printJson = (value: unknown): void => print(JSON.stringify(value, null, 2));
-  let parsed;
-  try {
-    parsed = parseArgs({ args: argv, options, allowPositionals: true, strict: true });
-  } catch (err) {
-    throw usage((err as Error).message);
-  }
-  const { values, positionals } = parsed;
-  const command = positionals[0];
-  if (values.help || command === undefined) {
-    print(USAGE);
-    return command === undefined && !values.help ? 2 : 0;
-  }
-  const env = parseEnv({
-    ...io.environment,
-    ...(values['state-dir'] !== undefined ? { PHASEGATE_STATE_DIR: values['state-dir'] } : {}),
-    ...(values.port !== undefined ? { PHASEGATE_HTTP_PORT: values.port } : {}),
-  });
-  const withClient = clientRunner(env, io.connect);
-  const logger = createLogger({ level: env.LOG_LEVEL, format: env.LOG_FORMAT });
+/** What every command's action gets: the environment (with the global options applied), a client runner, output. */
+interface Run {
+  env: Readonly<Env>;
+  withClient: WithClient;
+  logger: () => ReturnType<typeof createLogger>;
+  print: (line: string) => void;
+  printJson: (value: unknown) => void;
+}
 
-  switch (command) {
-    case 'server': {
-      const { runServer } = await import('../worker/server');
-      await runServer(env, logger, { withDevServer: true });
-      return 0;
-    }
-    case 'worker': {
-      const { runServer } = await import('../worker/server');
-      await runServer(env, logger, { withDevServer: false });
-      return 0;
-    }
-    case 'http': {
-      const { runHttpServer } = await import('./http');
-      await runHttpServer(env, logger);
-      return 0;
-    }
-    case 'start': {
-      const loaded = readProtocolOrThrow(required(values, 'protocol'));
+/** A phase ID argument, checked before anything is sent. */
+const phaseId = (id: string): string => checkPhaseId(id);
+
+/** The commands, declared once: commander parses them and writes the help from these declarations. */
+function buildProgram(io: CliIo, setExit: (code: number) => void): Command {
+  const program = new Command('phasegate')
+    .description('Durable research phases on Temporal: budget and review gates, GPU runs, parity scoring, freeze.\nExit codes: 0 success, 2 invalid input or a refused decision, 1 anything else.')
+    .option('--state-dir <dir>', 'state folder (PHASEGATE_STATE_DIR)')
+    .option('--port <n>', 'HTTP API port (PHASEGATE_HTTP_PORT)')
+    .showHelpAfterError('(phasegate --help lists the commands; phasegate COMMAND --help its options)')
+    .exitOverride()
+    .configureOutput({ writeOut: (text) => io.stdout(text), writeErr: () => undefined, outputError: () => undefined });
+  let memo: Run | null = null;
+  const run = (): Run => {
+    if (memo !== null) return memo;
+    const globals = program.opts<{ stateDir?: string; port?: string }>();
+    const env = parseEnv({
+      ...io.environment,
+      ...(globals.stateDir !== undefined ? { PHASEGATE_STATE_DIR: globals.stateDir } : {}),
+      ...(globals.port !== undefined ? { PHASEGATE_HTTP_PORT: globals.port } : {}),
+    });
+    const print = (line: string): void => io.stdout(`${line}\n`);
+    memo = { env, withClient: clientRunner(env, io.connect), logger: () => createLogger({ level: env.LOG_LEVEL, format: env.LOG_FORMAT }), print, printJson: (v) => print(JSON.stringify(v, null, 2)) };
+    return memo;
+  };
+  const json = new Option('--json', 'print JSON');
+
+  program.command('server').description('embedded Temporal dev server + worker + HTTP API and console (foreground)').action(async () => {
+    const { runServer } = await import('../worker/server');
+    await runServer(run().env, run().logger(), { withDevServer: true });
+  });
+  program.command('worker').description('worker only, against TEMPORAL_ADDRESS (with the HTTP API and console)').action(async () => {
+    const { runServer } = await import('../worker/server');
+    await runServer(run().env, run().logger(), { withDevServer: false });
+  });
+  program.command('http').description('HTTP API and gate console').action(async () => {
+    const { runHttpServer } = await import('./http');
+    await runHttpServer(run().env, run().logger());
+  });
+  program
+    .command('start')
+    .description('start a phase (idempotent); prints the phase id last')
+    .requiredOption('--protocol <file>', 'protocol file')
+    .addOption(json)
+    .action(async (o: { protocol: string; json?: boolean }) => {
+      const { withClient, print, printJson } = run();
+      const loaded = readProtocolOrThrow(required(o.protocol, 'protocol'));
       const result = await withClient((pc) => startPhase(pc, loaded));
-      if (values.json) printJson(result);
+      if (o.json) printJson(result);
       else {
         print(result.started ? `started phase ${result.phaseId} (protocol ${result.protocolHash.slice(0, 12)})` : `phase already running: ${result.phaseId}`);
         print(result.phaseId);
       }
-      return 0;
-    }
-    case 'id': {
-      print(readProtocolOrThrow(required(values, 'protocol')).phaseId);
-      return 0;
-    }
-    case 'keys': {
-      const dir = env.PHASEGATE_KEYS_DIR ?? defaultKeysDir();
-      const sub = positionals[1];
-      if (sub === 'new') {
-        const name = nameArg(positionals);
-        const publicKey = newKey(dir, name);
-        process.stderr.write(`private key written to ${dir}/${name}.key (mode 0600); name ${name} with this public key in a protocol's people:\n`);
-        print(publicKey);
-        return 0;
-      }
-      if (sub === 'show') {
-        print(showKey(dir, nameArg(positionals)));
-        return 0;
-      }
-      throw usage('keys: use `keys new NAME` or `keys show NAME`');
-    }
-    case 'tokens': {
-      const store = tokenStorePath(env);
-      const sub = positionals[1];
-      if (sub === 'issue') {
-        const name = nameArg(positionals);
-        const token = issueToken(store, name);
-        process.stderr.write(`bearer token for ${name} (shown once; only its hash is kept in ${store}):\n`);
-        print(token);
-        return 0;
-      }
-      if (sub === 'revoke') {
-        const name = nameArg(positionals);
-        print(revokeToken(store, name) ? `revoked the token of ${name}` : `${name} had no token`);
-        return 0;
-      }
-      throw usage('tokens: use `tokens issue NAME` or `tokens revoke NAME`');
-    }
-    case 'approve-budget': {
-      const id = phaseIdArg(positionals);
-      const usd = usdArg(required(values, 'usd'));
-      const r = await signAndSend(env, withClient, 'approve-budget', id, required(values, 'by'), { usd, note: values.note ?? '' }, (pc, d) => approveBudget(pc, d));
-      print(r.applied ? `budget approved: $${r.approvedUsd.toFixed(2)} (phase ${r.status})` : `already applied: budget $${r.approvedUsd.toFixed(2)} (phase ${r.status})`);
-      return 0;
-    }
-    case 'reject-budget': {
-      const id = phaseIdArg(positionals);
-      const r = await signAndSend(env, withClient, 'reject-budget', id, required(values, 'by'), { reason: required(values, 'reason') }, (pc, d) => rejectBudget(pc, d));
-      print(r.applied ? 'budget rejected' : 'already applied: budget rejected');
-      return 0;
-    }
-    case 'review': {
-      const id = phaseIdArg(positionals);
-      const verdict = VERDICTS[required(values, 'verdict').toLowerCase()];
+    });
+  program
+    .command('id')
+    .description('the phase id a protocol file gives (validates it; no server)')
+    .requiredOption('--protocol <file>', 'protocol file')
+    .action((o: { protocol: string }) => run().print(readProtocolOrThrow(required(o.protocol, 'protocol')).phaseId));
+
+  const keys = program.command('keys').description("each person's Ed25519 signing key");
+  const keysDir = (): string => run().env.PHASEGATE_KEYS_DIR ?? defaultKeysDir();
+  keys
+    .command('new')
+    .description("make NAME's key pair (private key mode 0600); prints the public key last")
+    .argument('<NAME>')
+    .action((name: string) => {
+      const publicKey = newKey(keysDir(), name);
+      process.stderr.write(`private key written to ${keysDir()}/${name}.key (mode 0600); name ${name} with this public key in a protocol's people:\n`);
+      run().print(publicKey);
+    });
+  keys.command('show').description("print NAME's public key").argument('<NAME>').action((name: string) => run().print(showKey(keysDir(), name)));
+
+  const tokens = program.command('tokens').description('bearer tokens for the HTTP API and console (printed once, stored hashed)');
+  tokens
+    .command('issue')
+    .description("issue NAME's token (replacing an earlier one)")
+    .argument('<NAME>')
+    .action((name: string) => {
+      const store = tokenStorePath(run().env);
+      const token = issueToken(store, name);
+      process.stderr.write(`bearer token for ${name} (shown once; only its hash is kept in ${store}):\n`);
+      run().print(token);
+    });
+  tokens
+    .command('revoke')
+    .description("revoke NAME's token")
+    .argument('<NAME>')
+    .action((name: string) => run().print(revokeToken(tokenStorePath(run().env), name) ? `revoked the token of ${name}` : `${name} had no token`));
+
+  program
+    .command('approve-budget')
+    .description("approve a budget, signed with NAME's key")
+    .argument('<ID>', 'phase id', phaseId)
+    .requiredOption('--usd <amount>', 'decimal dollars, at most 6 decimals')
+    .requiredOption('--by <NAME>', 'the approver (their key signs)')
+    .option('--note <text>', 'note', '')
+    .action(async (id: string, o: { usd: string; by: string; note: string }) => {
+      const usd = usdArg(required(o.usd, 'usd'));
+      const r = await signAndSend(run().env, run().withClient, 'approve-budget', id, required(o.by, 'by'), { usd, note: o.note }, (pc, d) => approveBudget(pc, d));
+      run().print(r.applied ? `budget approved: $${r.approvedUsd.toFixed(2)} (phase ${r.status})` : `already applied: budget $${r.approvedUsd.toFixed(2)} (phase ${r.status})`);
+    });
+  program
+    .command('reject-budget')
+    .description("reject a budget, signed with NAME's key")
+    .argument('<ID>', 'phase id', phaseId)
+    .requiredOption('--by <NAME>', 'the approver (their key signs)')
+    .requiredOption('--reason <text>', 'why')
+    .action(async (id: string, o: { by: string; reason: string }) => {
+      const r = await signAndSend(run().env, run().withClient, 'reject-budget', id, required(o.by, 'by'), { reason: required(o.reason, 'reason') }, (pc, d) => rejectBudget(pc, d));
+      run().print(r.applied ? 'budget rejected' : 'already applied: budget rejected');
+    });
+  program
+    .command('review')
+    .description("record a review verdict, signed with NAME's key")
+    .argument('<ID>', 'phase id', phaseId)
+    .requiredOption('--verdict <verdict>', `one of ${Object.keys(VERDICTS).join(', ')}`)
+    .requiredOption('--by <NAME>', 'the reviewer (their key signs)')
+    .option('--ref <text>', 'a reference (thread, document)', '')
+    .option('--notes <text>', 'notes', '')
+    .action(async (id: string, o: { verdict: string; by: string; ref: string; notes: string }) => {
+      const verdict = VERDICTS[required(o.verdict, 'verdict').toLowerCase()];
       if (verdict === undefined) throw new PhaseError('invalid', `--verdict: must be one of ${Object.keys(VERDICTS).join(', ')}`);
-      const content = { verdict, ref: values.ref ?? '', notes: values.notes ?? '' };
-      const r = await signAndSend(env, withClient, 'review', id, required(values, 'by'), content, (pc, d) => submitReview(pc, d));
-      print(r.applied ? `review recorded: ${verdict}` : `already applied: review ${verdict}`);
-      return 0;
-    }
-    case 'plan': {
-      const id = phaseIdArg(positionals);
-      const plan = await withClient((pc) => getPlan(pc, id));
-      print(values.json ? JSON.stringify(plan, null, 2) : renderPlan(plan));
-      return 0;
-    }
-    case 'status': {
-      const id = phaseIdArg(positionals);
-      return withClient(async (pc) => {
+      const r = await signAndSend(run().env, run().withClient, 'review', id, required(o.by, 'by'), { verdict, ref: o.ref, notes: o.notes }, (pc, d) => submitReview(pc, d));
+      run().print(r.applied ? `review recorded: ${verdict}` : `already applied: review ${verdict}`);
+    });
+  program
+    .command('plan')
+    .description('the run plan a reviewer reads')
+    .argument('<ID>', 'phase id', phaseId)
+    .addOption(json)
+    .action(async (id: string, o: { json?: boolean }) => {
+      const plan = await run().withClient((pc) => getPlan(pc, id));
+      run().print(o.json ? JSON.stringify(plan, null, 2) : renderPlan(plan));
+    });
+  program
+    .command('status')
+    .description("a phase's status, gates, budget and models")
+    .argument('<ID>', 'phase id', phaseId)
+    .addOption(json)
+    .option('--watch', 'print again every 2 s while the phase runs')
+    .action(async (id: string, o: { json?: boolean; watch?: boolean }) => {
+      const { withClient, print, printJson } = run();
+      await withClient(async (pc) => {
         for (;;) {
           const view = await getStatus(pc, id);
-          if (values.json) printJson(view);
+          if (o.json) printJson(view);
           else print(renderStatus(view));
-          if (!values.watch || view.workflowStatus !== 'RUNNING') return 0;
+          if (!o.watch || view.workflowStatus !== 'RUNNING') return;
           await new Promise((r) => setTimeout(r, 2000));
-          if (!values.json) print('');
+          if (!o.json) print('');
         }
       });
-    }
-    case 'wait': {
-      const id = phaseIdArg(positionals);
-      const target = required(values, 'for').toUpperCase();
+    });
+  program
+    .command('wait')
+    .description('wait until the phase reaches STATE (progress on stderr)')
+    .argument('<ID>', 'phase id', phaseId)
+    .requiredOption('--for <STATE>', `one of ${STATUSES.join(', ')}`)
+    .option('--timeout <seconds>', 'give up after this many seconds', '3600')
+    .action(async (id: string, o: { for: string; timeout: string }) => {
+      const target = required(o.for, 'for').toUpperCase();
       if (!STATUSES.includes(target)) throw new PhaseError('invalid', `--for: must be one of ${STATUSES.join(', ')}`);
-      const timeout = values.timeout === undefined ? 3600 : /^[0-9]{1,7}$/.test(values.timeout) ? Number(values.timeout) : Number.NaN;
+      const timeout = /^[0-9]{1,7}$/.test(o.timeout) ? Number(o.timeout) : Number.NaN;
       if (!(timeout > 0)) throw new PhaseError('invalid', '--timeout: must be a whole number of seconds, 1 to 9999999');
-      let last = '';
-      await withClient((pc) =>
-        waitForStatus(pc, id, target as PhaseStatus, timeout, async (s) => {
-          // While a model runs, its units come from the attempt's heartbeat (status), one line per change.
-          const running = s.models.find((m) => m.status === 'running');
-          const progress = running ? (await getStatus(pc, id)).models.find((m) => m.modelKey === running.modelKey)?.progress : null;
-          const done = s.models.filter((m) => m.status === 'succeeded').length;
-          const line = running
-            ? `${s.status} ${running.modelKey} (model ${done + 1}/${s.models.length}, attempt ${running.attempts})${progress ? ` units ${progress.unitsDone}/${progress.unitsTotal}${progress.lastUnit ? ` ${progress.lastUnit}` : ''}` : ''}`
-            : s.status;
-          if (line !== last) process.stderr.write(`${id}: ${line}\n`);
-          last = line;
-        }),
-      );
-      print(`${id} is ${target}`);
-      return 0;
-    }
-    case 'ledger': {
-      const id = phaseIdArg(positionals);
-      const state = await withClient((pc) => getState(pc, id));
-      print(values.json ? JSON.stringify({ estimate: state.estimate, approvedUsd: state.budget.approvedUsd, ledger: state.ledger }, null, 2) : renderLedger(state));
-      return 0;
-    }
-    case 'report': {
-      const id = phaseIdArg(positionals);
-      const state = await withClient((pc) => getState(pc, id));
+      await run().withClient((pc) => waitForStatus(pc, id, target as PhaseStatus, timeout, progressPrinter(pc, id)));
+      run().print(`${id} is ${target}`);
+    });
+  program
+    .command('ledger')
+    .description('estimate, approval and one line per attempt')
+    .argument('<ID>', 'phase id', phaseId)
+    .addOption(json)
+    .action(async (id: string, o: { json?: boolean }) => {
+      const state = await run().withClient((pc) => getState(pc, id));
+      run().print(o.json ? JSON.stringify({ estimate: state.estimate, approvedUsd: state.budget.approvedUsd, ledger: state.ledger }, null, 2) : renderLedger(state));
+    });
+  program
+    .command('report')
+    .description('print the closeout report of a frozen phase')
+    .argument('<ID>', 'phase id', phaseId)
+    .action(async (id: string) => {
+      const state = await run().withClient((pc) => getState(pc, id));
       if (state.freeze === null) throw new PhaseError('refused', `phase ${id} is ${state.status}: the report is written when it freezes`);
       let report: string;
       try {
@@ -331,20 +304,26 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
       } catch (err) {
         throw new PhaseError('failed', `the report of ${id} cannot be read at ${state.freeze.reportPath} (${(err as NodeJS.ErrnoException).code ?? 'error'}); \`phasegate verify ${id}\` checks the frozen folder`);
       }
-      print(report);
-      return 0;
-    }
-    case 'verify': {
+      run().print(report);
+    });
+  program
+    .command('verify')
+    .description('check a frozen phase: manifest and every signed decision (offline with --dir)')
+    .argument('[ID]', 'phase id', phaseId)
+    .option('--dir <dir>', 'a frozen folder, checked without Temporal')
+    .action(async (id: string | undefined, o: { dir?: string }) => {
       let report: PhaseVerification;
       let label: string;
-      if (values.dir !== undefined) {
+      if (o.dir !== undefined) {
         // Offline: no Temporal, the folder alone (the manifest's own sha256 is then not checked against history).
-        report = verifyFrozenDir(values.dir);
-        label = values.dir;
+        report = verifyFrozenDir(o.dir);
+        label = o.dir;
       } else {
-        label = phaseIdArg(positionals);
-        report = await withClient((pc) => verifyPhase(pc, label));
+        if (id === undefined) throw new PhaseError('invalid', 'verify: the phase ID is required (or --dir DIR)');
+        label = id;
+        report = await run().withClient((pc) => verifyPhase(pc, id));
       }
+      const { print } = run();
       for (const f of report.changed) print(`CHANGED    ${path.join(report.dir, f)}`);
       for (const f of report.missing) print(`MISSING    ${path.join(report.dir, f)}`);
       for (const f of report.unexpected) print(`UNEXPECTED ${path.join(report.dir, f)}`);
@@ -354,30 +333,80 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
           ? `OK: ${report.checked} files match the manifest in ${report.dir}; ${report.decisions.checked} signed decision(s) verified`
           : `FAILED: the artifacts of ${label} no longer match their manifest or signatures`,
       );
-      return report.ok ? 0 : 1;
-    }
-    case 'reopen': {
-      const id = phaseIdArg(positionals);
-      const result = await withClient((pc) => reopenPhase(pc, id, required(values, 'defect')));
-      print(`reopened ${id} as a new phase`);
-      print(result.phaseId);
-      return 0;
-    }
-    case 'cancel': {
-      const id = phaseIdArg(positionals);
-      await withClient((pc) => cancelPhase(pc, id));
-      print(`cancellation requested for ${id}`);
-      return 0;
-    }
-    case 'list': {
-      const phases = await withClient((pc) => listPhases(pc));
-      if (values.json) printJson(phases);
-      else for (const p of phases) print(`${p.phaseId.padEnd(48)} ${p.status.padEnd(18)} ${p.workflowStatus.padEnd(10)} ${p.startTime}`);
-      return 0;
-    }
-    default:
-      throw usage(`unknown command "${command}"`);
+      if (!report.ok) setExit(1);
+    });
+  program
+    .command('reopen')
+    .description('start a new phase linked to a frozen one')
+    .argument('<ID>', 'phase id', phaseId)
+    .requiredOption('--defect <text>', 'the defect that justifies a rerun')
+    .action(async (id: string, o: { defect: string }) => {
+      const result = await run().withClient((pc) => reopenPhase(pc, id, required(o.defect, 'defect')));
+      run().print(`reopened ${id} as a new phase`);
+      run().print(result.phaseId);
+    });
+  program
+    .command('cancel')
+    .description('cancel a phase')
+    .argument('<ID>', 'phase id', phaseId)
+    .action(async (id: string) => {
+      await run().withClient((pc) => cancelPhase(pc, id));
+      run().print(`cancellation requested for ${id}`);
+    });
+  program
+    .command('list')
+    .description('phases, newest first')
+    .addOption(json)
+    .action(async (o: { json?: boolean }) => {
+      const phases = await run().withClient((pc) => listPhases(pc));
+      if (o.json) run().printJson(phases);
+      else for (const p of phases) run().print(`${p.phaseId.padEnd(48)} ${p.status.padEnd(18)} ${p.workflowStatus.padEnd(10)} ${p.startTime}`);
+    });
+  return program;
+}
+
+/** `wait`'s progress: one stderr line per change; while a model runs, its units come from the attempt's heartbeat. */
+function progressPrinter(pc: PhaseClient, id: string): (s: PhaseState) => Promise<void> {
+  let last = '';
+  return async (s) => {
+    const running = s.models.find((m) => m.status === 'running');
+    const progress = running ? (await getStatus(pc, id)).models.find((m) => m.modelKey === running.modelKey)?.progress : null;
+    const done = s.models.filter((m) => m.status === 'succeeded').length;
+    const line = running
+      ? `${s.status} ${running.modelKey} (model ${done + 1}/${s.models.length}, attempt ${running.attempts})${progress ? ` units ${progress.unitsDone}/${progress.unitsTotal}${progress.lastUnit ? ` ${progress.lastUnit}` : ''}` : ''}`
+      : s.status;
+    if (line !== last) process.stderr.write(`${id}: ${line}\n`);
+    last = line;
+  };
+}
+
+/** A parse error from commander, as a refusal that names what was wrong (bounded: arguments may be huge). */
+function parseProblem(err: CommanderError): PhaseError {
+  const message = err.message.replace(/^error: /, '');
+  const bounded = message.length > 300 ? `${message.slice(0, 300)}…` : message;
+  return new PhaseError('invalid', `${bounded}\n(phasegate --help lists the commands; phasegate COMMAND --help their options)`);
+}
+
+export async function main(argv: string[], io: CliIo = processIo): Promise<number> {
+  let exit = 0;
+  const program = buildProgram(io, (code) => (exit = code));
+  if (argv.length === 0) {
+    io.stdout(program.helpInformation());
+    return 2;
   }
+  try {
+    await program.parseAsync(argv, { from: 'user' });
+  } catch (err) {
+    if (!(err instanceof CommanderError)) throw err;
+    // Help asked for (`-h`, `help`) is an answer; a bare command group (`keys`) is bad input.
+    if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return 0;
+    if (err.code === 'commander.help') {
+      const group = program.commands.find((c) => c.name() === argv[0]);
+      throw new PhaseError('invalid', group ? `${group.name()}: use \`phasegate ${group.name()} --help\` for its subcommands` : 'COMMAND: use `phasegate --help` for the commands');
+    }
+    throw parseProblem(err);
+  }
+  return exit;
 }
 
 /** What the person sees of an error: its message and the exit code of its kind; a stack trace only with LOG_LEVEL=debug. */

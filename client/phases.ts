@@ -417,7 +417,7 @@ export async function reopenPhase(pc: PhaseClient, phaseId: string, defect: stri
   if (defect.length > 2000) throw new PhaseError('invalid', '--defect: at most 2000 characters');
   const state = await getState(pc, phaseId);
   if (state.status !== 'FROZEN') throw new PhaseError('refused', `refused: only a FROZEN phase can be reopened; ${phaseId} is ${state.status}`);
-  const original = pc.records.read(phaseId)?.input ?? (await startInputFromHistory(pc, phaseId));
+  const original = await phaseInput(pc, phaseId);
   // The reopened phase runs the frozen phase's locked protocol, not whatever the file says now; its runs re-check
   // the prompt files against the locked hashes and refuse if they changed.
   const loaded: LoadedProtocol = {
@@ -437,6 +437,11 @@ export interface PhaseVerification extends VerifyReport {
   dir: string;
   /** Every gate decision frozen in phase.json, checked again offline: signer, key, phase, signature. */
   decisions: { checked: number; problems: string[] };
+}
+
+/** The phase's start input: from its record, else from Temporal's history (for phases older than their records). */
+export async function phaseInput(pc: PhaseClient, phaseId: string): Promise<PhaseInput> {
+  return pc.records.read(checkPhaseId(phaseId))?.input ?? (await startInputFromHistory(pc, phaseId));
 }
 
 /** The start input of a phase's first run, from Temporal's history (for phases older than their records). */

@@ -42,6 +42,16 @@ export const envSchema = z.object({
   PHASEGATE_MODAL_POLL_SECONDS: z.coerce.number().positive().default(30),
   /** Model runs a worker runs at once, on their own task queue (a runtime process or a Modal launcher each). */
   PHASEGATE_MODEL_RUNS: z.coerce.number().int().min(1).max(256).default(2),
+  /** Slack-compatible incoming webhooks (comma-separated URLs) told when a gate opens or is overdue, a phase holds, freezes or fails. */
+  PHASEGATE_SLACK_WEBHOOK_URLS: z.string().default(''),
+  /** Generic JSON webhooks (comma-separated URLs) told the same, each POST signed with PHASEGATE_WEBHOOK_SECRET. */
+  PHASEGATE_WEBHOOK_URLS: z.string().default(''),
+  /** The HMAC-SHA256 key of the generic webhooks' X-Phasegate-Signature header (at least 16 characters). */
+  PHASEGATE_WEBHOOK_SECRET: z.string().min(16, 'must be at least 16 characters').optional(),
+  /** The console's address as people reach it, for links in notifications; default http://127.0.0.1:<HTTP port>/console. */
+  PHASEGATE_CONSOLE_URL: z.url({ protocol: /^https?$/ }).optional(),
+  /** Where the worker serves the Temporal SDK's own Prometheus metrics (host:port); unset: not served. */
+  PHASEGATE_WORKER_METRICS_ADDRESS: z.string().regex(/^[0-9a-zA-Z.:[\]-]+:[0-9]{1,5}$/, 'must be host:port').optional(),
   PHASEGATE_TEMPORAL_BIN: z.string().min(1).optional(),
   PHASEGATE_PYTHON: z.string().min(1).optional(),
   LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
@@ -73,7 +83,33 @@ export function parseEnv(source: NodeJS.ProcessEnv = process.env): Readonly<Env>
   if (!LOOPBACK_HOSTS.includes(env.PHASEGATE_HTTP_HOST) && env.PHASEGATE_HTTP_TLS_CERT_PATH === undefined) {
     throw new ConfigError('invalid environment:\n  PHASEGATE_HTTP_HOST: a non-loopback address needs TLS (PHASEGATE_HTTP_TLS_CERT_PATH and PHASEGATE_HTTP_TLS_KEY_PATH)');
   }
+  if (env.PHASEGATE_WEBHOOK_URLS.trim() !== '' && env.PHASEGATE_WEBHOOK_SECRET === undefined) {
+    throw new ConfigError('invalid environment:\n  PHASEGATE_WEBHOOK_SECRET: required when PHASEGATE_WEBHOOK_URLS is set (receivers check each POST with it)');
+  }
+  for (const name of ['PHASEGATE_SLACK_WEBHOOK_URLS', 'PHASEGATE_WEBHOOK_URLS'] as const) {
+    const bad = urlList(env[name]).find((u) => !/^https?:\/\/[^\s]+$/.test(u));
+    if (bad !== undefined) throw new ConfigError(`invalid environment:\n  ${name}: every entry must be an http(s) URL`);
+  }
   return Object.freeze(env);
+}
+
+const urlList = (text: string): string[] => text.split(',').map((u) => u.trim()).filter(Boolean);
+
+/** Where notifications go and how they are signed and linked (activities/notify.ts). */
+export interface NotifyConfig {
+  slackUrls: string[];
+  jsonUrls: string[];
+  secret: string | null;
+  consoleUrl: string;
+}
+
+export function notifyConfig(env: Readonly<Env>): NotifyConfig {
+  return {
+    slackUrls: urlList(env.PHASEGATE_SLACK_WEBHOOK_URLS),
+    jsonUrls: urlList(env.PHASEGATE_WEBHOOK_URLS),
+    secret: env.PHASEGATE_WEBHOOK_SECRET ?? null,
+    consoleUrl: (env.PHASEGATE_CONSOLE_URL ?? `http://127.0.0.1:${env.PHASEGATE_HTTP_PORT}/console`).replace(/\/+$/, ''),
+  };
 }
 
 /**

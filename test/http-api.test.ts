@@ -12,6 +12,7 @@ import path from 'node:path';
 import { requestListener, type HttpDeps } from '../client/http';
 import { decisionTarget, getState } from '../client/phases';
 import { issueToken, revokeToken } from '../client/tokens';
+import { decisionMessage } from '../domain/decisions';
 import { sign } from './helpers/decisions';
 import { quietLogger, serverPerFile, testProtocol, testWorker, waitFor } from './helpers/temporal';
 
@@ -42,6 +43,19 @@ function call(port: number, method: string, urlPath: string, options: { token?: 
   });
 }
 
+function callText(port: number, urlPath: string, token?: string): Promise<{ status: number; text: string; headers: Record<string, string | string[] | undefined> }> {
+  return new Promise((resolve, reject) => {
+    const headers = { host: `127.0.0.1:${port}`, ...(token ? { authorization: `Bearer ${token}` } : {}) };
+    const req = httpRequest({ host: '127.0.0.1', port, method: 'GET', path: urlPath, headers }, (res) => {
+      let text = '';
+      res.on('data', (c: Buffer) => (text += c.toString()));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, text, headers: res.headers }));
+    });
+    req.on('error', reject);
+    req.end();
+  });
+}
+
 test('authentication, origin checks, protocol roots and signed decisions over HTTP', async () => {
   const { worker, pc } = await testWorker(server, 'http');
   const loaded = testProtocol('http');
@@ -61,6 +75,20 @@ test('authentication, origin checks, protocol roots and signed decisions over HT
     expect((await call(port, 'GET', '/phases')).status).toBe(401);
     expect((await call(port, 'GET', '/phases', { token: 'pgt_not-a-real-token-at-all' })).status).toBe(401);
     expect((await call(port, 'GET', '/phases', { token: approverToken })).status).toBe(200);
+    // The OpenAPI document, the metrics and the console's data need a token too; only the console's static shell does not.
+    expect((await call(port, 'GET', '/openapi.json')).status).toBe(401);
+    const doc = await call(port, 'GET', '/openapi.json', { token: approverToken });
+    expect(doc.status).toBe(200);
+    expect(Object.keys(doc.body.paths as object)).toEqual(expect.arrayContaining(['/phases', '/phases/{id}/approve-budget', '/phases/{id}/review', '/decisions/message']));
+    expect(JSON.stringify(doc.body)).toContain('"pattern":"^[0-9a-f]{64}$"');
+    expect((await call(port, 'GET', '/metrics')).status).toBe(401);
+    expect((await call(port, 'GET', '/fragments/phases')).status).toBe(401);
+    expect((await callText(port, '/console')).status).toBe(200);
+    expect((await callText(port, '/console/assets/console.js')).headers['content-security-policy']).toContain("script-src 'self'");
+    expect((await callText(port, '/console/assets/../../etc/passwd')).status).not.toBe(200);
+    expect((await callText(port, '/fragments/phases/Not_An_Id', approverToken)).status).toBe(400);
+    expect((await callText(port, '/fragments/phases?waiting=you', approverToken)).status).toBe(400);
+    expect((await callText(port, '/phases/no-such-phase/artifacts/secrets.txt', approverToken)).status).toBe(404);
 
     // Another site's page, or a rebound DNS name, cannot drive it.
     expect((await call(port, 'GET', '/phases', { token: approverToken, headers: { host: 'evil.example:80' } })).body.kind).toBe('forbidden');
@@ -97,10 +125,22 @@ test('authentication, origin checks, protocol roots and signed decisions over HT
     expect(refused).toMatchObject({ status: 409, body: { kind: 'refused' } });
     expect(refused.body.error).toContain("does not verify with demo-approver's key");
 
+    // The bytes the console signs are the CLI's: the server's message is the domain's, for the token's own person only.
+    const { signature: _signature, ...unsignedDecision } = decision;
+    const message = await call(port, 'POST', '/decisions/message', { token: approverToken, body: unsignedDecision });
+    expect(message.body.message).toBe(Buffer.from(decisionMessage(unsignedDecision)).toString('base64'));
+    expect((await call(port, 'POST', '/decisions/message', { token: reviewerToken, body: unsignedDecision })).status).toBe(403);
+
     const approved = await call(port, 'POST', `/phases/${phaseId}/approve-budget`, { token: approverToken, body: decision });
     expect(approved).toMatchObject({ status: 200, body: { applied: true, status: 'AWAITING_REVIEW' } });
     const view = await call(port, 'GET', `/phases/${phaseId}`, { token: reviewerToken });
     expect(view.body).toMatchObject({ status: 'AWAITING_REVIEW', approvedUsd: 1 });
+    expect(((await call(port, 'GET', '/phases?waiting=me', { token: reviewerToken })).body as unknown as { phaseId: string }[]).map((p) => p.phaseId)).toEqual([phaseId]);
+    expect((await call(port, 'GET', '/phases?waiting=me', { token: approverToken })).body).toEqual([]);
+    await waitFor(async () => (await callText(port, '/metrics', reviewerToken)).text.includes(`phasegate_gate_waiting_seconds{phase_id="${phaseId}",gate="review"}`));
+    const metrics = (await callText(port, '/metrics', reviewerToken)).text;
+    expect(metrics).toContain('phasegate_phases{status="AWAITING_REVIEW"} 1');
+    expect(metrics).toContain(`phasegate_budget_approved_usd{phase_id="${phaseId}"} 1`);
 
     // A revoked token stops working at once.
     revokeToken(tokenStore, 'demo-reviewer');

@@ -30,8 +30,8 @@ function filesUnder(dir: string): string[] {
 
 test('a full demo run with fake HF, Modal and Temporal secrets leaks none of them anywhere', async () => {
   const stateDir = mkdtempSync(path.join(os.tmpdir(), 'phasegate-secrets-'));
-  const [devPort, uiPort] = [await freePort(), await freePort()];
-  const env: NodeJS.ProcessEnv = { ...process.env, ...SECRETS, PHASEGATE_STATE_DIR: stateDir, PHASEGATE_DEV_PORT: String(devPort), PHASEGATE_UI_PORT: String(uiPort), LOG_FORMAT: 'json', LOG_LEVEL: 'debug' };
+  const [devPort, uiPort, httpPort] = [await freePort(), await freePort(), await freePort()];
+  const env: NodeJS.ProcessEnv = { ...process.env, ...SECRETS, PHASEGATE_STATE_DIR: stateDir, PHASEGATE_DEV_PORT: String(devPort), PHASEGATE_UI_PORT: String(uiPort), PHASEGATE_HTTP_PORT: String(httpPort), LOG_FORMAT: 'json', LOG_LEVEL: 'debug' };
   delete env.TEMPORAL_ADDRESS;
   const serverLog = path.join(stateDir, 'phasegate-server.log');
   const server = spawn(path.join(repoRoot, 'bin', 'phasegate'), ['server'], { env, cwd: repoRoot, stdio: ['ignore', openSync(serverLog, 'a'), openSync(serverLog, 'a')] });

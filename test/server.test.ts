@@ -13,8 +13,8 @@ import { freePort } from './helpers/temporal';
 
 test('sets retention explicitly, and exits non-zero, saying why, when its dev server dies', async () => {
   const stateDir = mkdtempSync(path.join(os.tmpdir(), 'phasegate-server-'));
-  const [devPort, uiPort] = [await freePort(), await freePort()];
-  const env: NodeJS.ProcessEnv = { ...process.env, PHASEGATE_STATE_DIR: stateDir, PHASEGATE_DEV_PORT: String(devPort), PHASEGATE_UI_PORT: String(uiPort), PHASEGATE_RETENTION_DAYS: '45', LOG_FORMAT: 'json' };
+  const [devPort, uiPort, httpPort] = [await freePort(), await freePort(), await freePort()];
+  const env: NodeJS.ProcessEnv = { ...process.env, PHASEGATE_STATE_DIR: stateDir, PHASEGATE_DEV_PORT: String(devPort), PHASEGATE_UI_PORT: String(uiPort), PHASEGATE_HTTP_PORT: String(httpPort), PHASEGATE_RETENTION_DAYS: '45', LOG_FORMAT: 'json' };
   delete env.TEMPORAL_ADDRESS;
   const server = spawn(path.join(repoRoot, 'bin', 'phasegate'), ['server'], { env, cwd: repoRoot, stdio: ['ignore', 'pipe', 'pipe'] });
   let output = '';

@@ -10,7 +10,8 @@ import path from 'node:path';
 import { PhaseError } from '../client/errors';
 import type { Logger } from 'pino';
 import { connectClient, ensureSearchAttributes } from '../client/connection';
-import { resolvePaths, type Env } from '../common/config';
+import { startHttpServer } from '../client/http';
+import { notifyConfig, resolvePaths, type Env } from '../common/config';
 import { connectionSettings } from '../common/temporal-connection';
 import { startDevServer, type DevServer } from './dev-server';
 import { forwardTemporalLogs } from './temporal-logging';
@@ -20,7 +21,8 @@ import { modelRunQueue } from '../workflows/definitions';
 export async function runServer(env: Readonly<Env>, logger: Logger, options: { withDevServer: boolean }): Promise<void> {
   const paths = resolvePaths(env);
   const settings = connectionSettings(env);
-  forwardTemporalLogs(logger);
+  forwardTemporalLogs(logger, env.PHASEGATE_WORKER_METRICS_ADDRESS !== undefined ? { metricsAddress: env.PHASEGATE_WORKER_METRICS_ADDRESS } : {});
+  if (env.PHASEGATE_WORKER_METRICS_ADDRESS !== undefined) process.stdout.write(`Temporal worker metrics: http://${env.PHASEGATE_WORKER_METRICS_ADDRESS}/metrics\n`);
 
   let devServer: DevServer | null = null;
   if (options.withDevServer && !settings.external) {
@@ -43,7 +45,11 @@ export async function runServer(env: Readonly<Env>, logger: Logger, options: { w
   // The embedded server's namespace keeps closed histories for an explicit time (the dev server's default is a
   // day); what must outlive any retention is in the phase records. A cluster's retention is its operator's.
   if (devServer !== null) await setRetention(client, settings.namespace, env.PHASEGATE_RETENTION_DAYS);
-  await client.connection.close();
+  // The HTTP API and the gate console, on this client. A port already taken stops the console, not the worker.
+  const http = await startHttpServer(env, logger, client).catch((err: unknown) => {
+    logger.error({ err: (err as Error).message }, 'the HTTP API and console are not served');
+    return null;
+  });
 
   const connection = await NativeConnection.connect({
     address: settings.address,
@@ -58,6 +64,7 @@ export async function runServer(env: Readonly<Env>, logger: Logger, options: { w
     logger,
     modalPollSeconds: env.PHASEGATE_MODAL_POLL_SECONDS,
     modelRuns: env.PHASEGATE_MODEL_RUNS,
+    notify: notifyConfig(env),
   });
 
   const stop = (signal: string): void => {
@@ -79,6 +86,8 @@ export async function runServer(env: Readonly<Env>, logger: Logger, options: { w
   try {
     await worker.run();
   } finally {
+    await http?.close();
+    await client.connection.close();
     await connection.close();
     if (devServer !== null) {
       logger.info('stopping the Temporal dev server');

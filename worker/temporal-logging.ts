@@ -1,4 +1,8 @@
-/** Forwards the Temporal SDK's own logs (worker, workflow `log`, activity context logs) into the pino root logger. */
+/**
+ * Installs the Temporal SDK's runtime: its own logs (worker, workflow `log`, activity context logs) forwarded into
+ * the pino root logger, and, when an address is given, its worker metrics (task slots, poll latencies, activity
+ * and workflow task outcomes...) served for Prometheus at http://<address>/metrics.
+ */
 import { DefaultLogger, Runtime, type LogEntry } from '@temporalio/worker';
 import type { Logger } from 'pino';
 
@@ -7,7 +11,7 @@ let installed = false;
 
 const sdkLevels: Record<string, 'TRACE' | 'DEBUG' | 'INFO' | 'WARN' | 'ERROR'> = { trace: 'TRACE', debug: 'DEBUG', info: 'INFO', warn: 'WARN', error: 'ERROR', fatal: 'ERROR', silent: 'ERROR' };
 
-export function forwardTemporalLogs(logger: Logger): void {
+export function forwardTemporalLogs(logger: Logger, options: { metricsAddress?: string } = {}): void {
   if (installed) return; // The SDK runtime is process-wide and can be installed once.
   installed = true;
   const temporal = logger.child({ source: 'temporal' });
@@ -16,5 +20,6 @@ export function forwardTemporalLogs(logger: Logger): void {
       // Metadata is the SDK's own (workflow id, activity type, ...), never an untrusted object.
       temporal[levels[entry.level]]({ ...entry.meta }, entry.message);
     }),
+    ...(options.metricsAddress !== undefined ? { telemetryOptions: { metrics: { prometheus: { bindAddress: options.metricsAddress, countersTotalSuffix: true, useSecondsForDurations: true } } } } : {}),
   });
 }

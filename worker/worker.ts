@@ -11,7 +11,7 @@ import { createActivities } from '../activities';
 import type { ComputeBackend } from '../activities/backends/backend';
 import { LocalBackend } from '../activities/backends/local';
 import { modalBackendFromEnv } from '../activities/backends/modal';
-import { repoRoot, type Paths } from '../common/config';
+import { repoRoot, type NotifyConfig, type Paths } from '../common/config';
 import { modelRunQueue } from '../workflows/definitions';
 
 export interface PhaseWorkerOptions {
@@ -26,6 +26,7 @@ export interface PhaseWorkerOptions {
   modalPollSeconds?: number;
   /** Model runs this worker runs at once (each is a runtime process or a Modal launcher). */
   modelRuns?: number;
+  notify?: NotifyConfig;
 }
 
 /** The phase worker and its model-run worker, run and stopped as one. */
@@ -73,6 +74,7 @@ export async function createPhaseWorker(o: PhaseWorkerOptions): Promise<PhaseWor
       runtimeSrc: o.paths.runtimeSrc,
       backends,
       logger: o.logger,
+      ...(o.notify ? { notify: o.notify } : {}),
     });
   const common = {
     connection: o.connection,

@@ -384,3 +384,19 @@ export interface RunProgress {
   lastUnit: string | null;
   backendIds: Record<string, string>;
 }
+
+/** What the phase announces to people through webhooks (workflows/notify.ts). */
+export const NOTIFY_EVENTS = ['gate-opened', 'reminder', 'budget-hold', 'frozen', 'failed'] as const;
+export type NotifyEvent = (typeof NOTIFY_EVENTS)[number];
+
+export interface Notification {
+  /** The idempotency key: the same event of the same phase always has the same key. */
+  key: string;
+  event: NotifyEvent;
+  phaseId: string;
+  phaseName: string;
+  status: PhaseStatus;
+  gate: 'budget' | 'review' | null;
+  message: string;
+  at: string;
+}

@@ -70,6 +70,7 @@ import {
   validateRejectBudget,
   validateSubmitReview,
 } from './phase-logic';
+import { announcedEvent, notifyPeople } from './notify';
 
 // Every durability decision in one place. The model run's timeout comes from the protocol and the budget left, so
 // that activity is proxied per attempt below; its retries are driven by the workflow (see runModels).
@@ -159,8 +160,11 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
     publishState(state, searchable);
   };
   const moveTo = (status: PhaseStatus, why: string): void => {
+    const before = state.status;
     transition(state, status, nowIso(), why);
     publish();
+    const event = announcedEvent(status);
+    if (event !== undefined && before !== status) notifyPeople(state, event, { message: why, at: nowIso() });
   };
   publish();
   // Writes the phase record when anything it holds has changed since the last write.
@@ -278,6 +282,8 @@ async function waitForGate(
   deadlineHours: number | null,
   decided: () => boolean,
 ): Promise<void> {
+  // A budget hold was announced as such when the phase entered it.
+  if (!decided() && state.status !== 'BUDGET_HOLD') notifyPeople(state, 'gate-opened', { gate, message: `the ${gate} gate waits for a decision (${state.status})`, at: nowIso() });
   if (deadlineHours === null) {
     await condition(decided);
     return;
@@ -286,6 +292,7 @@ async function waitForGate(
     const message = `${gate} decision overdue: no decision ${deadlineHours * reminder} h after the gate opened (reminder ${reminder})`;
     state.events.push({ at: nowIso(), kind: 'reminder', message });
     log.warn(message, { phaseId: state.phaseId, gate });
+    notifyPeople(state, 'reminder', { gate, message, at: nowIso() });
   }
 }
 

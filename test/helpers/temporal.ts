@@ -12,7 +12,7 @@ import { createServer, type AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import pino from 'pino';
-import { parseEnv, repoRoot, resolvePaths, type Paths } from '../../common/config';
+import { parseEnv, repoRoot, resolvePaths, type NotifyConfig, type Paths } from '../../common/config';
 import { loadProtocol, type LoadedProtocol } from '../../protocols/load';
 import { searchAttributes, type PhaseState } from '../../workflows/definitions';
 import type { phaseWorkflow } from '../../workflows/phase';
@@ -107,8 +107,8 @@ export function phaseClient(env: TestWorkflowEnvironment, taskQueue: string, pat
   return { client: env.client, taskQueue, records: new PhaseRecordStore(paths.recordsDir) };
 }
 
-export async function makeWorker(env: TestWorkflowEnvironment, workflowBundle: WorkflowBundleWithSourceMap, paths: Paths, taskQueue: string): Promise<PhaseWorker> {
-  return createPhaseWorker({ connection: env.nativeConnection, namespace: env.namespace ?? 'default', taskQueue, paths, logger: quietLogger, workflowBundle });
+export async function makeWorker(env: TestWorkflowEnvironment, workflowBundle: WorkflowBundleWithSourceMap, paths: Paths, taskQueue: string, notify?: NotifyConfig): Promise<PhaseWorker> {
+  return createPhaseWorker({ connection: env.nativeConnection, namespace: env.namespace ?? 'default', taskQueue, paths, logger: quietLogger, workflowBundle, ...(notify ? { notify } : {}) });
 }
 
 export interface TestWorker {
@@ -119,10 +119,10 @@ export interface TestWorker {
 }
 
 /** One worker for one test: its own task queue and state folder, on the file's server. */
-export async function testWorker(server: FileServer, name: string): Promise<TestWorker> {
+export async function testWorker(server: FileServer, name: string, options: { notify?: NotifyConfig } = {}): Promise<TestWorker> {
   const taskQueue = uniqueQueue(name);
   const paths = testPaths(name);
-  const worker = await makeWorker(server.env, server.workflowBundle, paths, taskQueue);
+  const worker = await makeWorker(server.env, server.workflowBundle, paths, taskQueue, options.notify);
   return { worker, pc: phaseClient(server.env, taskQueue, paths), paths, taskQueue };
 }
 
