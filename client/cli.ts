@@ -14,6 +14,7 @@ import { connectionSettings } from '../common/temporal-connection';
 import { ACTIVE_STATUSES, TERMINAL_STATUSES, type PhaseState, type PhaseStatus, type ReviewVerdict } from '../workflows/definitions';
 import { decisionShapeProblem, type DecisionContent, type DecisionKind, type SignedDecision } from '../domain/decisions';
 import { parseUsd } from '../domain/money';
+import { BackendError } from '../activities/backends/backend';
 import { connectClient } from './connection';
 import { defaultKeysDir, loadPrivateKey, newKey, showKey, signDecision } from './keys';
 import { issueToken, revokeToken, tokenStorePath } from './tokens';
@@ -281,6 +282,23 @@ function buildProgram(io: CliIo, setExit: (code: number) => void): Command {
       if (!(timeout > 0)) throw new PhaseError('invalid', '--timeout: must be a whole number of seconds, 1 to 9999999');
       await run().withClient((pc) => waitForStatus(pc, id, target as PhaseStatus, timeout, progressPrinter(pc, id)));
       run().print(`${id} is ${target}`);
+    });
+  const modal = program.command('modal').description('the Modal backend (docs/modal.md)');
+  modal
+    .command('check')
+    .description('one short call on a GPU type before a paid phase: driver, CUDA, torch and the GPU it got (costs seconds of it)')
+    .requiredOption('--gpu <type>', "Modal's GPU type, as a protocol names it (A10G, A100-40GB, H100, ...)")
+    .action(async (o: { gpu: string }) => {
+      const gpu = required(o.gpu, 'gpu');
+      if (!/^[A-Za-z0-9][A-Za-z0-9:+-]{0,31}$/.test(gpu)) throw new PhaseError('invalid', '--gpu: must be a Modal GPU type such as A10G or H100');
+      const { modalBackendFromEnv } = await import('../activities/backends/modal');
+      const paths = resolvePaths(run().env);
+      try {
+        run().print(await modalBackendFromEnv({ python: paths.python, runtimeSrc: paths.runtimeSrc }).check(gpu));
+      } catch (err) {
+        if (err instanceof BackendError) throw new PhaseError(err.kind === 'missing_credentials' ? 'unavailable' : 'failed', err.message);
+        throw err;
+      }
     });
   program
     .command('ledger')

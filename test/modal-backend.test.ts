@@ -3,7 +3,7 @@
  * PHASEGATE_MODAL_FAKE=1 (no Modal account here). The double's state is a JSON file that every launcher
  * process of a test shares, so it can be read back: how many calls were spawned, which were cancelled.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -180,3 +180,20 @@ describe('Modal backend (launcher with the Modal double)', () => {
     expect(existsSync(statePath)).toBe(false);
   }, TEST_TIMEOUT_MS);
 });
+
+test('phasegate modal check: one smoke call on the GPU type, what it got printed; without credentials, what to do', async () => {
+  const { env } = setup();
+  const cli = (args: string[], extra: NodeJS.ProcessEnv): { status: number | null; stdout: string; stderr: string } => {
+    const r = spawnSync(process.execPath, [path.join(repoRoot, 'lib', 'client', 'cli.js'), ...args], { env: { ...process.env, ...extra }, encoding: 'utf8' });
+    return { status: r.status, stdout: r.stdout, stderr: r.stderr };
+  };
+  const ok = cli(['modal', 'check', '--gpu', 'H100'], env);
+  expect(ok.status).toBe(0);
+  expect(ok.stdout).toMatch(/^modal check H100: ok \(gpu NVIDIA H100, driver \S+, cuda \S+, torch \S+; [0-9.]+ s\)/);
+  const noCredentials = cli(['modal', 'check', '--gpu', 'H100'], { ...env, MODAL_TOKEN_ID: '', MODAL_TOKEN_SECRET: '', MODAL_CONFIG_PATH: path.join(os.tmpdir(), 'phasegate-none.toml') });
+  expect(noCredentials.status).toBe(1);
+  expect(noCredentials.stderr).toContain('MODAL_TOKEN_ID');
+  const bad = cli(['modal', 'check', '--gpu', 'A10G; rm -rf /'], env);
+  expect(bad.status).toBe(2);
+  expect(bad.stderr).toContain('--gpu');
+}, TEST_TIMEOUT_MS);

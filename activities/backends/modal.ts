@@ -119,6 +119,32 @@ export class ModalBackend implements ComputeBackend {
     return { ids: cancelled, windows };
   }
 
+  /**
+   * `phasegate modal check`: one short call on this GPU type (driver, CUDA, torch, the GPU it got; `modal_launch
+   * check`). Resolves with the launcher's summary line; throws a BackendError saying what failed.
+   */
+  async check(gpu: string): Promise<string> {
+    let found: Record<string, unknown> | null = null;
+    let error: string | null = null;
+    const exit = await runRuntime({
+      python: this.options.python,
+      runtimeSrc: this.options.runtimeSrc,
+      module: LAUNCHER_MODULE,
+      args: ['check', '--gpu', gpu],
+      env: this.options.env,
+      onEvent: (event) => {
+        if (event.event === 'check') found = event;
+        if (event.event === 'error') error = String(event.message);
+      },
+    });
+    const summary = found as Record<string, unknown> | null;
+    if (exit.code === LauncherExitCode.ok && summary !== null) {
+      return `modal check ${gpu}: ok (${['gpu', 'driver', 'cuda', 'torch'].map((k) => `${k} ${String(summary[k])}`).join(', ')}; ${String(summary.seconds)} s)`;
+    }
+    const why = error ?? (summary === null ? `the launcher exited ${exit.code ?? exit.signal}` : String(summary.message));
+    throw new BackendError(exit.code === LauncherExitCode.missingCredentials ? 'missing_credentials' : 'failure', `modal check ${gpu}: ${why}`, null);
+  }
+
   /** Cancels the remote call(s) recorded for this (phase, model); returns a note for the error message. */
   private async cancelRemote(job: BackendJob): Promise<{ note: string; windows: CallWindow[] }> {
     try {
