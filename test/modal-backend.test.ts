@@ -181,7 +181,7 @@ describe('Modal backend (launcher with the Modal double)', () => {
   }, TEST_TIMEOUT_MS);
 });
 
-test('phasegate modal check: one smoke call on the GPU type, what it got printed; without credentials, what to do', async () => {
+test('phasegate modal check: one smoke call on the GPU type, what it got printed; without credentials, what to do', () => {
   const { env } = setup();
   const cli = (args: string[], extra: NodeJS.ProcessEnv): { status: number | null; stdout: string; stderr: string } => {
     const r = spawnSync(process.execPath, [path.join(repoRoot, 'lib', 'client', 'cli.js'), ...args], { env: { ...process.env, ...extra }, encoding: 'utf8' });
