@@ -5,9 +5,9 @@
  */
 import { parseArgs, type ParseArgsConfig } from 'node:util';
 import { readFileSync } from 'node:fs';
-import path from 'node:path';
-import { ConfigError, parseEnv, resolvePaths, type Env } from '../common/config';
-import { PhaseRecordStore } from '../common/phase-records';
+import { ConfigError, parseEnv, type Env } from '../common/config';
+import { storesFromEnv } from '../common/phase-records';
+import { childRef } from '../common/artifact-store';
 import { createLogger } from '../common/logger';
 import { connectionSettings } from '../common/temporal-connection';
 import { ACTIVE_STATUSES, TERMINAL_STATUSES, type PhaseStatus, type ReviewVerdict } from '../workflows/definitions';
@@ -149,7 +149,7 @@ function clientRunner(env: Readonly<Env>, connect: CliIo['connect']): WithClient
       throw new PhaseError('unavailable', `cannot reach Temporal at ${settings.address}: ${(err as Error).message}. Is \`bin/phasegate server\` running?`);
     });
     try {
-      return await fn({ client, taskQueue: env.PHASEGATE_TASK_QUEUE, records: new PhaseRecordStore(resolvePaths(env).recordsDir) });
+      return await fn({ client, taskQueue: env.PHASEGATE_TASK_QUEUE, ...storesFromEnv(env) });
     } finally {
       await client.connection.close();
     }
@@ -345,9 +345,9 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
         label = phaseIdArg(positionals);
         report = await withClient((pc) => verifyPhase(pc, label));
       }
-      for (const f of report.changed) print(`CHANGED    ${path.join(report.dir, f)}`);
-      for (const f of report.missing) print(`MISSING    ${path.join(report.dir, f)}`);
-      for (const f of report.unexpected) print(`UNEXPECTED ${path.join(report.dir, f)}`);
+      for (const f of report.changed) print(`CHANGED    ${childRef(report.dir, f)}`);
+      for (const f of report.missing) print(`MISSING    ${childRef(report.dir, f)}`);
+      for (const f of report.unexpected) print(`UNEXPECTED ${childRef(report.dir, f)}`);
       for (const problem of report.decisions.problems) print(`DECISION   ${problem}`);
       print(
         report.ok

@@ -17,8 +17,8 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { z } from 'zod';
-import { LOOPBACK_HOSTS, repoRoot, resolvePaths, type Env } from '../common/config';
-import { PhaseRecordStore } from '../common/phase-records';
+import { LOOPBACK_HOSTS, repoRoot, type Env } from '../common/config';
+import { storesFromEnv } from '../common/phase-records';
 import { connectionSettings } from '../common/temporal-connection';
 import { DECISION_KINDS, decisionShapeProblem, type DecisionKind, type SignedDecision } from '../domain/decisions';
 import { connectClient } from './connection';
@@ -206,7 +206,7 @@ export async function runHttpServer(env: Readonly<Env>, logger: Logger): Promise
   const client = await connectClient(settings).catch((err: unknown) => {
     throw new PhaseError('unavailable', `cannot reach Temporal at ${settings.address}: ${(err as Error).message}`);
   });
-  const pc: PhaseClient = { client, taskQueue: env.PHASEGATE_TASK_QUEUE, records: new PhaseRecordStore(resolvePaths(env).recordsDir) };
+  const pc: PhaseClient = { client, taskQueue: env.PHASEGATE_TASK_QUEUE, ...storesFromEnv(env) };
   const listener = requestListener(httpDeps(env, pc, env.PHASEGATE_HTTP_PORT), logger);
   const tls = env.PHASEGATE_HTTP_TLS_CERT_PATH !== undefined && env.PHASEGATE_HTTP_TLS_KEY_PATH !== undefined;
   const server = tls
