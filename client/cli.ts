@@ -8,6 +8,7 @@ import { readFileSync } from 'node:fs';
 import { ConfigError, parseEnv, type Env } from '../common/config';
 import { storesFromEnv } from '../common/phase-records';
 import { childRef } from '../common/artifact-store';
+import { asPhaseError } from './errors';
 import { createLogger } from '../common/logger';
 import { connectionSettings } from '../common/temporal-connection';
 import { ACTIVE_STATUSES, TERMINAL_STATUSES, type PhaseStatus, type ReviewVerdict } from '../workflows/definitions';
@@ -381,7 +382,8 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
 }
 
 /** What the person sees of an error: its message and the exit code of its kind; a stack trace only with LOG_LEVEL=debug. */
-export function reportError(err: unknown, write: (line: string) => void = (l) => process.stderr.write(l)): 1 | 2 {
+export function reportError(thrown: unknown, write: (line: string) => void = (l) => process.stderr.write(l)): 1 | 2 {
+  const err = asPhaseError(thrown);
   if (err instanceof PhaseError) {
     write(`phasegate: ${err.message}\n`);
     return err.exitCode;

@@ -22,7 +22,7 @@ import { storesFromEnv } from '../common/phase-records';
 import { connectionSettings } from '../common/temporal-connection';
 import { DECISION_KINDS, decisionShapeProblem, type DecisionKind, type SignedDecision } from '../domain/decisions';
 import { connectClient } from './connection';
-import { PhaseError } from './errors';
+import { asPhaseError, PhaseError } from './errors';
 import {
   approveBudget,
   cancelPhase,
@@ -191,7 +191,8 @@ export function requestListener(deps: HttpDeps, logger: Logger): (req: IncomingM
     const url = req.url ?? '/';
     handleRequest(deps, { method, url, headers: req.headers, body: () => readJson(req) })
       .then((value) => send(res, 200, value))
-      .catch((err: unknown) => {
+      .catch((thrown: unknown) => {
+        const err = asPhaseError(thrown);
         if (err instanceof PhaseError) send(res, err.httpStatus, { error: err.message, kind: err.kind });
         else {
           logger.error({ err, method, url: url.slice(0, 200) }, 'request failed');

@@ -220,7 +220,10 @@ export class S3ArtifactStore implements ArtifactStore {
 
   async list(prefix: string): Promise<string[]> {
     const strip = this.config.prefix === '' ? 0 : this.config.prefix.length + 1;
-    return (await this.listObjects(this.objectKey(prefix))).map((k) => k.slice(strip));
+    // A prefix may end in '/' (a folder); the rest of it is a key like any other.
+    const folder = prefix.endsWith('/');
+    const objectPrefix = this.objectKey(folder ? prefix.slice(0, -1) : prefix) + (folder ? '/' : '');
+    return (await this.listObjects(objectPrefix)).map((k) => k.slice(strip));
   }
 
   private async getBytes(objectKey: string): Promise<Uint8Array | null> {
