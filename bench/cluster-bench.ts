@@ -56,7 +56,6 @@ function benchProtocol(tag: string): LoadedProtocol {
     repeats: 1,
     sampling: { decode: 'greedy', max_new_tokens: 6, batch_size: 8 },
     prompts: { harmful: 'harmful.txt', harmless: 'harmless.txt', eval: 'demo-eval.txt' },
-    eval_prompt_count: 3,
     pricing: 'pricing.json',
     people,
     budget: { cap_usd: 1, approvers: ['demo-approver'], deadline_hours: null },
@@ -128,6 +127,18 @@ async function pool<T>(items: T[], limit: number, fn: (item: T) => Promise<void>
   return failures;
 }
 
+/** Waits until every phase's record shows its estimate (the phase ran its first activities and waits at the gate). */
+async function untilParked(pc: PhaseClient, ids: string[], sample: () => void): Promise<number> {
+  let waiting = ids;
+  while (waiting.length > 0 && Date.now() < deadline) {
+    sample();
+    const records = await Promise.all(waiting.map((id) => pc.records.read(id)));
+    waiting = waiting.filter((_, i) => !(records[i]?.state.status === 'AWAITING_BUDGET' && records[i]?.state.estimate !== null));
+    if (waiting.length > 0) await new Promise((r) => setTimeout(r, 2000));
+  }
+  return ids.length - waiting.length;
+}
+
 async function countWithStatus(client: Client, taskQueue: string, status: PhaseStatus): Promise<number> {
   const { count } = await client.workflow.count(`TaskQueue = '${taskQueue}' AND PhaseStatus = '${status}'`);
   return count;
@@ -171,7 +182,8 @@ async function main(): Promise<void> {
     let t = Date.now();
     const startFailures = await pool(parkedProtocols, CONCURRENCY, async (p) => void (await startPhase(pc, p)));
     report.parkedStartS = (Date.now() - t) / 1000;
-    const parked = await untilCount(client, taskQueue, 'AWAITING_BUDGET', PARKED - startFailures.length, sample);
+    const failed = new Set(startFailures.map((f) => f.item.phaseId));
+    const parked = await untilParked(pc, parkedProtocols.map((p) => p.phaseId).filter((id) => !failed.has(id)), sample);
     report.parkedAllAtGateS = (Date.now() - t) / 1000;
     report.parkedAtGate = parked;
     report.parkedStartFailures = startFailures.slice(0, 5);
