@@ -1,5 +1,7 @@
 /** Environment configuration: explicit coercion and one clear error per bad variable. */
-import { ConfigError, parseEnv } from '../common/config';
+import path from 'node:path';
+import { ConfigError, parseEnv, repoRoot } from '../common/config';
+import { runProcess } from './helpers/temporal';
 import { connectionSettings } from '../common/temporal-connection';
 
 test('defaults to the embedded dev server', () => {
@@ -38,4 +40,10 @@ test('the s3 artifact store needs a bucket and takes its settings explicitly coe
   const env = parseEnv({ PHASEGATE_ARTIFACT_STORE: 's3', PHASEGATE_S3_BUCKET: 'phasegate', PHASEGATE_S3_ENDPOINT: 'http://127.0.0.1:9000', PHASEGATE_S3_FORCE_PATH_STYLE: 'false' });
   expect(env.PHASEGATE_S3_FORCE_PATH_STYLE).toBe(false);
   expect(env.PHASEGATE_S3_REGION).toBe('us-east-1');
+});
+
+test('the CLI refuses a bad store configuration by name with exit 2, before connecting to anything', async () => {
+  const r = await runProcess(path.join(repoRoot, 'bin', 'phasegate'), ['list'], { PATH: process.env.PATH, PHASEGATE_ARTIFACT_STORE: 's3', PHASEGATE_S3_ENDPOINT: 'http://127.0.0.1:9' });
+  expect(r.out).toContain('PHASEGATE_S3_BUCKET: required when PHASEGATE_ARTIFACT_STORE is s3');
+  expect(r.code).toBe(2);
 });
