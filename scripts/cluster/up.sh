@@ -42,10 +42,10 @@ start() { # name command... -> its pid in run/name.pid, its output in logs/name.
   echo $! >"$dir/run/$name.pid"
 }
 
-retry() { # seconds command... : until it succeeds
-  local deadline=$((SECONDS + $1)); shift
+retry() { # seconds command... : until it succeeds (services take a few seconds to find each other)
+  local limit=$1 deadline=$((SECONDS + $1)); shift
   until "$@" >/dev/null 2>&1; do
-    if [ $SECONDS -ge $deadline ]; then say "gave up after ${deadline}s: $*"; "$@"; return 1; fi
+    if [ $SECONDS -ge $deadline ]; then say "gave up after ${limit}s: $*"; "$@"; return 1; fi
     sleep 0.5
   done
 }
