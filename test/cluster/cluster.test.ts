@@ -30,6 +30,10 @@ let pc: PhaseClient;
 const taskQueue = uniqueQueue('cluster');
 const workers: ChildProcess[] = [];
 const stateDirs: string[] = [];
+// Where the test's minutes go (printed at the end): the machine is small and shared, so it varies.
+const t0 = Date.now();
+const timeline: string[] = [];
+const mark = (what: string): void => void timeline.push(`${what} ${((Date.now() - t0) / 1000).toFixed(0)}s`);
 
 /** A `phasegate worker` process with a state folder of its own (its "host"), on the cluster and the shared store. */
 function startWorker(name: string): { child: ChildProcess; stateDir: string; ready: () => boolean } {
@@ -50,14 +54,17 @@ function startWorker(name: string): { child: ChildProcess; stateDir: string; rea
   return { child, stateDir, ready };
 }
 
-/** Runtime processes a worker started (their command line names a spec in its state folder). */
-function runtimesOf(stateDir: string): number[] {
+/**
+ * Runtime processes a worker started (their command line names a spec in its state folder); with `command`, only
+ * those running that runtime command (`run` is a model run; `preflight` and `score` are not).
+ */
+function runtimesOf(stateDir: string, command?: 'run'): number[] {
   return readdirSync('/proc')
     .filter((e) => /^\d+$/.test(e))
     .filter((pid) => {
       try {
         const cmdline = readFileSync(`/proc/${pid}/cmdline`, 'utf8');
-        return cmdline.includes('phasegate_runtime') && cmdline.includes(stateDir);
+        return cmdline.includes('phasegate_runtime') && cmdline.includes(stateDir) && (command === undefined || cmdline.includes(`\0${command}\0--spec`));
       } catch {
         return false;
       }
@@ -82,6 +89,7 @@ async function until(check: () => boolean, timeoutMs: number, what: string): Pro
 
 beforeAll(async () => {
   cluster = clusterUp(portBase);
+  mark('cluster up');
   const connection = await Connection.connect({ address: cluster.env.TEMPORAL_ADDRESS! });
   client = new Client({ connection, namespace: cluster.env.TEMPORAL_NAMESPACE! });
   // The test is a third host: it reaches the phases' records and artifacts only through the store.
@@ -94,31 +102,40 @@ afterAll(async () => {
   for (const w of workers) if (w.exitCode === null && w.signalCode === null) w.kill('SIGKILL');
   await client?.connection.close();
   cluster?.down();
+  process.stdout.write(`cluster test timeline: ${timeline.join(', ')}\n`);
   if (process.env.KEEP_CLUSTER !== '1') for (const dir of stateDirs) rmSync(dir, { recursive: true, force: true });
 });
 
 test('two workers and a split Temporal cluster: a SIGKILLed worker and history process, every phase FROZEN and verified', async () => {
   const a = startWorker('worker-a');
   await until(a.ready, 180_000, 'worker A to poll');
+  mark('A polling');
   const phaseIds: string[] = [];
   for (let i = 0; i < PHASES; i++) {
-    const loaded = testProtocol(`cluster-${i}`);
+    // Two of the three methods: the topology is under test here, and pyvene's import alone is ~10 s of CPU per run.
+    const loaded = testProtocol(`cluster-${i}`, { methods: ['hooks', 'nnsight'] });
     phaseIds.push((await startPhase(pc, loaded)).phaseId);
     await approveAs(pc, loaded.phaseId, { by: 'demo-approver', usd: 1 });
     await reviewAs(pc, loaded.phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
   }
+  mark(`${PHASES} phases approved`);
   // Worker A takes the first runs; B joins, and B is the host that finishes what A began.
-  await until(() => runtimesOf(a.stateDir).length > 0, 300_000, 'worker A to start a model run');
+  await until(() => runtimesOf(a.stateDir, 'run').length > 0, 300_000, 'worker A to start a model run');
+  mark('A running');
   const b = startWorker('worker-b');
-  await until(b.ready, 180_000, 'worker B to poll');
-  await until(() => finishedARun(a.stateDir) && runtimesOf(a.stateDir).length > 0, 300_000, 'worker A to finish one run and be in the middle of another');
+  await until(() => finishedARun(a.stateDir) && runtimesOf(a.stateDir, 'run').length > 0, 300_000, 'worker A to finish one run and be in the middle of another');
 
   a.child.kill('SIGKILL');
   process.kill(cluster.pid('history-0'), 'SIGKILL');
+  mark('A and history-0 killed');
   // The runtimes die with their worker (parent-death signal): nothing of A's keeps computing.
   await until(() => runtimesOf(a.stateDir).length === 0, 15_000, "worker A's runtimes to exit");
+  // B may still be starting (bundling the workflow code): the lost attempt waits out its heartbeat timeout anyway.
+  await until(b.ready, 180_000, 'worker B to poll');
+  mark('B polling');
 
   const states = await Promise.all(phaseIds.map((id) => waitForStatus(pc, id, 'FROZEN', 600)));
+  mark('all FROZEN');
   expect(b.child.exitCode).toBeNull();
 
   for (const [i, state] of states.entries()) {
