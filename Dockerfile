@@ -1,6 +1,6 @@
 # The phasegate worker image for a cluster whose GPU work runs on Modal: the worker launches Modal calls, scores
 # on its CPU and freezes, so it carries Node, the compiled CLI and a small Python environment (the Modal client,
-# numpy for scoring) but no torch. It runs as the unprivileged `node` user.
+# numpy for scoring, transformers) but not torch, nnsight or pyvene. It runs as the unprivileged `node` user.
 
 # ---- build: compile TypeScript; export the Python lock without torch and the steering libraries ------------------
 FROM node:20-bookworm AS build
