@@ -5,7 +5,7 @@ SHELL := /bin/bash
 PY := runtime/.venv/bin/python
 export PYTHONPATH := $(CURDIR)/runtime/src
 
-.PHONY: setup build demo test typecheck lint jest py-lint py-test server clean
+.PHONY: setup build demo test typecheck lint jest py-lint py-test cluster-build cluster-test server clean
 
 setup:
 	@scripts/setup.sh
@@ -35,7 +35,15 @@ py-lint: setup
 py-test: setup
 	cd runtime && .venv/bin/python -m pytest -q
 
-test: setup typecheck lint py-lint py-test jest
+# The production shape on this machine (scripts/cluster/): real Temporal services on PostgreSQL, MinIO as the
+# artifact store, two workers. Its binaries are built once (minutes) and cached outside the clone by version.
+cluster-build: setup
+	@scripts/cluster/build.sh >/dev/null
+
+cluster-test: build cluster-build
+	node_modules/.bin/jest --ci --testPathIgnorePatterns /node_modules/ --testPathPatterns test/cluster/ --testTimeout 900000
+
+test: setup typecheck lint py-lint py-test jest cluster-test
 
 clean:
 	rm -rf lib .phasegate

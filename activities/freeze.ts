@@ -5,13 +5,15 @@
  */
 import { ApplicationFailure } from '@temporalio/common';
 import { execFileSync } from 'node:child_process';
-import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, existsSync, mkdirSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { ErrorTypes, type FreezeRecord } from '../workflows/definitions';
 import { costChart, parityChart } from './charts';
 import { renderCloseout, type ModelArtifactRef } from './closeout-report';
 import { workOf } from './estimate';
-import { fileSha256, MANIFEST, renderManifest, verifyManifest } from './manifest';
+import { childRef, type ArtifactStore } from '../common/artifact-store';
+import { fetchStored, frozenKey, scratchDir, storeFailure } from './artifacts';
+import { fileSha256, listFiles, MANIFEST, renderManifest, verifyManifest } from './manifest';
 import { parseRuntimeResult } from './runtime-json';
 import type { FreezeInput } from './types';
 
@@ -55,7 +57,53 @@ export function makeWritable(dir: string): void {
   }
 }
 
-export function freezePhase(deps: { artifactsDir: string; repoRoot: string }, freeze: FreezeInput, heartbeat: () => void = () => undefined): FreezeRecord {
+export interface FreezeDeps {
+  artifactsDir: string;
+  workDir: string;
+  repoRoot: string;
+  store: ArtifactStore;
+}
+
+/**
+ * Freezes on this worker's disk (`<artifacts>/<phaseId>`, read-only), then publishes the folder to the artifact
+ * store, the manifest last; the record names the store's copy. With a shared store, a freeze that completed on
+ * another worker is fetched first, so a retry anywhere returns the same record and never writes a second set.
+ */
+export async function freezePhase(deps: FreezeDeps, freeze: FreezeInput, heartbeat: () => void = () => undefined): Promise<FreezeRecord> {
+  try {
+    const dir = path.join(deps.artifactsDir, freeze.input.phaseId);
+    const key = frozenKey(freeze.input.phaseId);
+    const pulled = deps.store.kind !== 'local' && !existsSync(path.join(dir, MANIFEST)) && (await pullFrozen(deps.store, key, dir));
+    const local = await freezeLocally(deps, freeze, heartbeat);
+    heartbeat();
+    // A set fetched from the store is already there, complete: it is checked above, never stored again.
+    const stored = pulled ? deps.store.refOf(key) : await deps.store.putFiles(key, local.dir, [...listFiles(local.dir), MANIFEST]);
+    return { ...local, dir: stored, manifestPath: childRef(stored, MANIFEST), reportPath: childRef(stored, 'closeout.md') };
+  } catch (err) {
+    throw storeFailure(err);
+  }
+}
+
+/** Copies a complete frozen set (its manifest is stored last) from the store into `dir`; nothing if there is none. */
+async function pullFrozen(store: ArtifactStore, key: string, dir: string): Promise<boolean> {
+  const ref = store.refOf(key);
+  const scratch = `${dir}.pulled`;
+  rmSync(scratch, { recursive: true, force: true });
+  const fetched = await store.fetch(ref, scratch);
+  if (fetched === null || !existsSync(path.join(fetched, MANIFEST))) {
+    rmSync(scratch, { recursive: true, force: true });
+    return false;
+  }
+  if (existsSync(dir)) {
+    makeWritable(dir);
+    rmSync(dir, { recursive: true, force: true });
+  }
+  mkdirSync(path.dirname(dir), { recursive: true });
+  renameSync(fetched, dir);
+  return true;
+}
+
+async function freezeLocally(deps: FreezeDeps, freeze: FreezeInput, heartbeat: () => void): Promise<FreezeRecord> {
   heartbeat();
   const { input, state } = freeze;
   const dir = path.join(deps.artifactsDir, input.phaseId);
@@ -90,8 +138,10 @@ export function freezePhase(deps: { artifactsDir: string; repoRoot: string }, fr
   for (const model of p.models) {
     const progress = state.models.find((m) => m.modelKey === model.key);
     if (progress?.resultPath === undefined) continue;
-    const result = parseRuntimeResult(progress.resultPath);
-    const runDir = path.dirname(progress.resultPath);
+    // The run may have been made on another worker: its result and directions are fetched here first.
+    const resultPath = await fetchStored(deps.store, progress.resultPath, scratchDir(deps.workDir, input.phaseId, 'runs', model.key), `the result of ${model.key}`);
+    const result = parseRuntimeResult(resultPath);
+    const runDir = path.dirname(resultPath);
     const directions: string[] = [];
     for (const unit of result.units) {
       if (unit.direction_file === undefined || unit.direction_file === null) continue;
@@ -138,7 +188,7 @@ export function freezePhase(deps: { artifactsDir: string; repoRoot: string }, fr
     });
   }
 
-  if (state.score !== null) copyFileSync(state.score.scorePath, path.join(dir, 'score.json'));
+  if (state.score !== null) copyFileSync(await fetchStored(deps.store, state.score.scorePath, scratchDir(deps.workDir, input.phaseId, 'score'), 'the score'), path.join(dir, 'score.json'));
   write(path.join(dir, 'phase.json'), `${JSON.stringify({ phaseId: input.phaseId, protocolHash: input.protocolHash, protocol: p, prompts: input.prompts, pricing: input.pricing, people: input.people, git, state }, null, 2)}\n`);
   write(path.join(dir, 'parity.svg'), parityChart(state.score?.models ?? [], p.parity.min_cosine));
   write(

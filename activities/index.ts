@@ -5,6 +5,8 @@
 import { Context } from '@temporalio/activity';
 import type { NotifyConfig } from '../common/config';
 import type { Logger } from 'pino';
+import type { ArtifactStore } from '../common/artifact-store';
+import type { PhaseRecords } from '../common/phase-records';
 import type { ComputeBackend } from './backends/backend';
 import { estimateActivity } from './estimate';
 import { freezePhase } from './freeze';
@@ -21,7 +23,9 @@ export type { PhaseActivities } from './types';
 export interface ActivityDeps {
   artifactsDir: string;
   workDir: string;
-  recordsDir: string;
+  /** Where activities leave files for each other and frozen artifacts go (this host's disk, or a shared bucket). */
+  store: ArtifactStore;
+  records: PhaseRecords;
   modelCacheDir: string;
   repoRoot: string;
   python: string;
@@ -45,9 +49,9 @@ export function createActivities(deps: ActivityDeps): PhaseActivities {
     freezePhase: (input) => {
       // Heartbeats say the freeze is alive: a worker that dies mid-freeze is noticed within the heartbeat timeout.
       const ctx = Context.current();
-      return Promise.resolve(freezePhase(deps, input, () => ctx.heartbeat()));
+      return freezePhase(deps, input, () => ctx.heartbeat());
     },
-    recordPhase: (input) => Promise.resolve(recordPhase(deps, input)),
+    recordPhase: (input) => recordPhase(deps, input),
     verifyResume: (input) => verifyResume(Context.current().client, input),
     releaseCompute: (input) => releaseCompute(deps, input),
     preflightModels: (input) => preflightModels(deps, input),

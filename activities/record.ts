@@ -7,17 +7,17 @@ import type { Client } from '@temporalio/client';
 import { ApplicationFailure, defaultPayloadConverter } from '@temporalio/common';
 import { temporal } from '@temporalio/proto';
 import { canonicalJson } from '../domain/canonical';
-import { PhaseRecordStore, RecordRefused } from '../common/phase-records';
+import { RecordRefused, type PhaseRecords } from '../common/phase-records';
 import { ErrorTypes, PHASE_WORKFLOW_TYPE, type PhaseInput } from '../workflows/definitions';
+import { storeFailure } from './artifacts';
 import type { RecordInput, ResumeCheckInput } from './types';
 
-export function recordPhase(deps: { recordsDir: string }, { input, state }: RecordInput): void {
-  const store = new PhaseRecordStore(deps.recordsDir);
+export async function recordPhase(deps: { records: PhaseRecords }, { input, state }: RecordInput): Promise<void> {
   try {
-    store.write(input, state);
+    await deps.records.write(input, state);
   } catch (err) {
     if (err instanceof RecordRefused) throw ApplicationFailure.create({ type: ErrorTypes.alreadyFrozen, message: err.message, nonRetryable: true });
-    throw err;
+    throw storeFailure(err);
   }
 }
 

@@ -9,6 +9,8 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { parsePromptLines, sha256 } from '../protocols/load';
 import { ErrorTypes, type LockedFile, type RunProgress } from '../workflows/definitions';
+import type { ArtifactStore } from '../common/artifact-store';
+import { publishRun, runKey, storeFailure } from './artifacts';
 import { BackendError, type ComputeBackend } from './backends/backend';
 import { buildRunSpec } from './runtime-spec';
 import type { ModelSpec } from '../protocols/schema';
@@ -18,6 +20,8 @@ export interface RunModelDeps {
   workDir: string;
   modelCacheDir: string;
   backends: Partial<Record<'local' | 'modal', ComputeBackend>>;
+  /** Where the run's outputs go for scoring and the freeze, which may run on another worker. */
+  store: ArtifactStore;
   logger: Logger;
   heartbeatEverySeconds?: number;
 }
@@ -125,7 +129,14 @@ export async function runModel(deps: RunModelDeps, input: RunModelInput): Promis
       },
     );
     log.info({ seconds: result.measuredSeconds }, 'model run finished');
-    return { ...result, startedAtMs };
+    // Published under this attempt's own key: a worker that died mid-upload cannot leave a later attempt's set mixed.
+    let resultPath: string;
+    try {
+      resultPath = await publishRun(deps.store, runKey(input.phaseId, model.key, input.attempt), result.resultPath);
+    } catch (err) {
+      throw storeFailure(err, [{ measuredSeconds: result.measuredSeconds, backendIds: result.backendIds, startedAtMs }]);
+    }
+    return { ...result, resultPath, startedAtMs };
   } catch (err) {
     if (!(err instanceof BackendError)) throw err;
     const details = [{ measuredSeconds: err.measuredSeconds, backendIds: err.backendIds, startedAtMs, windows: err.windows }];

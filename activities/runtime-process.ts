@@ -48,6 +48,8 @@ export function runRuntime(cmd: RuntimeCommand): Promise<RuntimeExit> {
   // only the Modal launcher needs the Modal tokens.
   const env: NodeJS.ProcessEnv = { ...process.env, ...cmd.env, PYTHONPATH: cmd.runtimeSrc, PYTHONUNBUFFERED: '1' };
   delete env.TEMPORAL_API_KEY;
+  // The artifact store is the worker's business: the runtime reads and writes its own folder only.
+  for (const key of ['AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN']) delete env[key];
   if (!(cmd.module ?? '').includes('modal')) {
     delete env.MODAL_TOKEN_ID;
     delete env.MODAL_TOKEN_SECRET;

@@ -6,9 +6,10 @@
  */
 import { Command, CommanderError, Option } from 'commander';
 import { readFileSync } from 'node:fs';
-import path from 'node:path';
 import { ConfigError, parseEnv, resolvePaths, type Env } from '../common/config';
-import { PhaseRecordStore } from '../common/phase-records';
+import { storesFromEnv } from '../common/phase-records';
+import { childRef } from '../common/artifact-store';
+import { asPhaseError } from './errors';
 import { createLogger } from '../common/logger';
 import { connectionSettings } from '../common/temporal-connection';
 import { ACTIVE_STATUSES, TERMINAL_STATUSES, type PhaseState, type PhaseStatus, type ReviewVerdict } from '../workflows/definitions';
@@ -90,7 +91,7 @@ function clientRunner(env: Readonly<Env>, connect: CliIo['connect']): WithClient
       throw new PhaseError('unavailable', `cannot reach Temporal at ${settings.address}: ${(err as Error).message}. Is \`bin/phasegate server\` running?`);
     });
     try {
-      return await fn({ client, taskQueue: env.PHASEGATE_TASK_QUEUE, records: new PhaseRecordStore(resolvePaths(env).recordsDir) });
+      return await fn({ client, taskQueue: env.PHASEGATE_TASK_QUEUE, ...storesFromEnv(env) });
     } finally {
       await client.connection.close();
     }
@@ -342,9 +343,9 @@ function buildProgram(io: CliIo, setExit: (code: number) => void): Command {
         report = await run().withClient((pc) => verifyPhase(pc, id));
       }
       const { print } = run();
-      for (const f of report.changed) print(`CHANGED    ${path.join(report.dir, f)}`);
-      for (const f of report.missing) print(`MISSING    ${path.join(report.dir, f)}`);
-      for (const f of report.unexpected) print(`UNEXPECTED ${path.join(report.dir, f)}`);
+      for (const f of report.changed) print(`CHANGED    ${childRef(report.dir, f)}`);
+      for (const f of report.missing) print(`MISSING    ${childRef(report.dir, f)}`);
+      for (const f of report.unexpected) print(`UNEXPECTED ${childRef(report.dir, f)}`);
       for (const problem of report.decisions.problems) print(`DECISION   ${problem}`);
       print(
         report.ok
@@ -428,7 +429,8 @@ export async function main(argv: string[], io: CliIo = processIo): Promise<numbe
 }
 
 /** What the person sees of an error: its message and the exit code of its kind; a stack trace only with LOG_LEVEL=debug. */
-export function reportError(err: unknown, write: (line: string) => void = (l) => process.stderr.write(l)): 1 | 2 {
+export function reportError(thrown: unknown, write: (line: string) => void = (l) => process.stderr.write(l)): 1 | 2 {
+  const err = asPhaseError(thrown);
   if (err instanceof PhaseError) {
     write(`phasegate: ${err.message}\n`);
     return err.exitCode;

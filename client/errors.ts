@@ -2,6 +2,8 @@
  * Errors meant for the person at the CLI or the HTTP API, by kind. One table maps each kind to the CLI's exit
  * code and the HTTP status, so no caller ever routes an error by its message text.
  */
+import { ArtifactStoreError } from '../common/artifact-store';
+
 export const ERROR_KINDS = {
   /** Bad input: a field is missing, malformed or out of range. Nothing was started or changed. */
   invalid: { exitCode: 2, httpStatus: 400 },
@@ -36,4 +38,11 @@ export class PhaseError extends Error {
   get httpStatus(): number {
     return ERROR_KINDS[this.kind].httpStatus;
   }
+}
+
+/** An error of a lower layer as the person should see it, by its kind; anything else unchanged. */
+export function asPhaseError(err: unknown): unknown {
+  // The artifact store: unreachable is 'unavailable' (try again), refused (credentials, bucket, key) is final.
+  if (err instanceof ArtifactStoreError) return new PhaseError(err.kind, err.message);
+  return err;
 }

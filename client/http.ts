@@ -30,8 +30,8 @@ import type { Client } from '@temporalio/client';
 import type { Context } from 'hono';
 import { bodyLimit } from 'hono/body-limit';
 import type { Logger } from 'pino';
-import { LOOPBACK_HOSTS, repoRoot, resolvePaths, type Env } from '../common/config';
-import { PhaseRecordStore } from '../common/phase-records';
+import { LOOPBACK_HOSTS, repoRoot, type Env } from '../common/config';
+import { storesFromEnv } from '../common/phase-records';
 import { connectionSettings } from '../common/temporal-connection';
 import { decisionMessage, decisionShapeProblem, type DecisionKind, type SignedDecision } from '../domain/decisions';
 import { toBase64 } from '../domain/encoding';
@@ -46,7 +46,7 @@ import {
 import { connectClient } from './connection';
 import { artifactFile, consoleAsset, phaseDetail, phaseList, reportOf, SHELL_PATHS } from './console/data';
 import { renderPhaseList, renderPhasePage, renderReport } from './console/render';
-import { PhaseError } from './errors';
+import { asPhaseError, PhaseError } from './errors';
 import { phaseMetrics } from './metrics';
 import {
   approveBudget,
@@ -190,7 +190,8 @@ export function createApp(deps: HttpDeps, logger: Logger): OpenAPIHono<Env_> {
       if (!result.success) throw new PhaseError('invalid', zodProblem(result.error));
     },
   });
-  app.onError((err, c) => {
+  app.onError((thrown, c) => {
+    const err = asPhaseError(thrown);
     if (err instanceof PhaseError) return sendError(c, err);
     logger.error({ err, method: c.req.method, url: c.req.path.slice(0, 200) }, 'request failed');
     return c.json({ error: 'internal error (logged by the server)', kind: 'internal' }, 500);
@@ -259,7 +260,7 @@ export function createApp(deps: HttpDeps, logger: Logger): OpenAPIHono<Env_> {
     return c.body(body, 200, { 'content-type': type, 'content-security-policy': "default-src 'none'; style-src 'unsafe-inline'" });
   });
   app.get('/metrics', async (c) => {
-    const registry = phaseMetrics(pc.records);
+    const registry = await phaseMetrics(pc.records);
     return c.text(await registry.metrics(), 200, { 'content-type': registry.contentType });
   });
 
@@ -309,7 +310,7 @@ export interface RunningHttp {
 
 /** Listens on PHASEGATE_HTTP_HOST:PORT with an existing client (`phasegate http` and `phasegate server` share this). */
 export async function startHttpServer(env: Readonly<Env>, logger: Logger, client: Client): Promise<RunningHttp> {
-  const pc: PhaseClient = { client, taskQueue: env.PHASEGATE_TASK_QUEUE, records: new PhaseRecordStore(resolvePaths(env).recordsDir) };
+  const pc: PhaseClient = { client, taskQueue: env.PHASEGATE_TASK_QUEUE, ...storesFromEnv(env) };
   const listener = requestListener(httpDeps(env, pc, env.PHASEGATE_HTTP_PORT), logger);
   const tls = env.PHASEGATE_HTTP_TLS_CERT_PATH !== undefined && env.PHASEGATE_HTTP_TLS_KEY_PATH !== undefined;
   const server = tls

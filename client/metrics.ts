@@ -5,7 +5,7 @@
  * (The Temporal SDK's own worker metrics are served by the worker process: see worker/worker.ts.)
  */
 import { Counter, Gauge, Registry } from 'prom-client';
-import type { PhaseRecordStore } from '../common/phase-records';
+import type { PhaseRecords } from '../common/phase-records';
 import { ACTIVE_STATUSES, TERMINAL_STATUSES } from '../workflows/definitions';
 import { spentUsd } from '../workflows/phase-logic';
 
@@ -15,7 +15,7 @@ function gateOpenedAt(events: { at: string; kind: string; message: string }[], s
   return into.length > 0 ? into[into.length - 1]!.at : startedAt;
 }
 
-export function phaseMetrics(records: PhaseRecordStore, now: Date = new Date()): Registry {
+export async function phaseMetrics(records: PhaseRecords, now: Date = new Date()): Promise<Registry> {
   const registry = new Registry();
   const phases = new Gauge({ name: 'phasegate_phases', help: 'Phases by status (from the phase records)', labelNames: ['status'], registers: [registry] });
   const waiting = new Gauge({ name: 'phasegate_gate_waiting_seconds', help: 'Seconds an open gate has been waiting for its decision', labelNames: ['phase_id', 'gate'], registers: [registry] });
@@ -24,7 +24,7 @@ export function phaseMetrics(records: PhaseRecordStore, now: Date = new Date()):
   const attempts = new Counter({ name: 'phasegate_attempts_total', help: 'Model attempts by outcome (ledger lines)', labelNames: ['outcome'], registers: [registry] });
   const runtime = new Counter({ name: 'phasegate_runtime_seconds_total', help: 'Runtime seconds charged, by GPU type', labelNames: ['gpu'], registers: [registry] });
   for (const status of [...ACTIVE_STATUSES, ...TERMINAL_STATUSES]) phases.set({ status }, 0);
-  for (const r of records.list()) {
+  for (const r of await records.list()) {
     const s = r.state;
     phases.inc({ status: s.status });
     approved.set({ phase_id: r.phaseId }, s.budget.approvedUsd);

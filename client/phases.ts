@@ -13,7 +13,8 @@ import {
 import { ApplicationFailure, defaultPayloadConverter, WorkflowIdReusePolicy, type UpdateDefinition } from '@temporalio/common';
 import type { DecisionKind, SignedDecision } from '../domain/decisions';
 import { createHash } from 'node:crypto';
-import { readFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { verifyManifest, type VerifyReport } from '../activities/manifest';
 import { loadProtocol, phaseInputOf, ProtocolError, type LoadedProtocol, type LoadOptions } from '../protocols/load';
@@ -38,7 +39,8 @@ import {
 } from '../workflows/definitions';
 import { phaseWorkflow } from '../workflows/phase';
 import { decisionRecordProblems, gateProblems, lockHashOf, runPlan, spentUsd } from '../workflows/phase-logic';
-import type { PhaseRecord, PhaseRecordStore } from '../common/phase-records';
+import type { PhaseRecord, PhaseRecords } from '../common/phase-records';
+import { isStoreRef, type ArtifactStore } from '../common/artifact-store';
 import { PhaseError } from './errors';
 
 export { PhaseError } from './errors';
@@ -47,18 +49,20 @@ export interface PhaseClient {
   client: Client;
   taskQueue: string;
   /** The phase records: the answer when Temporal no longer has a phase (its history passed retention). */
-  records: PhaseRecordStore;
+  records: PhaseRecords;
+  /** The artifact store frozen phases are in, when it is not this host's disk (a `verify` fetches from it). */
+  store?: ArtifactStore;
 }
 
 /** The phase's record if it says FROZEN: final, and the answer whatever Temporal holds under the id. */
-function frozenIn(pc: PhaseClient, phaseId: string): PhaseRecord | null {
-  const record = pc.records.read(phaseId);
+async function frozenIn(pc: PhaseClient, phaseId: string): Promise<PhaseRecord | null> {
+  const record = await pc.records.read(phaseId);
   return record?.state.status === 'FROZEN' ? record : null;
 }
 
 /** The phase's record when Temporal has no execution for it (deleted, or past retention); else null. */
 async function recordOnly(pc: PhaseClient, phaseId: string): Promise<PhaseRecord | null> {
-  const record = pc.records.read(phaseId);
+  const record = await pc.records.read(phaseId);
   if (record === null) return null;
   try {
     await handleOf(pc, phaseId).describe();
@@ -107,7 +111,7 @@ export async function unmetPrerequisites(pc: PhaseClient, required: string[]): P
       break;
     }
     // A FROZEN phase whose history has passed retention is still frozen: its record says so.
-    if (!found) found = pc.records.list().some((r) => r.phaseName === name && r.state.status === 'FROZEN');
+    if (!found) found = (await pc.records.list()).some((r) => r.phaseName === name && r.state.status === 'FROZEN');
     if (!found) unmet.push(name);
   }
   return unmet;
@@ -125,7 +129,7 @@ export async function startPhase(
     throw new PhaseError('refused', `refused: requires_frozen: phase(s) ${unmet.join(', ')} must be FROZEN before ${loaded.protocol.phase} may start`);
   }
   // A FROZEN record is final, whatever Temporal holds under the id now (a run started behind phasegate's back).
-  const frozenRecord = frozenIn(pc, phaseId);
+  const frozenRecord = await frozenIn(pc, phaseId);
   const gone = frozenRecord ?? (await recordOnly(pc, phaseId));
   if (gone !== null && !['FAILED', 'CANCELLED'].includes(gone.state.status)) {
     throw new PhaseError(
@@ -283,7 +287,7 @@ export interface StatusView {
 
 export async function getState(pc: PhaseClient, phaseId: string): Promise<PhaseState> {
   checkPhaseId(phaseId);
-  const frozen = frozenIn(pc, phaseId);
+  const frozen = await frozenIn(pc, phaseId);
   if (frozen !== null) return frozen.state;
   try {
     return await handleOf(pc, phaseId).query(stateQuery);
@@ -304,7 +308,7 @@ export async function getStatus(pc: PhaseClient, phaseId: string): Promise<Statu
     if (err instanceof WorkflowNotFoundError) return null;
     throw err;
   });
-  if (description === null || (frozenIn(pc, phaseId) !== null && description.status.name !== 'COMPLETED')) return statusView(phaseId, state, RECORD_ONLY, null);
+  if (description === null || ((await frozenIn(pc, phaseId)) !== null && description.status.name !== 'COMPLETED')) return statusView(phaseId, state, RECORD_ONLY, null);
   // Live progress is read from the pending activity's last heartbeat, so it costs no workflow history.
   let progress: RunProgress | null = null;
   const pending = description.raw.pendingActivities?.find((p) => p.activityType?.name === 'runModel');
@@ -402,7 +406,7 @@ export async function listPhases(pc: PhaseClient, limit = 100): Promise<PhaseSum
   }
   // Phases Temporal no longer has (past retention, or deleted) are still phases: listed from their records.
   const listed = new Set(out.map((p) => p.phaseId));
-  for (const r of pc.records.list()) {
+  for (const r of await pc.records.list()) {
     if (out.length >= limit) break;
     if (listed.has(r.phaseId) || (await recordOnly(pc, r.phaseId)) === null) continue;
     out.push({ phaseId: r.phaseId, phase: r.phaseName, status: r.state.status, workflowStatus: RECORD_ONLY, startTime: r.state.startedAt });
@@ -441,7 +445,7 @@ export interface PhaseVerification extends VerifyReport {
 
 /** The phase's start input: from its record, else from Temporal's history (for phases older than their records). */
 export async function phaseInput(pc: PhaseClient, phaseId: string): Promise<PhaseInput> {
-  return pc.records.read(checkPhaseId(phaseId))?.input ?? (await startInputFromHistory(pc, phaseId));
+  return (await pc.records.read(checkPhaseId(phaseId)))?.input ?? (await startInputFromHistory(pc, phaseId));
 }
 
 /** The start input of a phase's first run, from Temporal's history (for phases older than their records). */
@@ -455,7 +459,23 @@ async function startInputFromHistory(pc: PhaseClient, phaseId: string): Promise<
 export async function verifyPhase(pc: PhaseClient, phaseId: string): Promise<PhaseVerification> {
   const state = await getState(pc, phaseId);
   if (state.freeze === null) throw new PhaseError('refused', `phase ${phaseId} is ${state.status}: nothing frozen to verify`);
-  return verifyFrozenDir(state.freeze.dir, state.freeze.manifestSha256);
+  if (!isStoreRef(state.freeze.dir)) return verifyFrozenDir(state.freeze.dir, state.freeze.manifestSha256);
+  return verifyStored(pc, state.freeze.dir, state.freeze.manifestSha256);
+}
+
+/** Verifies a frozen set in the artifact store: a fresh download of every object, checked like a folder. */
+async function verifyStored(pc: PhaseClient, ref: string, manifestSha256: string): Promise<PhaseVerification> {
+  if (pc.store === undefined || pc.store.kind === 'local') {
+    throw new PhaseError('invalid', `the phase was frozen to ${ref}: set PHASEGATE_ARTIFACT_STORE=s3 and the PHASEGATE_S3_* settings of that store to verify it`);
+  }
+  const scratch = mkdtempSync(path.join(os.tmpdir(), 'phasegate-verify-'));
+  try {
+    const dir = await pc.store.fetch(ref, scratch);
+    if (dir === null) throw new PhaseError('failed', `nothing is stored under ${ref}`);
+    return { ...verifyFrozenDir(dir, manifestSha256), dir: ref };
+  } finally {
+    rmSync(scratch, { recursive: true, force: true });
+  }
 }
 
 /**

@@ -52,6 +52,26 @@ export const envSchema = z.object({
   PHASEGATE_CONSOLE_URL: z.url({ protocol: /^https?$/ }).optional(),
   /** Where the worker serves the Temporal SDK's own Prometheus metrics (host:port); unset: not served. */
   PHASEGATE_WORKER_METRICS_ADDRESS: z.string().regex(/^[0-9a-zA-Z.:[\]-]+:[0-9]{1,5}$/, 'must be host:port').optional(),
+  /**
+   * Where activities leave files for each other, frozen artifacts and phase records (common/artifact-store.ts):
+   * `local` (this host's state folder; the embedded default) or `s3` (an S3-compatible bucket every worker
+   * reaches: workers on several hosts). With `s3`, credentials come from AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY.
+   */
+  PHASEGATE_ARTIFACT_STORE: z.enum(['local', 's3']).default('local'),
+  /** An S3-compatible endpoint (e.g. MinIO's http://127.0.0.1:9000); unset for AWS S3 itself. */
+  PHASEGATE_S3_ENDPOINT: z.url({ protocol: /^https?$/ }).optional(),
+  PHASEGATE_S3_BUCKET: z
+    .string()
+    .regex(/^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$/, 'an S3 bucket name: 3-63 lower-case letters, digits, dots, hyphens')
+    .optional(),
+  /** A key prefix inside the bucket (several deployments may share one bucket). */
+  PHASEGATE_S3_PREFIX: z
+    .string()
+    .regex(/^([A-Za-z0-9][A-Za-z0-9._-]*(\/[A-Za-z0-9][A-Za-z0-9._-]*)*)?$/, 'path segments without leading or trailing slashes')
+    .default(''),
+  PHASEGATE_S3_REGION: z.string().min(1).default('us-east-1'),
+  /** Path-style URLs (host/bucket/key), which MinIO and most S3-compatible servers need. */
+  PHASEGATE_S3_FORCE_PATH_STYLE: booleanFromEnv.default(true),
   PHASEGATE_TEMPORAL_BIN: z.string().min(1).optional(),
   PHASEGATE_PYTHON: z.string().min(1).optional(),
   LOG_LEVEL: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent']).default('info'),
@@ -79,6 +99,9 @@ export function parseEnv(source: NodeJS.ProcessEnv = process.env): Readonly<Env>
   }
   if ((env.PHASEGATE_HTTP_TLS_CERT_PATH === undefined) !== (env.PHASEGATE_HTTP_TLS_KEY_PATH === undefined)) {
     throw new ConfigError('invalid environment:\n  PHASEGATE_HTTP_TLS_CERT_PATH/PHASEGATE_HTTP_TLS_KEY_PATH: set both or neither');
+  }
+  if (env.PHASEGATE_ARTIFACT_STORE === 's3' && env.PHASEGATE_S3_BUCKET === undefined) {
+    throw new ConfigError('invalid environment:\n  PHASEGATE_S3_BUCKET: required when PHASEGATE_ARTIFACT_STORE is s3');
   }
   if (!LOOPBACK_HOSTS.includes(env.PHASEGATE_HTTP_HOST) && env.PHASEGATE_HTTP_TLS_CERT_PATH === undefined) {
     throw new ConfigError('invalid environment:\n  PHASEGATE_HTTP_HOST: a non-loopback address needs TLS (PHASEGATE_HTTP_TLS_CERT_PATH and PHASEGATE_HTTP_TLS_KEY_PATH)');

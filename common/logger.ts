@@ -16,6 +16,8 @@ export const redactPaths = [
   'env.MODAL_TOKEN_SECRET',
   'env.TEMPORAL_API_KEY',
   'env.HF_TOKEN',
+  'env.AWS_SECRET_ACCESS_KEY',
+  'env.AWS_SESSION_TOKEN',
   'headers.authorization',
 ];
 

@@ -7,12 +7,15 @@
  *
  * The embedded store is one JSON document per phase in `<state>/records/`, replaced atomically (written to a
  * temporary file, fsynced, renamed, the folder fsynced), so a crash leaves the old record or the new one, never
- * half of either. A FROZEN record is final: no later write replaces it. (Workers on several hosts need a shared
- * store instead; see the README.)
+ * half of either. With workers on several hosts the records live in the shared artifact store instead
+ * (`records/<phaseId>.json` in the bucket, common/artifact-store.ts), so a record written by one worker is read by
+ * another worker and by the CLI on any host. A FROZEN record is final: no later write replaces it.
  */
 import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import path from 'node:path';
 import type { PhaseInput, PhaseState } from '../workflows/definitions';
+import { artifactStoreFromEnv, type ArtifactStore } from './artifact-store';
+import { resolvePaths, type Env } from './config';
 
 export const RECORD_VERSION = 1;
 
@@ -36,15 +39,63 @@ export class RecordRefused extends Error {
 
 const PHASE_ID = /^[a-z0-9][a-z0-9-]{0,199}$/;
 
-export class PhaseRecordStore {
+/** Where phase records are kept: a folder on this host, or the shared artifact store. */
+export interface PhaseRecords {
+  read(phaseId: string): Promise<PhaseRecord | null>;
+  /** Every record, newest first. */
+  list(): Promise<PhaseRecord[]>;
+  write(input: PhaseInput, state: PhaseState, now?: Date): Promise<PhaseRecord>;
+}
+
+/** The records of a deployment: the shared store's when it has one, else the state folder's. */
+export function phaseRecords(store: ArtifactStore, recordsDir: string): PhaseRecords {
+  return store.kind === 'local' ? new PhaseRecordStore(recordsDir) : new StoredPhaseRecords(store);
+}
+
+/** The artifact store and the phase records the environment configures (one place for the CLI, HTTP API, worker). */
+export function storesFromEnv(env: Readonly<Env>): { store: ArtifactStore; records: PhaseRecords } {
+  const paths = resolvePaths(env);
+  const store = artifactStoreFromEnv(env, paths.stateDir);
+  return { store, records: phaseRecords(store, paths.recordsDir) };
+}
+
+function checkPhaseId(phaseId: string): string {
+  if (!PHASE_ID.test(phaseId)) throw new RecordRefused(`not a phase id: ${phaseId.slice(0, 80)}`);
+  return phaseId;
+}
+
+/** The record to write over `existing`; refused when `existing` is FROZEN and this is not the same freeze. */
+function nextRecord(existing: PhaseRecord | null, input: PhaseInput, state: PhaseState, now: Date): PhaseRecord {
+  if (existing?.state.status === 'FROZEN' && (state.status !== 'FROZEN' || existing.state.startedAt !== state.startedAt)) {
+    throw new RecordRefused(`phase ${input.phaseId} is FROZEN in its record (${existing.updatedAt}); a frozen phase is never run again`);
+  }
+  const { resume: _r, continueAsNewAfterEvents: _c, publishSearchAttributes: _p, ...recorded } = input;
+  return {
+    recordVersion: RECORD_VERSION,
+    phaseId: input.phaseId,
+    phaseName: input.protocol.phase,
+    protocolHash: input.protocolHash,
+    input: recorded,
+    state,
+    updatedAt: now.toISOString(),
+  };
+}
+
+const newestFirst = (a: PhaseRecord, b: PhaseRecord): number => b.updatedAt.localeCompare(a.updatedAt);
+
+/** One JSON file per phase in a folder of this host. */
+export class PhaseRecordStore implements PhaseRecords {
   constructor(readonly dir: string) {}
 
   private file(phaseId: string): string {
-    if (!PHASE_ID.test(phaseId)) throw new RecordRefused(`not a phase id: ${phaseId.slice(0, 80)}`);
-    return path.join(this.dir, `${phaseId}.json`);
+    return path.join(this.dir, `${checkPhaseId(phaseId)}.json`);
   }
 
-  read(phaseId: string): PhaseRecord | null {
+  read(phaseId: string): Promise<PhaseRecord | null> {
+    return Promise.resolve(this.readSync(phaseId));
+  }
+
+  private readSync(phaseId: string): PhaseRecord | null {
     try {
       return JSON.parse(readFileSync(this.file(phaseId), 'utf8')) as PhaseRecord;
     } catch (err) {
@@ -53,37 +104,47 @@ export class PhaseRecordStore {
     }
   }
 
-  /** Every record, newest first. */
-  list(): PhaseRecord[] {
+  list(): Promise<PhaseRecord[]> {
     let names: string[];
     try {
       names = readdirSync(this.dir).filter((n) => n.endsWith('.json'));
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return Promise.resolve([]);
       throw err;
     }
-    return names
-      .map((n) => this.read(n.slice(0, -'.json'.length)))
-      .filter((r): r is PhaseRecord => r !== null)
-      .sort((a, b) => b.updatedAt.localeCompare(a.updatedAt));
+    const records = names.map((n) => this.readSync(n.slice(0, -'.json'.length))).filter((r): r is PhaseRecord => r !== null);
+    return Promise.resolve(records.sort(newestFirst));
   }
 
-  write(input: PhaseInput, state: PhaseState, now: Date = new Date()): PhaseRecord {
-    const existing = this.read(input.phaseId);
-    if (existing?.state.status === 'FROZEN' && (state.status !== 'FROZEN' || existing.state.startedAt !== state.startedAt)) {
-      throw new RecordRefused(`phase ${input.phaseId} is FROZEN in its record (${existing.updatedAt}); a frozen phase is never run again`);
-    }
-    const { resume: _r, continueAsNewAfterEvents: _c, publishSearchAttributes: _p, ...recorded } = input;
-    const record: PhaseRecord = {
-      recordVersion: RECORD_VERSION,
-      phaseId: input.phaseId,
-      phaseName: input.protocol.phase,
-      protocolHash: input.protocolHash,
-      input: recorded,
-      state,
-      updatedAt: now.toISOString(),
-    };
+  write(input: PhaseInput, state: PhaseState, now: Date = new Date()): Promise<PhaseRecord> {
+    const record = nextRecord(this.readSync(input.phaseId), input, state, now);
     writeDurably(this.file(input.phaseId), `${JSON.stringify(record, null, 2)}\n`);
+    return Promise.resolve(record);
+  }
+}
+
+/**
+ * Records as objects `records/<phaseId>.json` in the shared artifact store. Only the phase's own workflow writes
+ * its record (one activity at a time), so read-then-write needs no lock; an object PUT replaces the whole record.
+ */
+export class StoredPhaseRecords implements PhaseRecords {
+  constructor(private readonly store: ArtifactStore) {}
+
+  async read(phaseId: string): Promise<PhaseRecord | null> {
+    if (!PHASE_ID.test(phaseId)) return null;
+    const text = await this.store.getText(`records/${phaseId}.json`);
+    return text === null ? null : (JSON.parse(text) as PhaseRecord);
+  }
+
+  async list(): Promise<PhaseRecord[]> {
+    const ids = (await this.store.list('records/')).filter((k) => k.endsWith('.json')).map((k) => k.slice('records/'.length, -'.json'.length));
+    const records = await Promise.all(ids.map((id) => this.read(id)));
+    return records.filter((r): r is PhaseRecord => r !== null).sort(newestFirst);
+  }
+
+  async write(input: PhaseInput, state: PhaseState, now: Date = new Date()): Promise<PhaseRecord> {
+    const record = nextRecord(await this.read(checkPhaseId(input.phaseId)), input, state, now);
+    await this.store.putText(`records/${input.phaseId}.json`, `${JSON.stringify(record, null, 2)}\n`);
     return record;
   }
 }

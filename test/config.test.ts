@@ -1,5 +1,7 @@
 /** Environment configuration: explicit coercion and one clear error per bad variable. */
-import { ConfigError, parseEnv } from '../common/config';
+import path from 'node:path';
+import { ConfigError, parseEnv, repoRoot } from '../common/config';
+import { runProcess } from './helpers/temporal';
 import { connectionSettings } from '../common/temporal-connection';
 
 test('defaults to the embedded dev server', () => {
@@ -26,4 +28,22 @@ test('reports every bad variable by name', () => {
     expect(message).toContain('LOG_LEVEL');
   }
   expect(() => parseEnv({ TEMPORAL_TLS_CERT_PATH: '/a.pem' })).toThrow(/set both or neither/);
+});
+
+test('the s3 artifact store needs a bucket and takes its settings explicitly coerced; the default is this host', () => {
+  expect(parseEnv({}).PHASEGATE_ARTIFACT_STORE).toBe('local');
+  expect(() => parseEnv({ PHASEGATE_ARTIFACT_STORE: 's3' })).toThrow(/PHASEGATE_S3_BUCKET: required when PHASEGATE_ARTIFACT_STORE is s3/);
+  expect(() => parseEnv({ PHASEGATE_ARTIFACT_STORE: 'nfs' })).toThrow(/PHASEGATE_ARTIFACT_STORE/);
+  expect(() => parseEnv({ PHASEGATE_ARTIFACT_STORE: 's3', PHASEGATE_S3_BUCKET: 'B_ad' })).toThrow(/PHASEGATE_S3_BUCKET: an S3 bucket name/);
+  expect(() => parseEnv({ PHASEGATE_S3_ENDPOINT: 'minio:9000' })).toThrow(/PHASEGATE_S3_ENDPOINT/);
+  expect(() => parseEnv({ PHASEGATE_S3_PREFIX: '/abs/' })).toThrow(/PHASEGATE_S3_PREFIX/);
+  const env = parseEnv({ PHASEGATE_ARTIFACT_STORE: 's3', PHASEGATE_S3_BUCKET: 'phasegate', PHASEGATE_S3_ENDPOINT: 'http://127.0.0.1:9000', PHASEGATE_S3_FORCE_PATH_STYLE: 'false' });
+  expect(env.PHASEGATE_S3_FORCE_PATH_STYLE).toBe(false);
+  expect(env.PHASEGATE_S3_REGION).toBe('us-east-1');
+});
+
+test('the CLI refuses a bad store configuration by name with exit 2, before connecting to anything', async () => {
+  const r = await runProcess(path.join(repoRoot, 'bin', 'phasegate'), ['list'], { PATH: process.env.PATH, PHASEGATE_ARTIFACT_STORE: 's3', PHASEGATE_S3_ENDPOINT: 'http://127.0.0.1:9' });
+  expect(r.out).toContain('PHASEGATE_S3_BUCKET: required when PHASEGATE_ARTIFACT_STORE is s3');
+  expect(r.code).toBe(2);
 });

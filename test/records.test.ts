@@ -90,11 +90,11 @@ test('deleted from Temporal, a FROZEN and a FAILED phase still answer every comm
     const rerun = await rejection(startPhase(pc, frozen), PhaseError);
     expect(rerun.message).toContain('is FROZEN (its record');
     // Started behind phasegate's back (straight through Temporal), it fails at its first step, before any gate.
-    const sneaky = await runProcess(repoPaths.temporalBin, ['workflow', 'start', '--type', 'phaseWorkflow', '--task-queue', taskQueue, '--workflow-id', frozen.phaseId, '--address', server.env.address, '--input', JSON.stringify(pc.records.read(frozen.phaseId)!.input)]);
+    const sneaky = await runProcess(repoPaths.temporalBin, ['workflow', 'start', '--type', 'phaseWorkflow', '--task-queue', taskQueue, '--workflow-id', frozen.phaseId, '--address', server.env.address, '--input', JSON.stringify((await pc.records.read(frozen.phaseId))!.input)]);
     expect(sneaky.code).toBe(0);
     const refused = await rejection(phaseResult(server.env.client, frozen.phaseId), Error);
     expect(causes(refused)).toMatch(/is FROZEN in its record/);
-    expect(pc.records.read(frozen.phaseId)?.state).toEqual(frozenState);
+    expect((await pc.records.read(frozen.phaseId))?.state).toEqual(frozenState);
 
     // 5. A restart of the FAILED one carries its spend into the new budget check.
     const restarted = await startPhase(pc, failing);
@@ -135,7 +135,7 @@ test('a cancel that arrives while the phase freezes leaves it FROZEN', async () 
     const final = await phaseResult(server.env.client, loaded.phaseId);
     expect(final.status).toBe('FROZEN');
     expect((await server.env.client.workflow.getHandle(loaded.phaseId).describe()).status.name).toBe('COMPLETED');
-    expect(pc.records.read(loaded.phaseId)?.state.status).toBe('FROZEN');
+    expect((await pc.records.read(loaded.phaseId))?.state.status).toBe('FROZEN');
   });
 });
 

@@ -11,6 +11,7 @@ import { PhaseError } from '../client/errors';
 import type { Logger } from 'pino';
 import { connectClient, ensureSearchAttributes } from '../client/connection';
 import { startHttpServer } from '../client/http';
+import { artifactStoreFromEnv } from '../common/artifact-store';
 import { notifyConfig, resolvePaths, type Env } from '../common/config';
 import { connectionSettings } from '../common/temporal-connection';
 import { startDevServer, type DevServer } from './dev-server';
@@ -56,12 +57,14 @@ export async function runServer(env: Readonly<Env>, logger: Logger, options: { w
     ...(settings.tls !== undefined ? { tls: settings.tls } : {}),
     ...(settings.apiKey !== undefined ? { apiKey: settings.apiKey } : {}),
   });
+  const store = artifactStoreFromEnv(env, paths.stateDir);
   const worker = await createPhaseWorker({
     connection,
     namespace: settings.namespace,
     taskQueue: env.PHASEGATE_TASK_QUEUE,
     paths,
     logger,
+    store,
     modalPollSeconds: env.PHASEGATE_MODAL_POLL_SECONDS,
     modelRuns: env.PHASEGATE_MODEL_RUNS,
     notify: notifyConfig(env),
@@ -82,7 +85,7 @@ export async function runServer(env: Readonly<Env>, logger: Logger, options: { w
     logger.error(serverDied);
     worker.shutdown();
   });
-  process.stdout.write(`phasegate worker on task queue "${env.PHASEGATE_TASK_QUEUE}" (model runs on "${modelRunQueue(env.PHASEGATE_TASK_QUEUE)}", ${env.PHASEGATE_MODEL_RUNS} at once); Ctrl-C stops it\n`);
+  process.stdout.write(`phasegate worker on task queue "${env.PHASEGATE_TASK_QUEUE}" (model runs on "${modelRunQueue(env.PHASEGATE_TASK_QUEUE)}", ${env.PHASEGATE_MODEL_RUNS} at once); artifacts on ${store.location}; Ctrl-C stops it\n`);
   try {
     await worker.run();
   } finally {

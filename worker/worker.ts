@@ -11,7 +11,9 @@ import { createActivities } from '../activities';
 import type { ComputeBackend } from '../activities/backends/backend';
 import { LocalBackend } from '../activities/backends/local';
 import { modalBackendFromEnv } from '../activities/backends/modal';
+import { LocalArtifactStore, type ArtifactStore } from '../common/artifact-store';
 import { repoRoot, type NotifyConfig, type Paths } from '../common/config';
+import { phaseRecords } from '../common/phase-records';
 import { modelRunQueue } from '../workflows/definitions';
 
 export interface PhaseWorkerOptions {
@@ -23,6 +25,8 @@ export interface PhaseWorkerOptions {
   /** Prebuilt workflow bundle (tests build it once per file); otherwise built from workflows/ at start. */
   workflowBundle?: WorkerOptions['workflowBundle'];
   backends?: Partial<Record<'local' | 'modal', ComputeBackend>>;
+  /** The artifact store (common/artifact-store.ts); default: this host's disk, as with the embedded server. */
+  store?: ArtifactStore;
   modalPollSeconds?: number;
   /** Model runs this worker runs at once (each is a runtime process or a Modal launcher). */
   modelRuns?: number;
@@ -59,15 +63,24 @@ export const workflowsPath = path.join(repoRoot, 'workflows', 'index.ts');
 /** Model runs at once per worker unless configured (PHASEGATE_MODEL_RUNS): on Modal each is a launcher process. */
 export const DEFAULT_MODEL_RUNS = 2;
 
+/**
+ * On shutdown a running attempt is stopped (its runtime gets SIGTERM and checkpoints what it finished); this is
+ * the time it gets to do so before the worker gives up waiting. A container's stop grace period must be longer
+ * (docker-compose.yml), or the worker is killed before its attempts are charged.
+ */
+export const WORKER_SHUTDOWN_GRACE_SECONDS = 20;
+
 export async function createPhaseWorker(o: PhaseWorkerOptions): Promise<PhaseWorker> {
   const runtime = { python: o.paths.python, runtimeSrc: o.paths.runtimeSrc };
   // Modal credentials are checked per run, so a worker without them still serves local phases, and a Modal phase
   // fails at once (not retried) with a message saying how to set them.
   const backends = o.backends ?? { local: new LocalBackend(runtime), modal: modalBackendFromEnv(runtime, o.modalPollSeconds) };
+  const store = o.store ?? new LocalArtifactStore(o.paths.stateDir);
   const activities = createActivities({
       artifactsDir: o.paths.artifactsDir,
       workDir: o.paths.workDir,
-      recordsDir: o.paths.recordsDir,
+      store,
+      records: phaseRecords(store, o.paths.recordsDir),
       modelCacheDir: path.join(o.paths.stateDir, 'models'),
       repoRoot,
       python: o.paths.python,
@@ -83,9 +96,7 @@ export async function createPhaseWorker(o: PhaseWorkerOptions): Promise<PhaseWor
     // throttle (up to 60 s) would let a cancelled GPU run go on, and be paid for, for a minute.
     maxHeartbeatThrottleInterval: '3 seconds',
     defaultHeartbeatThrottleInterval: '3 seconds',
-    // On shutdown a running attempt is stopped (its runtime gets SIGTERM and checkpoints what it finished);
-    // this is the time it gets to do so before the worker gives up waiting.
-    shutdownGraceTime: '20 seconds',
+    shutdownGraceTime: `${WORKER_SHUTDOWN_GRACE_SECONDS} seconds`,
   } satisfies Partial<WorkerOptions>;
   const phases = await Worker.create({
     ...common,

@@ -372,6 +372,8 @@ export const ErrorTypes = {
   alreadyFrozen: 'AlreadyFrozen',
   /** An update validator refused a decision (the message says why). */
   decisionRefused: 'DecisionRefused',
+  /** The artifact store refused an operation (access denied, no such bucket): a configuration to fix. */
+  artifactStoreRefused: 'ArtifactStoreRefused',
   /** The phase ended FAILED (its final state is the failure's detail). */
   phaseFailed: 'PhaseFailed',
 } as const;
