@@ -9,7 +9,7 @@
   const TOKEN = 'phasegate.token';
   const DOMAIN = 'phasegate-decision-v1\n';
   const $ = (sel) => document.querySelector(sel);
-  const state = { person: null, page: null, gateKey: null, timer: null, artifacts: new Map() };
+  const state = { person: null, page: null, gateKey: null, timer: null, artifacts: new Map(), lastResult: null };
 
   // ---- talking to the server ----
   async function api(path, options = {}) {
@@ -70,6 +70,8 @@
     if (page.gateKey !== state.gateKey) {
       state.gateKey = page.gateKey;
       $('#decide').innerHTML = page.decide;
+      // The decide section was drawn anew: the answer to the last decision stays on screen.
+      if (state.lastResult) showResult(state.lastResult.className, state.lastResult.text);
     }
     for (const bar of document.querySelectorAll('.meter > div[data-width]')) bar.style.width = `${bar.dataset.width}%`;
     await Promise.all([showImages($('#phase-body')), showKeyStatus()]);
@@ -157,11 +159,18 @@
     return { verdict: f('verdict'), ref: f('ref'), notes: f('notes') };
   }
 
+  /** The answer to a decision, kept in the page's state so that a redraw of its section does not wipe it. */
+  function showResult(className, text) {
+    state.lastResult = { className, text };
+    const result = $('#decision-result');
+    if (!result) return;
+    result.className = className;
+    result.textContent = text;
+  }
+
   async function decide(form) {
     const kind = form.dataset.kind;
-    const result = $('#decision-result');
-    result.className = '';
-    result.textContent = 'signing…';
+    showResult('', 'signing…');
     try {
       const stored = await storedKey();
       if (!stored) throw new Error(`import your private key file first (the key of ${state.person})`);
@@ -174,13 +183,11 @@
       if (!text.startsWith(DOMAIN) || !sameValue(JSON.parse(text.slice(DOMAIN.length)), unsigned)) throw new Error('the server offered bytes to sign that do not match this decision; nothing was signed');
       const signature = b64(await crypto.subtle.sign({ name: 'Ed25519' }, stored.key, bytes));
       const r = await api(`/phases/${encodeURIComponent(state.page.phaseId)}/${kind}`, { method: 'POST', body: { ...unsigned, signature } });
-      result.className = 'ok';
-      result.textContent = `${r.applied ? 'accepted' : 'already applied'}: the phase is ${r.status}`;
+      showResult('ok', `${r.applied ? 'accepted' : 'already applied'}: the phase is ${r.status}`);
       state.gateKey = null;
       await poll();
     } catch (err) {
-      result.className = 'refused';
-      result.textContent = err.message;
+      showResult('refused', err.message);
     }
   }
 
