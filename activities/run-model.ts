@@ -134,7 +134,11 @@ export async function runModel(deps: RunModelDeps, input: RunModelInput): Promis
     try {
       resultPath = await publishRun(deps.store, runKey(input.phaseId, model.key, input.attempt), result.resultPath);
     } catch (err) {
-      throw storeFailure(err, [{ measuredSeconds: result.measuredSeconds, backendIds: result.backendIds, startedAtMs }]);
+      // The run happened: whatever goes wrong after it (the store, an output that is not a valid result), its
+      // seconds and its remote calls' windows go with the failure, so that the ledger charges them.
+      const details = [{ measuredSeconds: result.measuredSeconds, backendIds: result.backendIds, startedAtMs, windows: result.windows }];
+      const failure = storeFailure(err, details);
+      throw failure !== err ? failure : ApplicationFailure.create({ type: ErrorTypes.runtimeFailure, message: (err as Error).message, details });
     }
     return { ...result, resultPath, startedAtMs };
   } catch (err) {

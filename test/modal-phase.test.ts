@@ -172,7 +172,7 @@ test.each([
     await worker.runUntil(async () => {
       const state = await runToFailure(pc, loaded);
       expect(state.ledger.length).toBeGreaterThan(0);
-      expect(state.ledger.every((e) => e.secondsBasis === 'container')).toBe(true);
+      expect(state.ledger.map((e) => [e.attempt, e.outcome, e.secondsBasis, e.error ?? ''])).toEqual(state.ledger.map((e) => [e.attempt, e.outcome, 'container', e.error ?? '']));
       expectLedgerCoversTheBill(state, modal);
     });
     expect(Object.values(modal.runs()).reduce((a, b) => a + b, 0)).toBe(paidRuns);

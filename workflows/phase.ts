@@ -368,16 +368,12 @@ async function runModelsSideBySide(input: PhaseInput, state: PhaseState, moveTo:
         inFlight.delete(model.key);
         changes++;
       }
-      if (done.outcome === 'succeeded') continue;
-      if (done.outcome === 'cancelled') throw done.failure;
-      if (isNonRetryable(done.failure)) {
-        progress.status = 'failed';
-        state.failure = `${model.key}: ${done.error ?? 'failed'}`;
-        moveTo('FAILED', state.failure);
+      const next = settleAttempt(done, state, model.key, moveTo);
+      if (next === 'succeeded') continue;
+      if (next === 'failed') {
         ended = true;
         return;
       }
-      progress.status = 'pending';
       await sleep(Math.round(retryDelaySeconds(protocol.retry, attempt + 1) * 1000));
     }
   };
@@ -428,15 +424,9 @@ async function runModelsOneByOne(input: PhaseInput, state: PhaseState, moveTo: M
       moveTo('RUNNING', `${model.key} attempt ${attempt}`);
       // The attempt may not outlive the budget left: it is stopped (and charged) when the approval runs out.
       const done = await runAttempt(input, state, model, attempt, attemptTimeoutSeconds(model.timeout_minutes, state.budget.approvedUsd - spentUsd(state.ledger), usdPerSecond), persist);
-      if (done.outcome === 'succeeded') continue;
-      if (done.outcome === 'cancelled') throw done.failure;
-      if (isNonRetryable(done.failure)) {
-        progress.status = 'failed';
-        state.failure = `${model.key}: ${done.error ?? 'failed'}`;
-        moveTo('FAILED', state.failure);
-        return;
-      }
-      progress.status = 'pending';
+      const next = settleAttempt(done, state, model.key, moveTo);
+      if (next === 'succeeded') continue;
+      if (next === 'failed') return;
       publish();
       await sleep(Math.round(retryDelaySeconds(protocol.retry, attempt + 1) * 1000));
     }
@@ -445,6 +435,24 @@ async function runModelsOneByOne(input: PhaseInput, state: PhaseState, moveTo: M
 
 /** Read through a call: runAttempt sets the status, which TypeScript's narrowing in the loops cannot see. */
 const succeeded = (p: { status: string }): boolean => p.status === 'succeeded';
+
+/**
+ * What an ended attempt means for its model: done, failed for good (the phase fails), or to be retried after the
+ * back-off. A cancelled attempt is thrown on: the phase is being cancelled.
+ */
+function settleAttempt(done: AttemptResult, state: PhaseState, modelKey: string, moveTo: MoveTo): 'succeeded' | 'failed' | 'retry' {
+  const progress = state.models.find((m) => m.modelKey === modelKey)!;
+  if (done.outcome === 'succeeded') return 'succeeded';
+  if (done.outcome === 'cancelled') throw done.failure;
+  if (isNonRetryable(done.failure)) {
+    progress.status = 'failed';
+    state.failure = `${modelKey}: ${done.error ?? 'failed'}`;
+    moveTo('FAILED', state.failure);
+    return 'failed';
+  }
+  progress.status = 'pending';
+  return 'retry';
+}
 
 interface AttemptResult {
   outcome: AttemptOutcome;

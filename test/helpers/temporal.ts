@@ -108,7 +108,8 @@ export function phaseClient(env: TestWorkflowEnvironment, taskQueue: string, pat
 }
 
 export async function makeWorker(env: TestWorkflowEnvironment, workflowBundle: WorkflowBundleWithSourceMap, paths: Paths, taskQueue: string, notify?: NotifyConfig): Promise<PhaseWorker> {
-  return createPhaseWorker({ connection: env.nativeConnection, namespace: env.namespace ?? 'default', taskQueue, paths, logger: quietLogger, workflowBundle, ...(notify ? { notify } : {}) });
+  // Modal launchers (against the double) poll quickly, as PHASEGATE_MODAL_POLL_SECONDS would set it for a real worker.
+  return createPhaseWorker({ connection: env.nativeConnection, namespace: env.namespace ?? 'default', taskQueue, paths, logger: quietLogger, workflowBundle, modalPollSeconds: 0.05, ...(notify ? { notify } : {}) });
 }
 
 export interface TestWorker {

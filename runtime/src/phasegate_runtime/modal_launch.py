@@ -53,6 +53,8 @@ from .modal_job import (
 EXIT_OK, EXIT_FAILURE, EXIT_INVALID, EXIT_MISSING_CREDENTIALS = 0, 1, 2, 3
 RECORD_FILE = "modal-launch.json"
 PREFETCH_FUNCTION, SMOKE_FUNCTION = "prefetch_model", "smoke"
+# How long to wait before polling again after a poll failed on the network.
+RETRY_POLL_S = 5.0
 # The shortest remote call worth spawning (Modal's own minimum timeout is 10 s).
 MIN_CALL_S = 10
 # What a call may still be billed after its launcher saw it end (idle scale-down, then the container's stop).
@@ -362,7 +364,7 @@ def _wait(call: CallHandle, emit: Emit, polling: Polling) -> tuple[str, Any]:
                     f"could not poll the call for {unknown_for_s:.0f} s ({why}); it may still run",
                 )
             emit("running", call_id=call.object_id, elapsed_s=round(clock() - started, 1), poll_error=why)
-            sleep(poll_s)
+            sleep(min(poll_s, RETRY_POLL_S))  # a failed poll returns at once: try again soon, not busily
 
 
 def _is_hub_model(spec: dict[str, Any]) -> bool:

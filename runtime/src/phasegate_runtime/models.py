@@ -117,8 +117,13 @@ def load_model(spec: ModelSpec, cache_dir: str) -> LoadedModel:
     kwargs: dict[str, Any] = {"dtype": _DTYPES[spec.dtype]}
     if attn is not None:
         kwargs["attn_implementation"] = attn
+    if device.type == "cuda":
+        # Straight onto the GPU: no full copy in host memory first (11.9 s against ~3 s for a 7B model from a
+        # cold page cache on an H200, issue 16).
+        kwargs["device_map"] = str(device)
     model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    model.to(device)  # type: ignore[arg-type]
+    if device.type != "cuda":
+        model.to(device)  # type: ignore[arg-type]
     model.eval()
     # Every method's generate (hooks, nnsight, pyvene) and the baseline then share one greedy decoder.
     install_fast_generate(model)

@@ -418,6 +418,9 @@ class Run:
                 # The native cross-check, apart: its cost is not the fast path's.
                 "native_wall_s": sum(float(u["wall_s"]) for u in natives),
                 "process_wall_s": time.perf_counter() - started,
+                # From the Python process's own start (interpreter, imports, load, the protocol): what a real
+                # run pays end to end; None where /proc cannot tell.
+                "since_process_start_s": process_age_s(),
                 # One-time compilation of the fused decode kernels, inside the first unit that decoded.
                 "compile_s": COMPILE_SECONDS[0] - compiled_before,
             },
@@ -430,3 +433,13 @@ class Run:
 
 def run(spec: RunSpec, out: Path, events: EventStream, loader: Loader = load_model) -> Path:
     return Run(spec, out, events, loader).execute()
+
+
+def process_age_s() -> float | None:
+    """Seconds since this process started (Linux /proc), imports and interpreter start-up included."""
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
