@@ -56,7 +56,7 @@ async function submitDecision(page: Page, kind: string, fields: Record<string, s
     else await page.fill(`${form} [name=${name}]`, value);
   }
   await page.click(`${form} button[type=submit]`);
-  await page.waitForSelector('#decision-result.ok, #decision-result.refused', { timeout: 60_000 });
+  await page.waitForSelector('#decision-result.ok, #decision-result.refused', { timeout: 120_000 });
   return (await page.textContent('#decision-result')) ?? '';
 }
 
