@@ -191,7 +191,7 @@ function decideSection(d: PhaseDetail): string {
            <label>notes <textarea name="notes" maxlength="4000"></textarea></label>
            <button type="submit">Sign and submit</button>
          </form>`;
-  return section('decide', 'Decide', `${hint}<p>Each decision is signed in this browser with your own key (imported above); the server never sees it.</p>${forms}<p id="decision-result" role="status"></p>`);
+  return section('decide', 'Decide', `${hint}<p>Each decision is signed in this browser with your own key (imported above); the server never sees it.</p>${forms}`);
 }
 
 export interface PhasePage {

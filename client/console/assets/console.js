@@ -9,7 +9,7 @@
   const TOKEN = 'phasegate.token';
   const DOMAIN = 'phasegate-decision-v1\n';
   const $ = (sel) => document.querySelector(sel);
-  const state = { person: null, page: null, gateKey: null, timer: null, artifacts: new Map(), lastResult: null };
+  const state = { person: null, page: null, gateKey: null, timer: null, artifacts: new Map() };
 
   // ---- talking to the server ----
   async function api(path, options = {}) {
@@ -70,8 +70,6 @@
     if (page.gateKey !== state.gateKey) {
       state.gateKey = page.gateKey;
       $('#decide').innerHTML = page.decide;
-      // The decide section was drawn anew: the answer to the last decision stays on screen.
-      if (state.lastResult) showResult(state.lastResult.className, state.lastResult.text);
     }
     for (const bar of document.querySelectorAll('.meter > div[data-width]')) bar.style.width = `${bar.dataset.width}%`;
     await Promise.all([showImages($('#phase-body')), showKeyStatus()]);
@@ -159,11 +157,9 @@
     return { verdict: f('verdict'), ref: f('ref'), notes: f('notes') };
   }
 
-  /** The answer to a decision, kept in the page's state so that a redraw of its section does not wipe it. */
+  /** The answer to a decision: in the page's shell, outside the decide section that each gate redraws. */
   function showResult(className, text) {
-    state.lastResult = { className, text };
     const result = $('#decision-result');
-    if (!result) return;
     result.className = className;
     result.textContent = text;
   }
