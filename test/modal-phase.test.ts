@@ -244,3 +244,33 @@ test('a call that would run past the approval is stopped by its own timeout: the
     });
   });
 });
+
+test('a two-model phase whose containers run the real body on the double: the models overlap, the phase freezes', async () => {
+  // The double's `execute` outcome runs modal_job's container body (claim, the runtime's run, done marker) in
+  // a child process per call; each call lasts at least 15 s, a stand-in for a GPU run's length.
+  const modal = fakeModal('execute', { PHASEGATE_MODAL_FAKE_RUN_S: '15' });
+  const tiny = (key: string, id: string): Record<string, unknown> => ({ key, id, gpu: 'A10G', dtype: 'float32', expected_gpu_seconds: 60, timeout_minutes: 10, tiny_seed: 0 });
+  await withEnv(modal.env, async () => {
+    const { worker, pc } = await testWorker(server, 'modal-execute');
+    const loaded = testProtocol('modal-execute', { backend: 'modal', models: [tiny('tiny-qwen2', 'tiny:qwen2'), tiny('tiny-llama', 'tiny:llama')] });
+    await worker.runUntil(async () => {
+      const { phaseId } = await startPhase(pc, loaded);
+      await approveAs(pc, phaseId, { by: 'demo-approver', usd: 1 });
+      await reviewAs(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
+      const state = await phaseResult(server.env.client, phaseId);
+      expect(state.status).toBe('FROZEN');
+      expect(state.ledger.map((e) => [e.modelKey, e.attempt, e.outcome]).sort()).toEqual([
+        ['tiny-llama', 1, 'succeeded'],
+        ['tiny-qwen2', 1, 'succeeded'],
+      ]);
+      for (const m of state.score!.models) expect(m.outputsIdentical).toBe(true);
+      expectLedgerCoversTheBill(state, modal);
+      // Side by side: each model's call started before the other's ended.
+      const runs = Object.values(modal.calls()).filter((c) => c.kind === 'run');
+      expect(runs).toHaveLength(2);
+      const [a, b] = runs.map((c) => [c.containers[0]![0], c.ended_at!] as const);
+      expect(Math.max(a![0], b![0])).toBeLessThan(Math.min(a![1], b![1]));
+    });
+    expect(Object.values(modal.runs())).toEqual([1, 1]);
+  });
+});

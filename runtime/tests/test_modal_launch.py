@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -484,3 +485,53 @@ def test_setup_errors_are_final_with_what_to_do(
     assert main(args, port_factory=lambda: fake) == 3  # not retried: every retry would fail the same way
     assert says in capsys.readouterr().err
     assert fake.spawned == []
+
+
+QUICK = {"max_new_tokens": 3, "batch_size": 2}
+
+
+def test_an_executed_call_runs_the_real_container_body_and_its_output_is_the_runtimes(
+    tmp_path: Path,
+) -> None:
+    # The double's `execute` outcome: the container body (claim, runtime run, done marker) in a child process.
+    spec = write_json(
+        tmp_path / "spec.json",
+        run_spec_dict(tmp_path / "models", repeats=1, methods=["hooks"], generation=QUICK),
+    )
+    job = Job(phase_id="demo-ab12cd34", model_key="tiny-qwen", attempt=1, gpu="A10G", timeout_s=600,
+              spec_path=spec, out_dir=tmp_path / "out")  # fmt: skip
+    fake = FakeModal(tmp_path / "modal.json", outcome="execute")
+    stream = io.StringIO()
+    assert launch(job, fake, Emit(stream), Polling(poll_s=0.05, unknown_for_s=600)) == 0
+    result = json.loads((job.out_dir / "result.json").read_text())
+    assert result["model_key"] == "tiny-qwen"
+    assert "fake_modal_call" not in result
+    assert (job.out_dir / "directions" / "hooks_r0.npy").exists()
+    call = fake.call("fc-fake-1")
+    assert call["reused"] is False
+    assert call["billed_s"] > 0
+    # The run's done marker on the "Volume": a late second call reuses it instead of running again.
+    late = fake.spawn(json.loads(spec.read_text()), gpu="A10G", timeout_s=600)
+    deadline = time.time() + 120
+    while True:
+        try:
+            output = late.get(timeout=0.1)
+            break
+        except TimeoutError:
+            assert time.time() < deadline
+    assert output["status"] == "ok"
+    assert output["reused"] is True
+
+
+def test_cancelling_an_executed_call_stops_its_container_process(tmp_path: Path) -> None:
+    spec = run_spec_dict(tmp_path / "models")
+    fake = FakeModal(tmp_path / "modal.json", outcome="execute", run_s=600)
+    call = fake.spawn(spec, gpu="A10G", timeout_s=600)
+    pid = int(fake.call(call.object_id)["pid"])
+    call.cancel()
+    deadline = time.time() + 10
+    while Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z":
+        assert time.time() < deadline, "the container process outlived its cancel"
+        time.sleep(0.05)
+    with pytest.raises(Exception, match="cancelled"):
+        call.get(timeout=0.1)

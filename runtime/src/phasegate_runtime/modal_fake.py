@@ -9,6 +9,13 @@ TypeScript backend starts them, share one "Modal". Each spawned call's outcome i
 ``PHASEGATE_MODAL_FAKE_OUTCOME`` (``OUTCOMES``), and so is how long it runs (``PHASEGATE_MODAL_FAKE_RUN_S``,
 default 0: output at once).
 
+Every outcome but one answers with a made-up output. ``execute`` runs the real container body instead:
+``modal_job.run_in_container`` with ``run_model_body`` (claim, done marker, the runtime's ``run`` on the spec,
+clean-up) in a child process on this machine, a folder beside the state file standing in for the Volume, the
+model on this machine's CPU (the one change made to the spec). Its
+call is ready once that process has written its output and ``run_s`` has passed (a stand-in for a GPU run's
+length), so a phase on the double can reach FROZEN with real results of tiny models.
+
 It also keeps Modal's bill, so that tests can hold the ledger against it: every call's containers, each billed
 from its start to its end plus the idle ``scaledown_window`` (``billed_s``, once the call is over: finished,
 failed, timed out on the platform, or cancelled). A container starts when the call is spawned (no queueing,
@@ -25,10 +32,14 @@ import hashlib
 import io
 import json
 import os
+import pickle
+import signal
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +56,7 @@ OUTCOMES = (
     "auth_error",
     "not_deployed",
     "preempt",
+    "execute",
 )
 # What the double bills after a call's last output (modal_job.SCALEDOWN_WINDOW_S is the app's setting).
 FAKE_SCALEDOWN_S = 2.0
@@ -175,6 +187,7 @@ class FakeModal:
                 s["spawns"].append(call_id)
             key, sha = _spec_key(spec)
             reused = kind == "run" and self.outcome == "ok" and s["volume"].get(key) == sha
+            execute = kind == "run" and self.outcome == "execute"
             s["calls"][call_id] = {
                 "kind": kind,
                 "spec": spec,
@@ -189,9 +202,37 @@ class FakeModal:
                 "ended_at": None,
                 "containers": [],
                 "billed_s": None,
+                "pid": None,
                 **extra,
             }
+        if execute:
+            self._execute(call_id)
         return FakeCall(self, call_id)
+
+    def volume_dir(self) -> Path:
+        """The folder that stands in for the Modal Volume of ``execute`` calls."""
+        if self._path is None:
+            raise ValueError("the execute outcome needs a state file (PHASEGATE_MODAL_FAKE_STATE)")
+        return self._path.with_name(f"{self._path.name}.volume")
+
+    def output_path(self, call_id: str) -> Path:
+        return self.volume_dir() / "outputs" / f"{call_id}.pickle"
+
+    def _execute(self, call_id: str) -> None:
+        """Starts the container body of ``call_id`` in a process (and session) of its own, as a container."""
+        log_dir = self.volume_dir() / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(log_dir / f"{call_id}.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "phasegate_runtime.modal_fake", "execute", str(self._path), call_id],
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            )
+        with self.state() as s:
+            s["calls"][call_id]["pid"] = proc.pid
 
     def spawn(
         self,
@@ -250,7 +291,7 @@ def _finish(state: dict[str, Any], call: dict[str, Any], ended_at: float) -> Non
     call["ended_at"] = ended_at
     call["containers"] = containers
     call["billed_s"] = sum(b - a + FAKE_SCALEDOWN_S for a, b in containers)
-    if call["kind"] == "run" and call["outcome"] in ("ok", "preempt") and not call["cancelled"]:
+    if call["kind"] == "run" and call["outcome"] in ("ok", "preempt", "execute") and not call["cancelled"]:
         key, sha = _spec_key(call["spec"])
         if not call["reused"]:
             state["runs"][key] = int(state["runs"].get(key, 0)) + 1
@@ -268,6 +309,9 @@ class FakeCall:
             return start + float(call["timeout_s"])
         if call["outcome"] == "preempt":
             return start + run_s * (1 + FAKE_RESTART_GAP)
+        if call["outcome"] == "execute" and call["kind"] == "run":
+            out = self._fake.output_path(self.object_id)
+            return max(start + run_s, out.stat().st_mtime) if out.exists() else float("inf")
         return start + run_s
 
     def get(self, timeout: float | None = None) -> Any:
@@ -284,6 +328,10 @@ class FakeCall:
                 call["probe_errors_left"] -= 1
                 raise ProbeConnectionError("polling failed: connection reset")
             now, ready_at = time.time(), self._ready_at(call)
+            output: dict[str, Any] | None = None
+            if now >= ready_at and call["outcome"] == "execute" and call["kind"] == "run":
+                output = pickle.loads(self._fake.output_path(self.object_id).read_bytes())
+                call["reused"] = bool(output.get("reused", False))
             if now >= ready_at:
                 _finish(s, call, ready_at)
         outcome, kind = str(call["outcome"]), str(call["kind"])
@@ -312,6 +360,8 @@ class FakeCall:
             raise TimeoutError("a TimeoutError raised by the remote function itself")
         if outcome == "crash":
             raise RemoteError("container exited unexpectedly")
+        if output is not None:
+            return output
         if outcome.startswith("duplicate:"):
             return {"status": "duplicate", "owner": outcome.split(":", 1)[1], "gpu_seconds": 0.0, "files": {}}
         if outcome in ("fail", "invalid"):
@@ -325,6 +375,9 @@ class FakeCall:
             if call is not None and call["ended_at"] is None:
                 call["cancelled"] = True
                 _finish(s, call, time.time())
+                if call.get("pid") is not None:  # the container goes, with the runtime it started
+                    with suppress(ProcessLookupError):
+                        os.killpg(int(call["pid"]), signal.SIGKILL)
 
 
 class FakeDict:
@@ -345,3 +398,49 @@ class FakeDict:
     def pop(self, key: str, default: Any = None) -> Any:
         with self._fake.state() as s:
             return s["dict"].pop(key, default)
+
+
+class _FolderVolume:
+    """The Volume of ``execute`` calls: a folder on this machine, so reload and commit have nothing to do."""
+
+    def reload(self) -> None:
+        pass
+
+    def commit(self) -> None:
+        pass
+
+
+def execute_call(state_path: Path, call_id: str) -> None:
+    """The container of an ``execute`` call: the real body on its spec; the output written atomically."""
+    from .modal_job import VolumePaths, run_in_container
+
+    fake = FakeModal(state_path)
+    call = fake.call(call_id)
+
+    def is_live(other: str) -> bool:
+        with fake.state() as s:
+            c = s["calls"].get(other)
+            return c is not None and c["ended_at"] is None
+
+    # The one change to the spec: this machine has no GPU, so the "container" runs the model on its CPU.
+    spec = {**call["spec"], "model": {**call["spec"]["model"], "device": "cpu"}}
+    output = run_in_container(
+        spec,
+        call_id=call_id,
+        task_id=f"ta-{call_id}",
+        claims=fake.launches,
+        volume=_FolderVolume(),
+        paths=VolumePaths(fake.volume_dir()),
+        is_live=is_live,
+    )
+    out = fake.output_path(call_id)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp")
+    tmp.write_bytes(pickle.dumps(output))
+    os.replace(tmp, out)
+
+
+if __name__ == "__main__":
+    if len(sys.argv) != 4 or sys.argv[1] != "execute":
+        sys.exit("usage: python -m phasegate_runtime.modal_fake execute STATE_FILE CALL_ID")
+    execute_call(Path(sys.argv[2]), sys.argv[3])
