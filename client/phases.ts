@@ -3,7 +3,9 @@
  * cancel, reopen, verify. Errors meant for the user are PhaseError with the exit code the CLI uses.
  */
 import {
+  isGrpcServiceError,
   QueryNotRegisteredError,
+  ServiceError,
   WorkflowExecutionAlreadyStartedError,
   WorkflowNotFoundError,
   WorkflowUpdateFailedError,
@@ -294,8 +296,19 @@ export async function getState(pc: PhaseClient, phaseId: string): Promise<PhaseS
   } catch (err) {
     const record = err instanceof WorkflowNotFoundError ? await recordOnly(pc, phaseId) : null;
     if (record !== null) return record.state;
+    if (noWorkerPolling(err)) throw new PhaseError('unavailable', `no worker serves phase ${phaseId}'s task queue right now (Temporal: no poller seen recently, or none answered in time): start one with \`phasegate worker\`, or wait for a restarting one`);
     throw await explainMissing(pc, phaseId, err);
   }
+}
+
+/**
+ * A query no worker answered: Temporal says FAILED_PRECONDITION when no worker has polled the workflow's task queue
+ * lately, DEADLINE_EXCEEDED when none took the query in time (gRPC status codes).
+ */
+const NO_WORKER_CODES = new Set([9, 4]);
+
+function noWorkerPolling(err: unknown): boolean {
+  return err instanceof ServiceError && isGrpcServiceError(err.cause) && NO_WORKER_CODES.has(Number(err.cause.code));
 }
 
 /** Shown as `workflowStatus` when a phase is answered from its record because Temporal no longer has it. */
@@ -366,7 +379,15 @@ export async function waitForStatus(
 ): Promise<PhaseState> {
   const deadline = Date.now() + timeoutSeconds * 1000;
   for (;;) {
-    const state = await getState(pc, phaseId);
+    let state: PhaseState;
+    try {
+      state = await getState(pc, phaseId);
+    } catch (err) {
+      // A worker restarting (or replaced after a crash) is a pause in the wait, not its end.
+      if (!(err instanceof PhaseError && err.kind === 'unavailable') || Date.now() > deadline) throw err;
+      await new Promise((r) => setTimeout(r, 1000));
+      continue;
+    }
     await onTick?.(state);
     if (state.status === target) return state;
     if (isTerminal(state.status)) throw new PhaseError('failed', `phase ${phaseId} ended as ${state.status}, not ${target}${state.failure ? `: ${state.failure}` : ''}`);

@@ -140,3 +140,16 @@ test('state and applied decisions survive continue-as-new', async () => {
 async function waitForEstimate(pc: PhaseClient, phaseId: string): Promise<void> {
   await waitFor(async () => (await getState(pc, phaseId)).estimate !== null);
 }
+
+test('no worker polling: a status query says so by kind (unavailable); once one polls, the phase goes on', async () => {
+  const { worker, pc } = await testWorker(server, 'no-worker');
+  const loaded = testProtocol('no-worker');
+  // Started while no worker polls the queue (a worker restarting, or replaced after a crash).
+  await startPhase(pc, loaded);
+  const err = await refusal(pc.client.withDeadline(Date.now() + 3000, () => getState(pc, loaded.phaseId)));
+  expect(err.kind).toBe('unavailable');
+  expect(err.message).toMatch(/no worker serves phase .* start one with `phasegate worker`/);
+  await worker.runUntil(async () => {
+    expect((await waitForStatus(pc, loaded.phaseId, 'AWAITING_BUDGET', 120)).status).toBe('AWAITING_BUDGET');
+  });
+});
