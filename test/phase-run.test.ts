@@ -23,7 +23,7 @@ const server = serverPerFile();
 
 test('holds a GPU attempt that would exceed the approval, dispatches nothing while held, then runs to FROZEN', async () => {
   const { worker, pc } = await testWorker(server, 'run');
-  const loaded = testProtocol('run');
+  const loaded = testProtocol('run', { methods: ['nnsight', 'hooks', 'pyvene'] });
   const perModelEstimate = 100 * 0.0000262;
 
   await worker.runUntil(async () => {

@@ -150,6 +150,9 @@ export function testProtocol(tag: string, overrides: Record<string, unknown> = {
       { key: 'tiny-qwen2', id: 'tiny:qwen2', gpu: 'cpu', dtype: 'float32', expected_gpu_seconds: 100, timeout_minutes: 10, tiny_seed: 0 },
       { key: 'tiny-llama', id: 'tiny:llama', gpu: 'cpu', dtype: 'float32', expected_gpu_seconds: 100, timeout_minutes: 10, tiny_seed: 0 },
     ],
+    // Two libraries: pyvene's import alone takes 8-15 s of a runtime process here. The three together are proven
+    // by the runtime's own tests, by phase-run.test.ts and by the whole demo in secrets.test.ts.
+    methods: ['nnsight', 'hooks'],
     repeats: 1,
     sampling: { decode: 'greedy', max_new_tokens: 6, batch_size: 8 },
     prompts: { harmful: 'harmful.txt', harmless: 'harmless.txt', eval: 'eval.txt' },
