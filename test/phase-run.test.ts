@@ -16,7 +16,8 @@ import {
 import { approveAs, reviewAs } from './helpers/decisions';
 import { renderManifest } from '../activities/manifest';
 import { spentUsd } from '../workflows/phase-logic';
-import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
+import { modelRunQueue, runtimeStepQueue } from '../workflows/definitions';
+import { activityQueues, historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
 import { recordHistory, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
 
 const server = serverPerFile();
@@ -114,7 +115,7 @@ test('holds a GPU attempt that would exceed the approval, dispatches nothing whi
 });
 
 test('models run side by side when the approval pays for both at once; each attempt is checked with the others in flight', async () => {
-  const { worker, pc } = await testWorker(server, 'side-by-side');
+  const { worker, pc, taskQueue } = await testWorker(server, 'side-by-side');
   const loaded = testProtocol('side-by-side');
   const perModelEstimate = 100 * 0.0000262;
   await worker.runUntil(async () => {
@@ -131,5 +132,12 @@ test('models run side by side when the approval pays for both at once; each atte
     expect(Date.parse(b!.startedAt)).toBeLessThan(Date.parse(a!.endedAt));
     expect(spentUsd(frozen.ledger)).toBeLessThanOrEqual(frozen.budget.approvedUsd);
     expect(frozen.events.some((e) => e.message.includes('BUDGET_HOLD'))).toBe(false);
+    // Each kind of step on its own queue: runtime processes never hold the slots a new phase's estimate needs.
+    const events = await historyEvents(server.env.client, phaseId);
+    expect(activityQueues(events, 'estimatePhase')).toEqual([taskQueue]);
+    expect(activityQueues(events, 'preflightModels')).toEqual([runtimeStepQueue(taskQueue)]);
+    expect(activityQueues(events, 'runModel')).toEqual([modelRunQueue(taskQueue), modelRunQueue(taskQueue)]);
+    expect(activityQueues(events, 'scorePhase')).toEqual([runtimeStepQueue(taskQueue)]);
+    expect(activityQueues(events, 'freezePhase')).toEqual([taskQueue]);
   });
 });

@@ -1,8 +1,9 @@
 /**
- * Builds the phasegate worker: the phase workflow and its activities on the phase task queue, and the model runs on a
- * queue of their own (`modelRunQueue`) with their own concurrency limit, so that long GPU launchers never take the
- * slots that another phase's estimate, scoring, freeze or clean-up needs. Used by the embedded server, the standalone
- * worker process and the tests.
+ * Builds the phasegate worker: the phase workflow and its light activities (estimate, records, freeze, clean-up) on
+ * the phase task queue; the model runs on a queue of their own (`modelRunQueue`) and the CPU steps that run the
+ * Python runtime (preflight, scoring) on another (`runtimeStepQueue`), each with its own concurrency limit, so that
+ * neither long GPU launchers nor runtime processes take the slots that a new phase's estimate needs. Used by the
+ * embedded server, the standalone worker process and the tests.
  */
 import { NativeConnection, Worker, type State, type WorkerOptions } from '@temporalio/worker';
 import path from 'node:path';
@@ -14,7 +15,7 @@ import { modalBackendFromEnv } from '../activities/backends/modal';
 import { LocalArtifactStore, type ArtifactStore } from '../common/artifact-store';
 import { repoRoot, type NotifyConfig, type Paths } from '../common/config';
 import { phaseRecords } from '../common/phase-records';
-import { modelRunQueue } from '../workflows/definitions';
+import { modelRunQueue, runtimeStepQueue } from '../workflows/definitions';
 
 export interface PhaseWorkerOptions {
   connection: NativeConnection;
@@ -30,14 +31,17 @@ export interface PhaseWorkerOptions {
   modalPollSeconds?: number;
   /** Model runs this worker runs at once (each is a runtime process or a Modal launcher). */
   modelRuns?: number;
+  /** Preflights and scorings this worker runs at once (each is a runtime process on this host's CPU). */
+  runtimeSteps?: number;
   notify?: NotifyConfig;
 }
 
-/** The phase worker and its model-run worker, run and stopped as one. */
+/** The phase worker, its model-run worker and its runtime-step worker, run and stopped as one. */
 export class PhaseWorker {
   constructor(
     readonly phases: Worker,
     readonly modelRuns: Worker,
+    readonly runtimeSteps: Worker,
   ) {}
 
   getState(): State {
@@ -45,16 +49,17 @@ export class PhaseWorker {
   }
 
   shutdown(): void {
-    for (const w of [this.modelRuns, this.phases]) if (w.getState() === 'RUNNING') w.shutdown();
+    for (const w of [this.modelRuns, this.runtimeSteps, this.phases]) if (w.getState() === 'RUNNING') w.shutdown();
   }
 
   async run(): Promise<void> {
-    // Either one failing stops the other: a worker half up would take tasks it cannot finish.
-    await Promise.all([this.phases.run(), this.modelRuns.run()].map((p) => p.catch((err: unknown) => { this.shutdown(); throw err; })));
+    // Any one failing stops the others: a worker half up would take tasks it cannot finish.
+    const all = [this.phases.run(), this.modelRuns.run(), this.runtimeSteps.run()];
+    await Promise.all(all.map((p) => p.catch((err: unknown) => { this.shutdown(); throw err; })));
   }
 
   async runUntil<R>(fnOrPromise: Promise<R> | (() => Promise<R>)): Promise<R> {
-    return this.phases.runUntil(this.modelRuns.runUntil(fnOrPromise));
+    return this.phases.runUntil(this.modelRuns.runUntil(this.runtimeSteps.runUntil(fnOrPromise)));
   }
 }
 
@@ -62,6 +67,8 @@ export const workflowsPath = path.join(repoRoot, 'workflows', 'index.ts');
 
 /** Model runs at once per worker unless configured (PHASEGATE_MODEL_RUNS): on Modal each is a launcher process. */
 export const DEFAULT_MODEL_RUNS = 2;
+/** Preflights and scorings at once per worker unless configured (PHASEGATE_RUNTIME_STEPS). */
+export const DEFAULT_RUNTIME_STEPS = 2;
 
 /**
  * On shutdown a running attempt is stopped (its runtime gets SIGTERM and checkpoints what it finished); this is
@@ -114,5 +121,11 @@ export async function createPhaseWorker(o: PhaseWorkerOptions): Promise<PhaseWor
     activities: { runModel: activities.runModel.bind(activities) },
     maxConcurrentActivityTaskExecutions: o.modelRuns ?? DEFAULT_MODEL_RUNS,
   });
-  return new PhaseWorker(phases, modelRuns);
+  const runtimeSteps = await Worker.create({
+    ...common,
+    taskQueue: runtimeStepQueue(o.taskQueue),
+    activities: { preflightModels: activities.preflightModels.bind(activities), scorePhase: activities.scorePhase.bind(activities) },
+    maxConcurrentActivityTaskExecutions: o.runtimeSteps ?? DEFAULT_RUNTIME_STEPS,
+  });
+  return new PhaseWorker(phases, modelRuns, runtimeSteps);
 }

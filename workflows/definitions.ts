@@ -17,6 +17,12 @@ export const PHASE_WORKFLOW_TYPE = 'phaseWorkflow';
 /** The task queue of a phase queue's model runs (worker/worker.ts): their own slots, never another step's. */
 export const modelRunQueue = (phaseQueue: string): string => `${phaseQueue}-model-runs`;
 
+/**
+ * The task queue of a phase queue's CPU steps that run the Python runtime (preflight, scoring): their own slots, so
+ * that a new phase's estimate or a record write (milliseconds) never waits behind them.
+ */
+export const runtimeStepQueue = (phaseQueue: string): string => `${phaseQueue}-runtime-steps`;
+
 /** Waiting states, the run states, and the terminal states of a phase. */
 export const ACTIVE_STATUSES = [
   'AWAITING_BUDGET',

@@ -21,6 +21,13 @@ export function scheduledActivities(events: temporal.api.history.v1.IHistoryEven
     .filter((a) => type === undefined || a.activityType === type);
 }
 
+/** The task queue each scheduled activity of this type was put on. */
+export function activityQueues(events: temporal.api.history.v1.IHistoryEvent[], type: string): string[] {
+  return events
+    .filter((e) => e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED && e.activityTaskScheduledEventAttributes?.activityType?.name === type)
+    .map((e) => e.activityTaskScheduledEventAttributes?.taskQueue?.name ?? '');
+}
+
 export function updateAcceptedEvents(events: temporal.api.history.v1.IHistoryEvent[], name: string): number[] {
   return events
     .filter((e) => e.eventType === EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED && e.workflowExecutionUpdateAcceptedEventAttributes?.acceptedRequest?.input?.name === name)
