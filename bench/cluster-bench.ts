@@ -1,6 +1,6 @@
 /**
  * Load on the native cluster (scripts/cluster/up.sh): N phases parked at their budget gate plus M small phases
- * (one tiny model, one repeat) run to FROZEN, with two `phasegate worker` processes that share only Temporal and
+ * (one tiny model, two libraries, one repeat) run to FROZEN, with two `phasegate worker` processes that share only Temporal and
  * the MinIO artifact store. Reports failures, wall times, and each worker's peak memory (its own VmHWM, and the
  * peak sampled RSS of the worker with its runtime children). Not a test: run it by hand, e.g.
  *
@@ -53,6 +53,8 @@ function benchProtocol(tag: string): LoadedProtocol {
     ...demo,
     phase: `bench-${runTag}-${tag}`,
     models: [{ key: 'tiny-qwen2', id: 'tiny:qwen2', gpu: 'cpu', dtype: 'float32', expected_gpu_seconds: 30, timeout_minutes: 15, tiny_seed: 0 }],
+    // Two libraries, as in the cluster test: the load is the topology's, and pyvene's import is ~10 s of CPU a run.
+    methods: ['nnsight', 'hooks'],
     repeats: 1,
     sampling: { decode: 'greedy', max_new_tokens: 6, batch_size: 8 },
     prompts: { harmful: 'harmful.txt', harmless: 'harmless.txt', eval: 'demo-eval.txt' },
