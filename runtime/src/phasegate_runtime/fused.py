@@ -215,8 +215,8 @@ _NORMS: dict[str, tuple[Callable[..., torch.Tensor], str]] = {
     "LlamaRMSNorm": (rms_norm, "variance_epsilon"),
     "Gemma2RMSNorm": (rms_norm_unit_offset, "eps"),
 }
-_MLPS = ("Qwen2MLP", "Qwen3MLP", "LlamaMLP", "Gemma2MLP")
-_ROTARY_MODEL_TYPES = ("qwen2", "qwen3", "llama", "gemma2")
+_MLPS: tuple[str, ...] = ("Qwen2MLP", "Qwen3MLP", "LlamaMLP", "Gemma2MLP")
+_ROTARY_MODEL_TYPES: tuple[str, ...] = ("qwen2", "qwen3", "llama", "gemma2")
 
 
 def _gate_function(act: nn.Module) -> Callable[..., torch.Tensor] | None:
