@@ -44,6 +44,38 @@ def rows_of(generate: Any, batches: list[Any], config: Any) -> list[list[int]]:
     return out
 
 
+def margins(
+    model: Any, batches: list[Any], config: Any, ours: list[list[int]], hf: list[list[int]]
+) -> list[dict[str, Any]]:
+    """Per row that parts: ``generate``'s two best scores at the first differing step (float32, after the
+    final soft-capping), and whether our token is its second best: a near tie, or a real divergence."""
+    out: list[dict[str, Any]] = []
+    row = 0
+    with torch.inference_mode():
+        for b in batches:
+            size = int(b.model_inputs()["input_ids"].shape[0])
+            rows = range(row, row + size)
+            if any(ours[r] != hf[r] for r in rows):
+                res = fast.hf_generate(model)(
+                    **b.model_inputs(),
+                    generation_config=config,
+                    output_scores=True,
+                    return_dict_in_generate=True,
+                )
+                for r in rows:
+                    if ours[r] == hf[r]:
+                        continue
+                    step = first_difference(ours[r], hf[r])
+                    top = torch.topk(res.scores[step][r - row].float(), 2)
+                    out.append({
+                        "row": r, "step": step, "generate_top2": top.values.tolist(),
+                        "margin": float(top.values[0] - top.values[1]),
+                        "ours_is_second": int(top.indices[1]) == ours[r][step],
+                    })  # fmt: skip
+            row += size
+    return out
+
+
 def first_difference(a: list[int], b: list[int]) -> int:
     return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
 
@@ -71,6 +103,7 @@ def main() -> None:
             report[shape][name] = {
                 "rows_differing": len(differ),
                 "median_first_difference": statistics.median(differ) if differ else None,
+                "at_the_first_difference": margins(loaded.model, batches, config, ours, hf) if differ else [],
             }
             print(shape, name, report[shape][name], flush=True)
         numerics(loaded)
