@@ -42,8 +42,8 @@ export const envSchema = z.object({
   PHASEGATE_MODAL_POLL_SECONDS: z.coerce.number().positive().default(30),
   /** Model runs a worker runs at once, on their own task queue (a runtime process or a Modal launcher each). */
   PHASEGATE_MODEL_RUNS: z.coerce.number().int().min(1).max(256).default(2),
-  /** Preflights and scorings a worker runs at once, on their own task queue (a runtime process on its CPU each). */
-  PHASEGATE_RUNTIME_STEPS: z.coerce.number().int().min(1).max(256).default(2),
+  /** Preflights a worker runs at once, on their own task queue (a runtime process on its CPU each). */
+  PHASEGATE_PREFLIGHTS: z.coerce.number().int().min(1).max(256).default(2),
   /** Slack-compatible incoming webhooks (comma-separated URLs) told when a gate opens or is overdue, a phase holds, freezes or fails. */
   PHASEGATE_SLACK_WEBHOOK_URLS: z.string().default(''),
   /** Generic JSON webhooks (comma-separated URLs) told the same, each POST signed with PHASEGATE_WEBHOOK_SECRET. */

@@ -16,7 +16,7 @@ import {
 import { approveAs, reviewAs } from './helpers/decisions';
 import { renderManifest } from '../activities/manifest';
 import { spentUsd } from '../workflows/phase-logic';
-import { modelRunQueue, runtimeStepQueue } from '../workflows/definitions';
+import { modelRunQueue, preflightQueue } from '../workflows/definitions';
 import { activityQueues, historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
 import { recordHistory, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
 
@@ -132,12 +132,12 @@ test('models run side by side when the approval pays for both at once; each atte
     expect(Date.parse(b!.startedAt)).toBeLessThan(Date.parse(a!.endedAt));
     expect(spentUsd(frozen.ledger)).toBeLessThanOrEqual(frozen.budget.approvedUsd);
     expect(frozen.events.some((e) => e.message.includes('BUDGET_HOLD'))).toBe(false);
-    // Each kind of step on its own queue: runtime processes never hold the slots a new phase's estimate needs.
+    // Model runs and preflights on queues of their own: they never hold the slots an estimate or a scoring needs.
     const events = await historyEvents(server.env.client, phaseId);
     expect(activityQueues(events, 'estimatePhase')).toEqual([taskQueue]);
-    expect(activityQueues(events, 'preflightModels')).toEqual([runtimeStepQueue(taskQueue)]);
+    expect(activityQueues(events, 'preflightModels')).toEqual([preflightQueue(taskQueue)]);
     expect(activityQueues(events, 'runModel')).toEqual([modelRunQueue(taskQueue), modelRunQueue(taskQueue)]);
-    expect(activityQueues(events, 'scorePhase')).toEqual([runtimeStepQueue(taskQueue)]);
+    expect(activityQueues(events, 'scorePhase')).toEqual([taskQueue]);
     expect(activityQueues(events, 'freezePhase')).toEqual([taskQueue]);
   });
 });

@@ -17,7 +17,7 @@ import { connectionSettings } from '../common/temporal-connection';
 import { startDevServer, type DevServer } from './dev-server';
 import { forwardTemporalLogs } from './temporal-logging';
 import { createPhaseWorker } from './worker';
-import { modelRunQueue, runtimeStepQueue } from '../workflows/definitions';
+import { modelRunQueue, preflightQueue } from '../workflows/definitions';
 
 export async function runServer(env: Readonly<Env>, logger: Logger, options: { withDevServer: boolean }): Promise<void> {
   const paths = resolvePaths(env);
@@ -67,7 +67,7 @@ export async function runServer(env: Readonly<Env>, logger: Logger, options: { w
     store,
     modalPollSeconds: env.PHASEGATE_MODAL_POLL_SECONDS,
     modelRuns: env.PHASEGATE_MODEL_RUNS,
-    runtimeSteps: env.PHASEGATE_RUNTIME_STEPS,
+    preflights: env.PHASEGATE_PREFLIGHTS,
     notify: notifyConfig(env),
   });
 
@@ -86,7 +86,7 @@ export async function runServer(env: Readonly<Env>, logger: Logger, options: { w
     logger.error(serverDied);
     worker.shutdown();
   });
-  process.stdout.write(`phasegate worker on task queue "${env.PHASEGATE_TASK_QUEUE}" (model runs on "${modelRunQueue(env.PHASEGATE_TASK_QUEUE)}", ${env.PHASEGATE_MODEL_RUNS} at once; preflights and scoring on "${runtimeStepQueue(env.PHASEGATE_TASK_QUEUE)}", ${env.PHASEGATE_RUNTIME_STEPS} at once); artifacts on ${store.location}; Ctrl-C stops it\n`);
+  process.stdout.write(`phasegate worker on task queue "${env.PHASEGATE_TASK_QUEUE}" (model runs on "${modelRunQueue(env.PHASEGATE_TASK_QUEUE)}", ${env.PHASEGATE_MODEL_RUNS} at once; preflights on "${preflightQueue(env.PHASEGATE_TASK_QUEUE)}", ${env.PHASEGATE_PREFLIGHTS} at once); artifacts on ${store.location}; Ctrl-C stops it\n`);
   try {
     await worker.run();
   } finally {

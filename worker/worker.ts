@@ -1,9 +1,9 @@
 /**
- * Builds the phasegate worker: the phase workflow and its light activities (estimate, records, freeze, clean-up) on
- * the phase task queue; the model runs on a queue of their own (`modelRunQueue`) and the CPU steps that run the
- * Python runtime (preflight, scoring) on another (`runtimeStepQueue`), each with its own concurrency limit, so that
- * neither long GPU launchers nor runtime processes take the slots that a new phase's estimate needs. Used by the
- * embedded server, the standalone worker process and the tests.
+ * Builds the phasegate worker: the phase workflow and its short activities (estimate, records, scoring, freeze,
+ * clean-up) on the phase task queue; the model runs on a queue of their own (`modelRunQueue`) and the preflights on
+ * another (`preflightQueue`), each with its own concurrency limit, so that neither long GPU launchers nor a batch of
+ * new phases' preflights take the slots that an estimate or a paid phase's scoring needs. Used by the embedded
+ * server, the standalone worker process and the tests.
  */
 import { NativeConnection, Worker, type State, type WorkerOptions } from '@temporalio/worker';
 import path from 'node:path';
@@ -15,7 +15,7 @@ import { modalBackendFromEnv } from '../activities/backends/modal';
 import { LocalArtifactStore, type ArtifactStore } from '../common/artifact-store';
 import { repoRoot, type NotifyConfig, type Paths } from '../common/config';
 import { phaseRecords } from '../common/phase-records';
-import { modelRunQueue, runtimeStepQueue } from '../workflows/definitions';
+import { modelRunQueue, preflightQueue } from '../workflows/definitions';
 
 export interface PhaseWorkerOptions {
   connection: NativeConnection;
@@ -31,17 +31,17 @@ export interface PhaseWorkerOptions {
   modalPollSeconds?: number;
   /** Model runs this worker runs at once (each is a runtime process or a Modal launcher). */
   modelRuns?: number;
-  /** Preflights and scorings this worker runs at once (each is a runtime process on this host's CPU). */
-  runtimeSteps?: number;
+  /** Preflights this worker runs at once (each is a runtime process on this host's CPU). */
+  preflights?: number;
   notify?: NotifyConfig;
 }
 
-/** The phase worker, its model-run worker and its runtime-step worker, run and stopped as one. */
+/** The phase worker, its model-run worker and its preflight worker, run and stopped as one. */
 export class PhaseWorker {
   constructor(
     readonly phases: Worker,
     readonly modelRuns: Worker,
-    readonly runtimeSteps: Worker,
+    readonly preflights: Worker,
   ) {}
 
   getState(): State {
@@ -49,17 +49,17 @@ export class PhaseWorker {
   }
 
   shutdown(): void {
-    for (const w of [this.modelRuns, this.runtimeSteps, this.phases]) if (w.getState() === 'RUNNING') w.shutdown();
+    for (const w of [this.modelRuns, this.preflights, this.phases]) if (w.getState() === 'RUNNING') w.shutdown();
   }
 
   async run(): Promise<void> {
     // Any one failing stops the others: a worker half up would take tasks it cannot finish.
-    const all = [this.phases.run(), this.modelRuns.run(), this.runtimeSteps.run()];
+    const all = [this.phases.run(), this.modelRuns.run(), this.preflights.run()];
     await Promise.all(all.map((p) => p.catch((err: unknown) => { this.shutdown(); throw err; })));
   }
 
   async runUntil<R>(fnOrPromise: Promise<R> | (() => Promise<R>)): Promise<R> {
-    return this.phases.runUntil(this.modelRuns.runUntil(this.runtimeSteps.runUntil(fnOrPromise)));
+    return this.phases.runUntil(this.modelRuns.runUntil(this.preflights.runUntil(fnOrPromise)));
   }
 }
 
@@ -67,8 +67,8 @@ export const workflowsPath = path.join(repoRoot, 'workflows', 'index.ts');
 
 /** Model runs at once per worker unless configured (PHASEGATE_MODEL_RUNS): on Modal each is a launcher process. */
 export const DEFAULT_MODEL_RUNS = 2;
-/** Preflights and scorings at once per worker unless configured (PHASEGATE_RUNTIME_STEPS). */
-export const DEFAULT_RUNTIME_STEPS = 2;
+/** Preflights at once per worker unless configured (PHASEGATE_PREFLIGHTS). */
+export const DEFAULT_PREFLIGHTS = 2;
 
 /**
  * On shutdown a running attempt is stopped (its runtime gets SIGTERM and checkpoints what it finished); this is
@@ -121,11 +121,11 @@ export async function createPhaseWorker(o: PhaseWorkerOptions): Promise<PhaseWor
     activities: { runModel: activities.runModel.bind(activities) },
     maxConcurrentActivityTaskExecutions: o.modelRuns ?? DEFAULT_MODEL_RUNS,
   });
-  const runtimeSteps = await Worker.create({
+  const preflights = await Worker.create({
     ...common,
-    taskQueue: runtimeStepQueue(o.taskQueue),
-    activities: { preflightModels: activities.preflightModels.bind(activities), scorePhase: activities.scorePhase.bind(activities) },
-    maxConcurrentActivityTaskExecutions: o.runtimeSteps ?? DEFAULT_RUNTIME_STEPS,
+    taskQueue: preflightQueue(o.taskQueue),
+    activities: { preflightModels: activities.preflightModels.bind(activities) },
+    maxConcurrentActivityTaskExecutions: o.preflights ?? DEFAULT_PREFLIGHTS,
   });
-  return new PhaseWorker(phases, modelRuns, runtimeSteps);
+  return new PhaseWorker(phases, modelRuns, preflights);
 }

@@ -18,10 +18,11 @@ export const PHASE_WORKFLOW_TYPE = 'phaseWorkflow';
 export const modelRunQueue = (phaseQueue: string): string => `${phaseQueue}-model-runs`;
 
 /**
- * The task queue of a phase queue's CPU steps that run the Python runtime (preflight, scoring): their own slots, so
- * that a new phase's estimate or a record write (milliseconds) never waits behind them.
+ * The task queue of a phase queue's preflights (the runtime loads each model's config and tokenizer on the worker's
+ * CPU: seconds a model): their own slots, so that a new phase's estimate, a record write or a paid phase's scoring
+ * never waits behind a batch of new phases' preflights.
  */
-export const runtimeStepQueue = (phaseQueue: string): string => `${phaseQueue}-runtime-steps`;
+export const preflightQueue = (phaseQueue: string): string => `${phaseQueue}-preflights`;
 
 /** Waiting states, the run states, and the terminal states of a phase. */
 export const ACTIVE_STATUSES = [

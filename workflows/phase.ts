@@ -35,7 +35,7 @@ import {
   ErrorTypes,
   isTerminal,
   modelRunQueue,
-  runtimeStepQueue,
+  preflightQueue,
   planQuery,
   rejectBudgetUpdate,
   searchAttributes,
@@ -88,17 +88,9 @@ const finalRetry: RetryPolicy = {
   maximumInterval: '1 minute',
   nonRetryableErrorTypes: [ErrorTypes.invalidInput, ErrorTypes.lockViolation, ErrorTypes.alreadyFrozen],
 };
-/**
- * The steps that run the Python runtime on the worker's CPU (preflight, scoring) have a queue of their own, so that
- * a new phase's estimate and the record writes never wait behind them (histories recorded before it existed replay
- * on the phase queue). Proxied at the call, where `patched` may be asked.
- */
-function onRuntimeStepQueue(options: ActivityOptions): ActivityOptions {
-  return patched('runtime-steps-on-their-own-queue') ? { ...options, taskQueue: runtimeStepQueue(workflowInfo().taskQueue) } : options;
-}
-// Scoring runs the runtime and heartbeats every few seconds, so a cancellation reaches its process.
-const scoring: ActivityOptions = { startToCloseTimeout: '10 minutes', heartbeatTimeout: '1 minute', retry: finalRetry };
-const scorePhase: PhaseActivities['scorePhase'] = (args) => proxyActivities<PhaseActivities>(onRuntimeStepQueue(scoring)).scorePhase(args);
+// Scoring runs the runtime (numpy only, a second of CPU) and heartbeats every few seconds, so a cancellation reaches
+// its process.
+const { scorePhase } = proxyActivities<PhaseActivities>({ startToCloseTimeout: '10 minutes', heartbeatTimeout: '1 minute', retry: finalRetry });
 // The freeze writes files for a few seconds, heartbeating between steps, so a worker that dies mid-freeze is
 // noticed in a minute; it runs to the end even if the phase is cancelled.
 const { freezePhase } = proxyActivities<PhaseActivities>({ startToCloseTimeout: '10 minutes', heartbeatTimeout: '1 minute', retry: finalRetry });
@@ -109,12 +101,16 @@ const { verifyResume } = proxyActivities<PhaseActivities>({ startToCloseTimeout:
 // be established, not assumed (activities/release.ts).
 const { releaseCompute } = proxyActivities<PhaseActivities>({ startToCloseTimeout: '2 minutes', retry: { initialInterval: '2s', maximumInterval: '1 minute' } });
 // The CPU preflight of every model's spec before the first dispatch (activities/preflight.ts); an invalid spec
-// is final (the phase fails before any GPU second), anything else is retried a few times.
+// is final (the phase fails before any GPU second), anything else is retried a few times. It has a queue of its own
+// (seconds of CPU a model), so that new phases' estimates and paid phases' scorings never wait behind a batch of
+// preflights (histories recorded before it existed replay on the phase queue); proxied at the call, where `patched`
+// may be asked.
 const preflight: ActivityOptions = {
   startToCloseTimeout: '10 minutes',
   retry: { maximumAttempts: 5, initialInterval: '2s', nonRetryableErrorTypes: [ErrorTypes.invalidInput, ErrorTypes.lockViolation] },
 };
-const preflightModels: PhaseActivities['preflightModels'] = (args) => proxyActivities<PhaseActivities>(onRuntimeStepQueue(preflight)).preflightModels(args);
+const preflightModels: PhaseActivities['preflightModels'] = (args) =>
+  proxyActivities<PhaseActivities>(patched('preflights-on-their-own-queue') ? { ...preflight, taskQueue: preflightQueue(workflowInfo().taskQueue) } : preflight).preflightModels(args);
 const { recordPhase } = proxyActivities<PhaseActivities>({
   startToCloseTimeout: '30 seconds',
   retry: { initialInterval: '1s', maximumInterval: '1 minute', nonRetryableErrorTypes: [ErrorTypes.alreadyFrozen] },
