@@ -17,6 +17,7 @@ const server = serverPerFile();
 /** One model, two repeats and longer generations: a run that lasts long enough to be interrupted. */
 const slowOverrides = {
   models: [{ key: 'tiny-qwen2', id: 'tiny:qwen2', gpu: 'cpu', dtype: 'float32', expected_gpu_seconds: 100, timeout_minutes: 10, tiny_seed: 0 }],
+  methods: ['nnsight', 'hooks'],
   repeats: 2,
   sampling: { decode: 'greedy', max_new_tokens: 300, batch_size: 8 },
 };
@@ -118,8 +119,9 @@ test('a worker killed mid-run is replaced: the phase completes without recomputi
     [2, 'succeeded', 'measured'],
   ]);
   const after = unitFiles(runDir);
-  // baseline, reference, 3 methods x 2 repeats, 3 native cross-checks
-  expect(after.size).toBe(2 + 3 * 2 + 3);
+  // baseline, reference, each method x 2 repeats, a native cross-check per method
+  const methods = slowOverrides.methods.length;
+  expect(after.size).toBe(2 + methods * slowOverrides.repeats + methods);
   for (const [file, mtime] of before) expect(after.get(file)).toBe(mtime);
   expect(state.score?.models[0]?.outputsIdentical).toBe(true);
 });
