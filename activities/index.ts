@@ -54,7 +54,10 @@ export function createActivities(deps: ActivityDeps): PhaseActivities {
     recordPhase: (input) => recordPhase(deps, input),
     verifyResume: (input) => verifyResume(Context.current().client, input),
     releaseCompute: (input) => releaseCompute(deps, input),
-    preflightModels: (input) => preflightModels(deps, input),
+    preflightModels: (input) => {
+      const ctx = Context.current();
+      return preflightModels(deps, input, () => ctx.heartbeat());
+    },
     sendNotification: (input) => {
       const ctx = Context.current();
       const earlier: unknown = ctx.info.heartbeatDetails;

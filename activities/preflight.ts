@@ -18,7 +18,17 @@ export interface PreflightDeps {
   runtimeSrc: string;
 }
 
-export async function preflightModels(deps: PreflightDeps, input: PreflightInput): Promise<PreflightRecord> {
+/** `heartbeat`, called every few seconds while the runtime checks, tells Temporal the worker is alive. */
+export async function preflightModels(deps: PreflightDeps, input: PreflightInput, heartbeat?: () => void): Promise<PreflightRecord> {
+  const timer = heartbeat === undefined ? undefined : setInterval(heartbeat, 5000);
+  try {
+    return await checkEachModel(deps, input);
+  } finally {
+    clearInterval(timer);
+  }
+}
+
+async function checkEachModel(deps: PreflightDeps, input: PreflightInput): Promise<PreflightRecord> {
   const record: PreflightRecord = { checked: [], notChecked: [] };
   for (const model of input.protocol.models) {
     const specPath = writeRunSpec(input, model, modelOutDir(deps.workDir, input.phaseId, model.key), deps.modelCacheDir, 'preflight-spec.json');

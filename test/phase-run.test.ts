@@ -17,7 +17,7 @@ import { approveAs, reviewAs } from './helpers/decisions';
 import { renderManifest } from '../activities/manifest';
 import { spentUsd } from '../workflows/phase-logic';
 import { modelRunQueue, preflightQueue } from '../workflows/definitions';
-import { activityQueues, historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
+import { activityQueues, activityTimeouts, historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
 import { recordHistory, serverPerFile, testProtocol, testWorker } from './helpers/temporal';
 
 const server = serverPerFile();
@@ -139,5 +139,10 @@ test('models run side by side when the approval pays for both at once; each atte
     expect(activityQueues(events, 'runModel')).toEqual([modelRunQueue(taskQueue), modelRunQueue(taskQueue)]);
     expect(activityQueues(events, 'scorePhase')).toEqual([taskQueue]);
     expect(activityQueues(events, 'freezePhase')).toEqual([taskQueue]);
+    // A step that may run for minutes heartbeats, so that one lost with a SIGKILLed worker is tried again elsewhere
+    // within a minute (the cluster test's kill once caught a preflight, which then waited out its 10 minutes).
+    const long = activityTimeouts(events).filter((a) => (a.startToCloseSeconds ?? Infinity) > 120);
+    expect(long.map((a) => a.activityType).sort()).toEqual(['freezePhase', 'preflightModels', 'runModel', 'runModel', 'scorePhase']);
+    for (const a of long) expect([a.activityType, a.heartbeatSeconds !== null && a.heartbeatSeconds <= 60]).toEqual([a.activityType, true]);
   });
 });

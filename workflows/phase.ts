@@ -104,9 +104,11 @@ const { releaseCompute } = proxyActivities<PhaseActivities>({ startToCloseTimeou
 // is final (the phase fails before any GPU second), anything else is retried a few times. It has a queue of its own
 // (seconds of CPU a model), so that new phases' estimates and paid phases' scorings never wait behind a batch of
 // preflights (histories recorded before it existed replay on the phase queue); proxied at the call, where `patched`
-// may be asked.
+// may be asked. It heartbeats while the runtime checks, so a preflight lost with its worker is tried again on
+// another within a minute, not after the whole start-to-close timeout (the cluster test kills a worker mid-run).
 const preflight: ActivityOptions = {
   startToCloseTimeout: '10 minutes',
+  heartbeatTimeout: '1 minute',
   retry: { maximumAttempts: 5, initialInterval: '2s', nonRetryableErrorTypes: [ErrorTypes.invalidInput, ErrorTypes.lockViolation] },
 };
 const preflightModels: PhaseActivities['preflightModels'] = (args) =>

@@ -7,7 +7,7 @@ dir=${1:?usage: down.sh DIR [--purge]}
 [ -d "$dir" ] || exit 0
 dir=$(cd "$dir" && pwd)
 
-ours() { tr '\0' ' ' <"/proc/$1/cmdline" 2>/dev/null | grep -E "temporal-server|minio server" | grep -qF "$dir/"; }
+ours() { { tr '\0' ' ' <"/proc/$1/cmdline"; } 2>/dev/null | grep -E "temporal-server|minio server" | grep -qF "$dir/"; }
 pids=()
 for f in "$dir"/run/*.pid; do
   [ -e "$f" ] || continue

@@ -119,11 +119,18 @@ dcRedirectionPolicy: {policy: noop}
 dynamicConfigClient: {filepath: "$dir/config/dynamicconfig.yaml", pollInterval: 10s}
 EOF
 }
-for process in frontend-0 history-0 history-1 matching-0 worker-0; do
-  service=${process%-*}
+processes=(frontend-0 history-0 history-1 matching-0 worker-0)
+start_service() { # process: its config, then the process
+  local process=$1 service=${1%-*}
   service_config "$service" "${process#*-}"
   start "$process" "$TEMPORAL_BIN/temporal-server" --config-file "$dir/config/$process.yaml" --allow-no-auth start --service "$service"
-done
+}
+# Every service writes the cluster's metadata on a fresh database if it finds none, and of several starting
+# together all but one lose that race and exit ("SaveClusterMetadata encountered version mismatch"). So the
+# first one starts alone, and the others once its row is in the database.
+start_service "${processes[0]}"
+retry 60 bash -c "${psql[*]} -d temporal -tc 'select count(*) from cluster_metadata_info' | grep -qw 1"
+for process in "${processes[@]:1}"; do start_service "$process"; done
 address=127.0.0.1:$((base + 10))
 retry 60 bash -c "'$tcli' operator cluster health --address $address | grep -q SERVING"
 
@@ -153,6 +160,11 @@ MINIO_ROOT_USER=$s3_user MINIO_ROOT_PASSWORD=$s3_secret MINIO_BROWSER=off \
 retry 60 curl -sf "http://127.0.0.1:$s3_port/minio/health/ready"
 s3() { curl -sf --aws-sigv4 aws:amz:us-east-1:s3 --user "$s3_user:$s3_secret" "$@"; }
 s3 -o /dev/null -I "http://127.0.0.1:$s3_port/$bucket" || s3 -o /dev/null -X PUT "http://127.0.0.1:$s3_port/$bucket"
+
+# A service that exited while starting would otherwise be found only by the test that needs it.
+for process in "${processes[@]}" minio; do
+  kill -0 "$(cat "$dir/run/$process.pid")" 2>/dev/null || { say "$process exited while starting; see $dir/logs/$process.log"; exit 1; }
+done
 
 cat >"$dir/cluster.env" <<EOF
 TEMPORAL_ADDRESS=$address

@@ -1,6 +1,6 @@
 /** Reading a phase's workflow history in tests: which activities were scheduled, and when. */
 import type { Client } from '@temporalio/client';
-import { temporal } from '@temporalio/proto';
+import { google, temporal } from '@temporalio/proto';
 
 const EventType = temporal.api.enums.v1.EventType;
 
@@ -26,6 +26,19 @@ export function activityQueues(events: temporal.api.history.v1.IHistoryEvent[], 
   return events
     .filter((e) => e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED && e.activityTaskScheduledEventAttributes?.activityType?.name === type)
     .map((e) => e.activityTaskScheduledEventAttributes?.taskQueue?.name ?? '');
+}
+
+/**
+ * Each scheduled activity's type with its start-to-close and heartbeat timeouts in seconds (null where unset): what
+ * decides how long a task lost with its worker stays lost.
+ */
+export function activityTimeouts(events: temporal.api.history.v1.IHistoryEvent[]): { activityType: string; startToCloseSeconds: number | null; heartbeatSeconds: number | null }[] {
+  // The server records an unset timeout as a zero duration.
+  const seconds = (d: google.protobuf.IDuration | null | undefined): number | null => (d == null || Number(d.seconds ?? 0) + (d.nanos ?? 0) === 0 ? null : Number(d.seconds ?? 0) + (d.nanos ?? 0) / 1e9);
+  return events
+    .filter((e) => e.eventType === EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED)
+    .map((e) => e.activityTaskScheduledEventAttributes!)
+    .map((a) => ({ activityType: a.activityType?.name ?? '', startToCloseSeconds: seconds(a.startToCloseTimeout), heartbeatSeconds: seconds(a.heartbeatTimeout) }));
 }
 
 export function updateAcceptedEvents(events: temporal.api.history.v1.IHistoryEvent[], name: string): number[] {
