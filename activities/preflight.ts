@@ -28,30 +28,34 @@ export async function preflightModels(deps: PreflightDeps, input: PreflightInput
   }
 }
 
+/** One runtime process for all the phase's models (its imports are seconds of CPU), one event per model in order. */
 async function checkEachModel(deps: PreflightDeps, input: PreflightInput): Promise<PreflightRecord> {
+  const models = input.protocol.models;
+  const specs = models.map((model) => writeRunSpec(input, model, modelOutDir(deps.workDir, input.phaseId, model.key), deps.modelCacheDir, 'preflight-spec.json'));
+  const verdicts = new Map<string, { checked: boolean; note: string | null }>();
+  const exit = await runRuntime({
+    python: deps.python,
+    runtimeSrc: deps.runtimeSrc,
+    args: ['preflight', ...specs.flatMap((spec) => ['--spec', spec])],
+    onEvent: (event) => {
+      if (event.event !== 'preflight' || typeof event.model_key !== 'string') return;
+      verdicts.set(event.model_key, { checked: event.checked === true, note: typeof event.note === 'string' ? event.note : null });
+    },
+  });
+  // The runtime stops at the first model it cannot pass: the first without a verdict.
+  const stoppedAt = models.find((model) => !verdicts.has(model.key))?.key ?? 'the preflight';
+  if (exit.code === RuntimeExitCode.invalidSpec) {
+    throw ApplicationFailure.create({ type: ErrorTypes.invalidInput, message: `${stoppedAt}: ${exit.error?.message ?? 'invalid spec'} (found before any GPU run)`, nonRetryable: true });
+  }
+  if (exit.code !== RuntimeExitCode.ok) {
+    throw ApplicationFailure.create({ type: ErrorTypes.runtimeFailure, message: `preflight of ${stoppedAt} failed: ${exit.error?.message ?? exit.stderrTail.trim().split('\n').pop() ?? `exit ${exit.code}`}` });
+  }
   const record: PreflightRecord = { checked: [], notChecked: [] };
-  for (const model of input.protocol.models) {
-    const specPath = writeRunSpec(input, model, modelOutDir(deps.workDir, input.phaseId, model.key), deps.modelCacheDir, 'preflight-spec.json');
-    let note: string | null = null;
-    let checked = false;
-    const exit = await runRuntime({
-      python: deps.python,
-      runtimeSrc: deps.runtimeSrc,
-      args: ['preflight', '--spec', specPath],
-      onEvent: (event) => {
-        if (event.event !== 'preflight') return;
-        checked = event.checked === true;
-        note = typeof event.note === 'string' ? event.note : null;
-      },
-    });
-    if (exit.code === RuntimeExitCode.invalidSpec) {
-      throw ApplicationFailure.create({ type: ErrorTypes.invalidInput, message: `${model.key}: ${exit.error?.message ?? 'invalid spec'} (found before any GPU run)`, nonRetryable: true });
-    }
-    if (exit.code !== RuntimeExitCode.ok) {
-      throw ApplicationFailure.create({ type: ErrorTypes.runtimeFailure, message: `preflight of ${model.key} failed: ${exit.error?.message ?? exit.stderrTail.trim().split('\n').pop() ?? `exit ${exit.code}`}` });
-    }
-    if (checked) record.checked.push(model.key);
-    else record.notChecked.push({ modelKey: model.key, why: note ?? 'not checked' });
+  for (const model of models) {
+    const verdict = verdicts.get(model.key);
+    if (verdict === undefined) throw ApplicationFailure.create({ type: ErrorTypes.runtimeFailure, message: `preflight of ${model.key}: the runtime exited 0 without a verdict` });
+    if (verdict.checked) record.checked.push(model.key);
+    else record.notChecked.push({ modelKey: model.key, why: verdict.note ?? 'not checked' });
   }
   return record;
 }

@@ -184,16 +184,20 @@ test('a spec invalid by definition fails in the preflight, before any GPU call i
   const modal = fakeModal();
   await withEnv(modal.env, async () => {
     const { worker, pc } = await testWorker(server, 'modal-preflight');
-    // The tiny models have 3 blocks: layer 5 does not exist. The run would find out only after loading on the GPU.
+    // Both models are checked in one runtime process; the second names a tiny architecture that does not exist,
+    // which the run would find out only on the GPU. The failure names that model, not the first.
+    const tiny = { gpu: 'A10G', dtype: 'float32', expected_gpu_seconds: 60, timeout_minutes: 10, tiny_seed: 0 };
     const loaded = testProtocol('modal-preflight', {
       backend: 'modal',
-      models: [{ key: 'tiny-qwen2', id: 'tiny:qwen2', gpu: 'A10G', dtype: 'float32', expected_gpu_seconds: 60, timeout_minutes: 10, tiny_seed: 0 }],
-      site: { stream: 'residual', layer: 5, position: -1 },
+      models: [
+        { key: 'tiny-qwen2', id: 'tiny:qwen2', ...tiny },
+        { key: 'tiny-unknown', id: 'tiny:mamba', ...tiny },
+      ],
     });
     await worker.runUntil(async () => {
       const state = await runToFailure(pc, loaded);
       expect(state.status).toBe('FAILED');
-      expect(state.failure).toBe('tiny-qwen2: site.layer: must be < num_hidden_layers (3) (found before any GPU run)');
+      expect(state.failure).toBe("tiny-unknown: model.id: unknown tiny arch 'mamba'; expected one of qwen2, gemma2, llama, qwen3 (found before any GPU run)");
       expect(state.ledger).toEqual([]);
     });
     expect(modal.spawns()).toEqual([]);

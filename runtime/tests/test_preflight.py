@@ -73,4 +73,28 @@ def test_the_command_exits_2_naming_the_field(
     path.write_text(json.dumps(run_spec_dict(cache_dir)))
     assert main(["preflight", "--spec", str(path)]) == 0
     last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert last == {"event": "preflight", "checked": True, "num_layers": 3, "note": None}
+    assert last == {
+        "event": "preflight",
+        "model_key": "tiny-qwen",
+        "checked": True,
+        "num_layers": 3,
+        "note": None,
+    }
+
+
+def test_one_process_checks_every_model_in_order_and_stops_at_the_first_invalid(
+    cache_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    paths = []
+    for key, layer in (("first", 1), ("second", 7), ("third", 1)):
+        paths.append(tmp_path / f"{key}.json")
+        paths[-1].write_text(
+            json.dumps(run_spec_dict(cache_dir, model_key=key, site={"layer": layer, "position": -1}))
+        )
+    assert main(["preflight", *(a for p in paths for a in ("--spec", str(p)))]) == 2
+    events = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    # The first model's verdict, then the second's error: the caller attributes it to the first without one.
+    assert [(e["event"], e.get("model_key")) for e in events] == [("preflight", "first"), ("error", None)]
+    assert events[-1]["path"] == "site.layer"

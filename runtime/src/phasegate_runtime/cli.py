@@ -46,8 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="one per-model run")
     run.add_argument("--spec", required=True, type=Path)
     run.add_argument("--out", required=True, type=Path)
-    check = sub.add_parser("preflight", help="check a run spec against the model's config, no weights")
-    check.add_argument("--spec", required=True, type=Path)
+    check = sub.add_parser(
+        "preflight", help="check run specs against their models' configs, no weights (one process a phase)"
+    )
+    check.add_argument("--spec", required=True, type=Path, action="append", help="repeat for each model")
     score = sub.add_parser("score", help="score result.json files")
     score.add_argument("--spec", required=True, type=Path)
     score.add_argument("--out", required=True, type=Path)
@@ -67,11 +69,20 @@ def _dispatch(args: argparse.Namespace, events: EventStream) -> None:
 
         run(spec, args.out.resolve(), events)
     elif args.command == "preflight":
-        spec = parse_run_spec(load_json(args.spec, "spec"))
         from .preflight import preflight
 
-        found = preflight(spec)
-        events.emit("preflight", checked=found.checked, num_layers=found.num_layers, note=found.note)
+        # In order, one event each: the first spec without one is the one the error (if any) is about. One
+        # process for all the phase's models pays the imports (seconds of CPU) once.
+        for path in args.spec:
+            spec = parse_run_spec(load_json(path, "spec"))
+            found = preflight(spec)
+            events.emit(
+                "preflight",
+                model_key=spec.model_key,
+                checked=found.checked,
+                num_layers=found.num_layers,
+                note=found.note,
+            )
     elif args.command == "score":
         score_spec = parse_score_spec(load_json(args.spec, "score spec"))
         from .checkpoint import atomic_write_json

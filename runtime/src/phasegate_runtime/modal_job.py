@@ -315,7 +315,7 @@ def run_in_container(
 def prefetch_body(spec: dict[str, Any], paths: VolumePaths) -> dict[str, Any]:
     """Downloads the spec's model into the Volume's model cache, where ``run_model`` then finds it (the same
     ``resolve_model_path`` and ``cache_dir``). An error no retry can fix is an invalid spec, as in a run."""
-    from .models import resolve_model_path
+    from .model_files import resolve_model_path
     from .spec import SpecError, parse_run_spec
 
     started = time.monotonic()

@@ -10,27 +10,22 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from .decode import install_fast_generate
+from .model_files import resolve_model_path
 from .site import decoder_layers
 from .site_check import install_site_observer
-from .spec import TINY_ARCHS, ModelSpec, SpecError, TinyArch
-from .tiny import ensure_tiny_model
+from .spec import ModelSpec, SpecError
 
 _DTYPES: dict[str, torch.dtype] = {
     "float32": torch.float32,
     "bfloat16": torch.bfloat16,
     "float16": torch.float16,
 }
-
-# Only what a causal LM and its tokenizer need: repos often ship both .bin and .safetensors copies.
-_ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
-_NO_WEIGHTS = [p for p in _ALLOW_PATTERNS if p != "*.safetensors"]
 
 
 @dataclass
@@ -52,48 +47,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise SpecError("model.device", "cuda requested but no CUDA device is available")
     return torch.device(name)
-
-
-def resolve_model_path(spec: ModelSpec, cache_dir: str, *, weights: bool = True) -> Path:
-    """The local directory of the model; ``weights=False`` fetches a hub model's config and tokenizer only
-    (the preflight's view). Errors no retry can fix are invalid specs."""
-    if spec.id.startswith("tiny:"):
-        arch = spec.id.removeprefix("tiny:")
-        if arch not in TINY_ARCHS:
-            raise SpecError(
-                "model.id", f"unknown tiny arch {arch!r}; expected one of {', '.join(TINY_ARCHS)}"
-            )
-        return ensure_tiny_model(cache_dir, cast(TinyArch, arch), spec.tiny_seed)
-    local = Path(spec.id)
-    if local.is_dir():
-        return local.resolve()
-    if local.is_absolute() or spec.id.startswith("."):
-        raise SpecError("model.id", f"local path does not exist: {spec.id}")
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import GatedRepoError, HFValidationError, RepositoryNotFoundError
-
-    # Errors no retry can fix are invalid specs (exit 2, not retried): a retry would pay for the GPU again.
-    try:
-        return Path(
-            snapshot_download(
-                spec.id,
-                revision=spec.revision,
-                cache_dir=cache_dir,
-                allow_patterns=_ALLOW_PATTERNS if weights else _NO_WEIGHTS,
-            )
-        )
-    except GatedRepoError as err:
-        raise SpecError(
-            "model.id",
-            f"{spec.id} is gated: accept its licence at https://huggingface.co/{spec.id} with the account "
-            "whose HF_TOKEN the runtime uses",
-        ) from err
-    except RepositoryNotFoundError as err:  # also what the hub answers for a private repo without access
-        raise SpecError(
-            "model.id", f"{spec.id} not found on the hub, or HF_TOKEN has no access to it"
-        ) from err
-    except HFValidationError as err:
-        raise SpecError("model.id", f"not a hub model id: {err}") from err
 
 
 def default_attn_implementation(model_type: str, requested: str | None) -> str | None:

@@ -4,8 +4,9 @@ A run spec can be invalid by definition in ways only the model can tell: a site 
 depth, a prompt shorter than the site position reaches back, an unknown ``tiny:`` architecture, a hub id the
 hub client rejects or cannot find. The runner checks all of them after loading, on the GPU; :func:`preflight`
 checks the same rules (:func:`check_site`, shared with the runner) from the model's config and tokenizer
-alone (:func:`.models.resolve_model_path` without weights), so that the workflow refuses such a phase before
-dispatching it. Identical harmful and harmless prompt sets are refused too (no direction).
+alone (:func:`.model_files.resolve_model_path` without weights), so that the workflow refuses such a phase
+before dispatching it. Identical harmful and harmless prompt sets are refused too (no direction). It imports
+no modelling code (transformers' config and tokenizer only): about half the CPU of importing the runner.
 
 A hub model whose config cannot be fetched here (no network on this worker, say) is not a verdict: the result
 says it was not checked and why, and the run's own checks still apply.
@@ -46,7 +47,7 @@ def _config_and_tokenizer(spec: RunSpec) -> tuple[Any, Any] | str:
     """The model's config and tokenizer without its weights, or why they could not be fetched here."""
     from transformers import AutoConfig, AutoTokenizer
 
-    from .models import resolve_model_path
+    from .model_files import resolve_model_path
 
     try:
         path = resolve_model_path(spec.model, spec.cache_dir, weights=False)

@@ -12,17 +12,14 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-
-import torch
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-from transformers import (
-    AutoConfig,
-    AutoModelForCausalLM,
-    PretrainedConfig,
-    PreTrainedTokenizerFast,
-)
+from typing import TYPE_CHECKING
 
 from .spec import TINY_ARCHS, TinyArch
+
+# torch, tokenizers and transformers are imported where a model is built: finding one already saved (every
+# preflight and run after the first) costs no import.
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedTokenizerFast
 
 PAD, EOS, BOS = "<pad>", "<eos>", "<bos>"
 _SPECIALS = (PAD, EOS, BOS)
@@ -43,6 +40,9 @@ _COMMON: dict[str, object] = {
 
 def build_tokenizer() -> PreTrainedTokenizerFast:
     """A byte-level tokenizer: 256 byte tokens then pad/eos/bos, left padding for batched generation."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
     alphabet = pre_tokenizers.ByteLevel.alphabet()
     vocab = {ch: i for i, ch in enumerate(sorted(alphabet))}
     for token in _SPECIALS:
@@ -58,6 +58,8 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
 
 
 def tiny_config(arch: TinyArch, tokenizer: PreTrainedTokenizerFast) -> PretrainedConfig:
+    from transformers import AutoConfig
+
     extra: dict[str, object] = {}
     if arch == "gemma2":
         # Keep gemma2's soft-capping and sliding window switched on so the tiny model exercises the same
@@ -88,6 +90,9 @@ def ensure_tiny_model(cache_dir: str | os.PathLike[str], arch: TinyArch, seed: i
     target = tiny_dir(cache_dir, arch, seed)
     if (target / "config.json").is_file():
         return target
+    import torch
+    from transformers import AutoModelForCausalLM
+
     target.parent.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     config = tiny_config(arch, tokenizer)
