@@ -10,12 +10,12 @@
  */
 import { Client, Connection } from '@temporalio/client';
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
-import { copyFileSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { copyFileSync, mkdirSync, mkdtempSync, openSync, readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
-import { approveBudget, decisionTarget, getState, startPhase, submitReview, type PhaseClient } from '../client/phases';
-import { loadPrivateKey, newKey, signDecision } from '../client/keys';
+import { getState, startPhase, type PhaseClient } from '../client/phases';
+import { benchPeople } from './bench-people';
 import { S3ArtifactStore } from '../common/artifact-store';
 import { repoRoot } from '../common/config';
 import { StoredPhaseRecords } from '../common/phase-records';
@@ -38,8 +38,7 @@ const CONCURRENCY = Number(args.concurrency);
 const deadline = Date.now() + Number(args['timeout-minutes']) * 60_000;
 
 const runTag = `b${Date.now().toString(36)}`;
-const keysDir = mkdtempSync(path.join(os.tmpdir(), 'phasegate-bench-keys-'));
-const people = { 'demo-approver': newKey(keysDir, 'demo-approver'), 'demo-reviewer': newKey(keysDir, 'demo-reviewer') };
+const people = benchPeople('bench');
 
 /** A small protocol (one tiny model, one repeat, a few tokens) in a folder of its own: a distinct phase per tag. */
 function benchProtocol(tag: string): LoadedProtocol {
@@ -59,7 +58,7 @@ function benchProtocol(tag: string): LoadedProtocol {
     sampling: { decode: 'greedy', max_new_tokens: 6, batch_size: 8 },
     prompts: { harmful: 'harmful.txt', harmless: 'harmless.txt', eval: 'demo-eval.txt' },
     pricing: 'pricing.json',
-    people,
+    people: people.roster,
     budget: { cap_usd: 1, approvers: ['demo-approver'], deadline_hours: null },
   };
   const file = path.join(dir, 'protocol.json');
@@ -197,9 +196,7 @@ async function main(): Promise<void> {
     t = Date.now();
     const smallFailures = await pool(small, CONCURRENCY, async (p) => {
       await startPhase(pc, p);
-      const target = await decisionTarget(pc, p.phaseId);
-      await approveBudget(pc, signDecision(loadPrivateKey(keysDir, 'demo-approver'), { kind: 'approve-budget', by: 'demo-approver', ...target, content: { usd: '0.5', note: '' } }));
-      await submitReview(pc, signDecision(loadPrivateKey(keysDir, 'demo-reviewer'), { kind: 'review', by: 'demo-reviewer', ...target, content: { verdict: 'APPROVED', ref: '', notes: '' } }));
+      await people.passGates(pc, p.phaseId, '0.5');
     });
     report.smallDecidedS = (Date.now() - t) / 1000;
     const frozen = await untilCount(client, taskQueue, 'FROZEN', SMALL - smallFailures.length, sample);
@@ -221,7 +218,7 @@ async function main(): Promise<void> {
     store.destroy();
     await new Promise((r) => setTimeout(r, 3000));
     execFileSync(path.join(repoRoot, 'scripts', 'cluster', 'down.sh'), [clusterDir, ...(process.env.KEEP_CLUSTER === '1' ? [] : ['--purge'])]);
-    rmSync(keysDir, { recursive: true, force: true });
+    people.dispose();
   }
   report.totalS = (Date.now() - t0) / 1000;
   const text = JSON.stringify(report, null, 2);

@@ -21,8 +21,8 @@ import os from 'node:os';
 import path from 'node:path';
 import { parseArgs } from 'node:util';
 import pino from 'pino';
-import { approveBudget, decisionTarget, startPhase, submitReview, type PhaseClient } from '../client/phases';
-import { loadPrivateKey, newKey, signDecision } from '../client/keys';
+import { startPhase, type PhaseClient } from '../client/phases';
+import { benchPeople } from './bench-people';
 import { parseEnv, repoRoot, resolvePaths, type Paths } from '../common/config';
 import { PhaseRecordStore } from '../common/phase-records';
 import { loadProtocol, type LoadedProtocol } from '../protocols/load';
@@ -43,8 +43,7 @@ const MODAL_RUN_S = Number(args['modal-run-s']);
 const PHASES = args.phases.split(',') as ('demo' | 'modal')[];
 
 const runTag = `w${Date.now().toString(36)}`;
-const keysDir = mkdtempSync(path.join(os.tmpdir(), 'phasegate-wall-keys-'));
-const people = { 'demo-approver': newKey(keysDir, 'demo-approver'), 'demo-reviewer': newKey(keysDir, 'demo-reviewer') };
+const people = benchPeople('wall');
 
 /** protocols/demo.json with this run's people, a phase name of its own, and (modal) the Modal backend. */
 function protocolFor(kind: 'demo' | 'modal', tag: string): LoadedProtocol {
@@ -56,7 +55,7 @@ function protocolFor(kind: 'demo' | 'modal', tag: string): LoadedProtocol {
   for (const f of ['harmful.txt', 'harmless.txt', 'demo-eval.txt']) copyFileSync(path.join(src, 'prompts', f), path.join(dir, 'prompts', f));
   copyFileSync(path.join(src, 'pricing', 'modal-gpu.json'), path.join(dir, 'pricing', 'modal-gpu.json'));
   const modal = kind === 'modal' ? { backend: 'modal', models: demo.models.map((m) => ({ ...m, gpu: 'A10G' })) } : {};
-  const protocol = { ...demo, phase: `wall-${runTag}-${tag}`, people, budget: { cap_usd: 1, approvers: ['demo-approver'], deadline_hours: null }, ...modal };
+  const protocol = { ...demo, phase: `wall-${runTag}-${tag}`, people: people.roster, budget: { cap_usd: 1, approvers: ['demo-approver'], deadline_hours: null }, ...modal };
   const file = path.join(dir, 'protocol.json');
   writeFileSync(file, JSON.stringify(protocol, null, 2));
   return loadProtocol(file);
@@ -102,9 +101,7 @@ async function main(): Promise<void> {
           const t0 = Date.now();
           const state = await worker.runUntil(async () => {
             await startPhase(pc, loaded);
-            const target = await decisionTarget(pc, loaded.phaseId);
-            await approveBudget(pc, signDecision(loadPrivateKey(keysDir, 'demo-approver'), { kind: 'approve-budget', by: 'demo-approver', ...target, content: { usd: '0.5', note: '' } }));
-            await submitReview(pc, signDecision(loadPrivateKey(keysDir, 'demo-reviewer'), { kind: 'review', by: 'demo-reviewer', ...target, content: { verdict: 'APPROVED', ref: '', notes: '' } }));
+            await people.passGates(pc, loaded.phaseId, '0.5');
             return env.client.workflow.getHandle<typeof phaseWorkflow>(loaded.phaseId).result();
           });
           const wholeS = (Date.now() - t0) / 1000;
