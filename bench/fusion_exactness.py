@@ -1,12 +1,14 @@
 """Which fused decode-step kernels are bit-exact with eager on the GPU, and which change tokens (issue 16).
 
-The protocol keeps ``numerics.fused_kernels`` off because, compiled, the pieces in
-``phasegate_runtime/fused.py`` changed tokens against transformers' ``generate`` on the Qwen2.5-7B shape.
+The protocol's ``numerics.fused_kernels`` defaults to ``exact``, not to every piece, because all the pieces
+in ``phasegate_runtime/fused.py`` compiled changed tokens against transformers' ``generate`` (Qwen2.5-7B).
 Part 1 compares each piece compiled (as the decoder runs it: Inductor, deterministic,
 ``emulate_precision_casts``) with the same function run eagerly, bit for bit, on random bf16 inputs of the
 real shapes at several magnitudes. Part 2 decodes the eval prompts of ``native_drift.py`` with one kind of
 piece fused at a time and counts the rows that part from ``generate``, with each pass's time (Gemma's grouped
-attention is compiled whenever anything is fused: the decoder calls it directly). A diagnostic, not a gate:
+attention is compiled whenever anything is fused: the decoder calls it directly), and the runtime's
+``exact`` mode (each norm's reduction left to ATen and its pointwise rest compiled, the gated MLPs and rotary;
+attention eager), with its norms alone as ``norm-split``. A diagnostic, not a gate:
 ``python3 bench/fusion_exactness.py --out $OUT``.
 """
 
@@ -66,7 +68,7 @@ def piece_inputs(shape: str, piece: str, scale: float, gen: torch.Generator) -> 
         return (torch.randn(*size, generator=gen, device=dev) * s).to(bf)
 
     gemma = SHAPES[shape]["arch"] == "gemma2"
-    if piece == "norm":
+    if piece in ("norm", "norm-split"):
         fn = fused.rms_norm_unit_offset if gemma else fused.rms_norm
         return fn, (r(BATCH, 1, hidden), r(hidden, s=0.5), 1e-6)
     if piece == "mlp":
@@ -91,7 +93,8 @@ def piece_inputs(shape: str, piece: str, scale: float, gen: torch.Generator) -> 
 
 
 def part1(shape: str, draws: int) -> dict[str, Any]:
-    pieces = ["norm", "mlp", "rotary"] + (["attention"] if SHAPES[shape]["attn"] == "eager" else [])
+    pieces = ["norm", "norm-split", "mlp", "rotary"]
+    pieces += ["attention"] if SHAPES[shape]["attn"] == "eager" else []
     out: dict[str, Any] = {}
     gen = torch.Generator(device="cuda").manual_seed(1234)
     for piece in pieces:
@@ -102,7 +105,11 @@ def part1(shape: str, draws: int) -> dict[str, Any]:
                 fn, args = piece_inputs(shape, piece, scale, gen)
                 with torch.inference_mode():
                     want = _eager(fn)(*args)
-                    got = fused._run_compiled(_eager(fn), *args)
+                    if piece == "norm-split":  # the runtime's exact mode: ATen's reduction, compiled rest
+                        with fused.decode_steps("exact"):
+                            got = _SPLIT[fn](*args)
+                    else:
+                        got = fused._run_compiled(_eager(fn), *args)
                 b, n = _mismatch(got, want)
                 bad, total, draws_differing = bad + b, total + n, draws_differing + (b > 0)
             per_scale[str(scale)] = {
@@ -115,11 +122,18 @@ def part1(shape: str, draws: int) -> dict[str, Any]:
     return out
 
 
+_SPLIT = {fused.rms_norm: fused.rms_norm_split, fused.rms_norm_unit_offset: fused.rms_norm_unit_offset_split}
+# Kinds of part 2: what is fused. "norm-split" and "exact" are the runtime's ``exact`` mode (each norm's
+# reduction left to ATen, its pointwise rest compiled; attention eager): norms alone, then with MLPs and
+# rotary.
+KINDS = ("off", "norm", "mlp", "rotary", "all", "norm-split", "exact")
+
+
 def _only(kind: str) -> None:
     """Fuse only ``kind`` in the models built next (the process-wide rotary swap is undone if excluded)."""
-    fused._NORMS = dict(_ALL_NORMS) if kind in ("norm", "all") else {}
-    fused._MLPS = _ALL_MLPS if kind in ("mlp", "all") else ()
-    fused._ROTARY_MODEL_TYPES = _ALL_ROTARY if kind in ("rotary", "all") else ()
+    fused._NORMS = dict(_ALL_NORMS) if kind in ("norm", "all", "norm-split", "exact") else {}
+    fused._MLPS = _ALL_MLPS if kind in ("mlp", "all", "exact") else ()
+    fused._ROTARY_MODEL_TYPES = _ALL_ROTARY if kind in ("rotary", "all", "exact") else ()
     for arch in _ALL_ROTARY:
         modeling = sys.modules.get(f"transformers.models.{arch}.modeling_{arch}")
         current = getattr(modeling, "apply_rotary_pos_emb", None)
@@ -130,10 +144,10 @@ def _only(kind: str) -> None:
 _ALL_NORMS, _ALL_MLPS, _ALL_ROTARY = dict(fused._NORMS), fused._MLPS, fused._ROTARY_MODEL_TYPES
 
 
-def part2(shape: str, layers: int, new_tokens: int) -> dict[str, Any]:
+def part2(shape: str, layers: int, new_tokens: int, kinds: list[str]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     hf: list[list[int]] | None = None
-    for kind in ("off", "norm", "mlp", "rotary", "all"):
+    for kind in kinds:
         _only(kind)
         loaded, _ = build(shape, argparse.Namespace(tiny=False, layers=layers), torch.device("cuda"))
         data = prompts(random.Random(7), 30, len(loaded.tokenizer), 18, 28)
@@ -141,7 +155,8 @@ def part2(shape: str, layers: int, new_tokens: int) -> dict[str, Any]:
         config = config_of(loaded, new_tokens)
         if hf is None:
             hf = rows_of(fast.hf_generate(loaded.model), batches, config)
-        numerics(loaded, fused_kernels="off" if kind == "off" else "on")
+        setting = {"off": "off", "norm-split": "exact", "exact": "exact"}.get(kind, "on")
+        numerics(loaded, fused_kernels=setting)
         rows_of(loaded.model.generate, batches, config)  # compile and warm up
         torch.cuda.synchronize()
         started = time.perf_counter()
@@ -169,6 +184,9 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--static-shapes", action="store_true", help="dynamo: no automatic dynamic shapes")
     parser.add_argument("--skip-pieces", action="store_true", help="part 2 only")
+    parser.add_argument(
+        "--kinds", nargs="+", default=list(KINDS), choices=KINDS, help="part 2: what is fused"
+    )
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/out")))
     args = parser.parse_args()
     configure_determinism(True)
@@ -182,7 +200,7 @@ def main() -> None:
     }
     for shape in args.shapes:
         pieces = {} if args.skip_pieces else part1(shape, args.draws)
-        report[shape] = {"pieces": pieces, "decode": part2(shape, args.layers, args.new_tokens)}
+        report[shape] = {"pieces": pieces, "decode": part2(shape, args.layers, args.new_tokens, args.kinds)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fusion_exactness.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

@@ -259,7 +259,7 @@ def bench_shape(shape: str, args: argparse.Namespace, device: torch.device, out:
     compiled_before = fused.COMPILE_SECONDS[0]
     row["first_pass_s"] = one_pass(loaded, data["eval"], args.new_tokens, use_hf=False)
     row["compile_s"] = fused.COMPILE_SECONDS[0] - compiled_before
-    row["fused_kernels"] = fused.fused_enabled("on", device)  # false if compiling failed
+    row["fused_kernels"] = fused.fused_mode("on", device) != "off"  # false if compiling failed
     row["fast_pass_s"] = one_pass(loaded, data["eval"], args.new_tokens, use_hf=False)
     print(f"[{shape}] first pass {row['first_pass_s']:.2f}s (compile {row['compile_s']:.1f}s), "
           f"fast {row['fast_pass_s']:.2f}s", flush=True)  # fmt: skip
@@ -471,8 +471,8 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--naive-prompts", type=int, default=3)
     parser.add_argument("--alpha", type=float, default=0.0, help="0: the shape's own")
-    parser.add_argument("--fused-kernels", choices=["off", "on", "auto"], default="off",
-                        help="the Run's numerics.fused_kernels (the protocol default: off)")  # fmt: skip
+    parser.add_argument("--fused-kernels", choices=["off", "exact", "on", "auto"], default="exact",
+                        help="the Run's numerics.fused_kernels (the protocol default: exact)")  # fmt: skip
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/out")))
     parser.add_argument("--render", type=Path, help="only write the tables of an earlier gpu_protocol.json")
     args = parser.parse_args()

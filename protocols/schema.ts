@@ -48,11 +48,13 @@ export const numericsSchema = z.strictObject({
   /** fast: phasegate's static-cache greedy decoder; hf: transformers' own generate. */
   decoder: z.enum(['fast', 'hf'], { error: 'must be "fast" (phasegate\'s static-cache greedy decoder) or "hf" (transformers\' generate)' }).default('fast'),
   /**
-   * Compiled fused kernels in decode steps. auto: on for CUDA only. Off by default: on an H200, a Qwen2.5-7B-shaped
-   * bf16 decode with them parted from transformers' generate on 6 of 30 prompts (bench/native_drift.py), so the
-   * native cross-check, and parity_pass with it, would fail; they are a speed opt-in for phases whose claim allows it.
+   * Compiled fused kernels in decode steps. exact: only the pieces that compile bit-exact (gated MLPs, rotary, each
+   * norm's pointwise part after ATen's own reduction), CUDA only; auto: every piece, CUDA only; on: every piece, CPU
+   * too. exact by default: on an H200 its pieces equal eager bit for bit and both shapes decode transformers' tokens
+   * (a Qwen2.5-7B pass 0.96 s against 1.10 s off); every piece would part a Qwen2.5-7B decode from transformers'
+   * generate on 20 of 30 prompts (bench/fusion_exactness.py), failing the native cross-check and parity_pass.
    */
-  fused_kernels: z.enum(['auto', 'on', 'off'], { error: 'must be "auto" (on for CUDA only), "on" or "off"' }).default('off'),
+  fused_kernels: z.enum(['off', 'exact', 'auto', 'on'], { error: 'must be "off", "exact" (bit-exact pieces, CUDA only), "auto" (every piece, CUDA only) or "on"' }).default('exact'),
   /** Decode steps captured as CUDA graphs (CUDA only). */
   cuda_graphs: z.boolean({ error: 'must be true or false' }).default(true),
   /** Eager attention over grouped key/value heads without repeating them. */

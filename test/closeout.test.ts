@@ -174,10 +174,10 @@ test('the lock shows numerics and min_changed_fraction; class definitions and th
 
 test('the default numerics enter the lock table and the scope of the claim', () => {
   const report = render([failing]);
-  expect(input.protocol.numerics).toEqual({ decoder: 'fast', fused_kernels: 'off', cuda_graphs: true, grouped_eager: true });
+  expect(input.protocol.numerics).toEqual({ decoder: 'fast', fused_kernels: 'exact', cuda_graphs: true, grouped_eager: true });
   expect(input.protocol.steering.min_changed_fraction).toBe(0.1);
-  expect(report).toContain('| Numerics | decoder fast, fused kernels off, CUDA graphs on, grouped eager on |');
-  expect(report).toContain('(CUDA graphs on, fused kernels off, grouped eager on)');
+  expect(report).toContain('| Numerics | decoder fast, fused kernels exact, CUDA graphs on, grouped eager on |');
+  expect(report).toContain('(CUDA graphs on, fused kernels exact (bit-exact pieces, CUDA only), grouped eager on)');
   expect(report).toContain('float32 unit vectors of float32 activations');
 });
 

@@ -100,15 +100,15 @@ test('numbers and strings that would jam or crash a phase are refused by their f
 test('numerics: every switch is a named protocol field with a default, and an unknown switch is refused', () => {
   const numerics = (n: unknown) => issues({ ...demo, numerics: n });
   expect(numerics({ decoder: 'slow' })).toEqual([expect.stringMatching(/^numerics\.decoder: must be "fast" .* or "hf"/)]);
-  expect(numerics({ fused_kernels: true })).toEqual([expect.stringMatching(/^numerics\.fused_kernels: must be "auto" \(on for CUDA only\), "on" or "off"/)]);
+  expect(numerics({ fused_kernels: true })).toEqual([expect.stringMatching(/^numerics\.fused_kernels: must be "off", "exact" \(bit-exact pieces, CUDA only\), "auto" \(every piece, CUDA only\) or "on"/)]);
   expect(numerics({ cuda_graphs: 'false' })).toEqual([expect.stringMatching(/^numerics\.cuda_graphs: must be true or false/)]);
   expect(numerics({ grouped_eager: 0 })).toEqual([expect.stringMatching(/^numerics\.grouped_eager: must be true or false/)]);
   expect(numerics({ compile: true })).toEqual([expect.stringMatching(/^numerics: .*compile/)]);
   const dir = protocolFolder();
   const defaults = loadProtocol(write(demo, dir)).protocol;
-  expect(defaults.numerics).toEqual({ decoder: 'fast', fused_kernels: 'off', cuda_graphs: true, grouped_eager: true });
+  expect(defaults.numerics).toEqual({ decoder: 'fast', fused_kernels: 'exact', cuda_graphs: true, grouped_eager: true });
   expect(defaults.steering).toEqual({ alpha: 3, min_changed_fraction: 0.1 });
-  expect(loadProtocol(write({ ...demo, numerics: { decoder: 'hf' } }, dir)).protocol.numerics).toEqual({ decoder: 'hf', fused_kernels: 'off', cuda_graphs: true, grouped_eager: true });
+  expect(loadProtocol(write({ ...demo, numerics: { decoder: 'hf' } }, dir)).protocol.numerics).toEqual({ decoder: 'hf', fused_kernels: 'exact', cuda_graphs: true, grouped_eager: true });
 });
 
 test('the run spec (v2) carries min_changed_fraction and every numerics switch from the protocol', () => {
@@ -209,9 +209,9 @@ test('the lock: key order and written-out defaults do not change the hash; a pro
   expect(c.prompts.eval.sha256).not.toBe(a.prompts.eval.sha256);
 
   // Defaults are filled in before hashing: written out, they name the same phase; any switch changed does not.
-  const numerics = { decoder: 'fast', fused_kernels: 'off', cuda_graphs: true, grouped_eager: true };
+  const numerics = { decoder: 'fast', fused_kernels: 'exact', cuda_graphs: true, grouped_eager: true };
   expect(loadProtocol(write({ ...demo, numerics, steering: { alpha: 3, min_changed_fraction: 0.1 } }, dir)).protocolHash).toBe(c.protocolHash);
-  for (const changed of [{ decoder: 'hf' }, { fused_kernels: 'auto' }, { cuda_graphs: false }, { grouped_eager: false }]) {
+  for (const changed of [{ decoder: 'hf' }, { fused_kernels: 'off' }, { fused_kernels: 'auto' }, { cuda_graphs: false }, { grouped_eager: false }]) {
     expect(loadProtocol(write({ ...demo, numerics: { ...numerics, ...changed } }, dir)).protocolHash).not.toBe(c.protocolHash);
   }
   expect(loadProtocol(write({ ...demo, steering: { alpha: 3, min_changed_fraction: 0.2 } }, dir)).protocolHash).not.toBe(c.protocolHash);

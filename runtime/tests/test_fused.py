@@ -68,7 +68,17 @@ def test_every_norm_mlp_and_rotary_is_patched() -> None:
         assert getattr(modeling.apply_rotary_pos_emb, "_phasegate_fused", False), arch
 
 
-def test_fused_pieces_equal_transformers_bit_for_bit(traced: dict[Any, Any]) -> None:
+@pytest.mark.parametrize(
+    ("mode", "compiled"),
+    [
+        ("all", {"rms_norm", "rms_norm_unit_offset", "silu_gate", "gelu_tanh_gate", "rotary"}),
+        # The norms split: ATen's reduction, then only the pointwise tail compiled.
+        ("exact", {"rms_norm_tail", "rms_norm_unit_offset_tail", "silu_gate", "gelu_tanh_gate", "rotary"}),
+    ],
+)
+def test_fused_pieces_equal_transformers_bit_for_bit(
+    traced: dict[Any, Any], mode: fused.FusedMode, compiled: set[str]
+) -> None:
     torch.manual_seed(1)
     for arch, model in random_models().items():
         for module in model.modules():
@@ -78,24 +88,24 @@ def test_fused_pieces_equal_transformers_bit_for_bit(traced: dict[Any, Any]) -> 
                 inp = torch.randn(3, 1, size) * 4
                 with torch.no_grad():
                     reference = module(inp)
-                    with fused.decode_steps(True):
+                    with fused.decode_steps(mode):
                         ours = module(inp)
                 assert torch.equal(ours, reference), (arch, name)
         modeling = importlib.import_module(f"transformers.models.{arch}.modeling_{arch}")
         q, k = torch.randn(3, 4, 1, 16), torch.randn(3, 2, 1, 16)
         cos, sin = torch.randn(3, 1, 16), torch.randn(3, 1, 16)
         reference = modeling.apply_rotary_pos_emb(q, k, cos, sin)
-        with fused.decode_steps(True):
+        with fused.decode_steps(mode):
             ours = modeling.apply_rotary_pos_emb(q, k, cos, sin)
         assert all(torch.equal(a, b) for a, b in zip(ours, reference, strict=True)), arch
-    assert {f.__name__ for f in traced} == {"rms_norm", "rms_norm_unit_offset", "silu_gate", "gelu_tanh_gate",
-                                           "rotary"}  # fmt: skip
+    assert {f.__name__ for f in traced} == compiled
 
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_decode_with_fused_kernels_gives_the_same_tokens(
     load_tiny: Any, traced: dict[Any, Any], monkeypatch: pytest.MonkeyPatch, arch: str
 ) -> None:
+    """Every piece (``on``); ``exact`` below."""
     loaded = load_tiny(arch)
     tok = loaded.tokenizer
     (batch,) = make_batches(tok, EVAL, len(EVAL), loaded.device)
@@ -155,7 +165,33 @@ def test_a_failed_compile_turns_fusion_off_and_decoding_goes_on(
     assert rows() == plain
     assert len(fused.FAILURES) == 1
     assert "Failed to find C compiler" in fused.FAILURES[0]
-    assert not fused.fused_enabled("on", torch.device("cuda"))
+    assert fused.fused_mode("on", torch.device("cuda")) == "off"
+
+
+@pytest.mark.parametrize("arch", ["gemma2", "qwen2"])
+def test_exact_mode_decodes_the_same_tokens_and_leaves_attention_and_whole_norms_uncompiled(
+    load_tiny: Any, traced: dict[Any, Any], monkeypatch: pytest.MonkeyPatch, arch: str
+) -> None:
+    loaded = load_tiny(arch)
+    tok = loaded.tokenizer
+    (batch,) = make_batches(tok, EVAL, len(EVAL), loaded.device)
+    config = greedy_config(tok, 12, [tok.eos_token_id])
+
+    def rows() -> list[list[int]]:
+        with torch.no_grad():
+            ids = loaded.model.generate(**batch.model_inputs(), generation_config=config)
+        return new_token_ids(ids, batch.prompt_len, [tok.eos_token_id])
+
+    fusion(loaded, monkeypatch, "off")
+    plain = rows()
+    # ``exact`` is CUDA only; here the decoder is told it runs on CUDA.
+    fusion(loaded, monkeypatch, "exact")
+    monkeypatch.setattr(fused, "fused_mode", lambda setting, _dev: "exact" if setting == "exact" else "off")
+    assert rows() == plain
+    expected = {"rms_norm_tail", "silu_gate", "rotary"}
+    if arch == "gemma2":
+        expected = {"rms_norm_unit_offset_tail", "gelu_tanh_gate", "rotary"}  # attention stays eager
+    assert {f.__name__ for f in traced} == expected
 
 
 def test_a_hook_on_the_activation_keeps_the_original_mlp(load_tiny: Any, traced: dict[Any, Any]) -> None:
@@ -163,7 +199,7 @@ def test_a_hook_on_the_activation_keeps_the_original_mlp(load_tiny: Any, traced:
     seen: list[torch.Tensor] = []
     handle = mlp.act_fn.register_forward_hook(lambda _m, _i, out: seen.append(out))
     try:
-        with torch.no_grad(), fused.decode_steps(True):
+        with torch.no_grad(), fused.decode_steps("all"):
             mlp(torch.randn(2, 1, mlp.gate_proj.in_features))
     finally:
         handle.remove()
@@ -174,9 +210,10 @@ def test_a_hook_on_the_activation_keeps_the_original_mlp(load_tiny: Any, traced:
 def test_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fused, "FAILURES", [])
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert (fused.fused_enabled("auto", cpu), fused.fused_enabled("auto", cuda)) == (False, True)
-    assert (fused.fused_enabled("off", cpu), fused.fused_enabled("off", cuda)) == (False, False)
-    assert (fused.fused_enabled("on", cpu), fused.fused_enabled("on", cuda)) == (True, True)
+    assert (fused.fused_mode("auto", cpu), fused.fused_mode("auto", cuda)) == ("off", "all")
+    assert (fused.fused_mode("exact", cpu), fused.fused_mode("exact", cuda)) == ("off", "exact")
+    assert (fused.fused_mode("off", cpu), fused.fused_mode("off", cuda)) == ("off", "off")
+    assert (fused.fused_mode("on", cpu), fused.fused_mode("on", cuda)) == ("all", "all")
 
 
 def fusion(loaded: Any, monkeypatch: pytest.MonkeyPatch, setting: str) -> None:

@@ -41,7 +41,7 @@ DECODE_COUNTS: Counter[str] = Counter()
 (each followed by another attempt, see :func:`decode_with_fallbacks`)."""
 
 _STOP_CHECK_EVERY = 8
-_ShapeKey = tuple[int, int, bool, bool, str, str]
+_ShapeKey = tuple[int, int, str, bool, str, str]
 _HF_GENERATE = "_phasegate_hf_generate"
 _NUMERICS = "_phasegate_numerics"
 # Generation settings that change the decoding rule; the fast path only accepts their greedy values.
@@ -243,7 +243,7 @@ class _Decoder:
         self.position = self.prompt_positions[:, -1:].clone()
         self.index = torch.full((1,), prompt_len - 1, dtype=torch.long, device=dev)
         self.unfinished = torch.ones(batch, dtype=torch.bool, device=dev)
-        self.fused = fused.fused_enabled(numerics_of(model).fused_kernels, dev)
+        self.fused = fused.fused_mode(numerics_of(model).fused_kernels, dev)
         # What a CUDA graph capture of this step needs to have run once before (compilation of the fused
         # kernels, cuBLAS workspaces, kernel selection): the same model, shapes and modes. Deterministic
         # mode, the attention implementation and the dtype are part of what compiled kernels depend on.

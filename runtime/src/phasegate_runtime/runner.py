@@ -43,7 +43,7 @@ from .decode import native_generate, set_numerics
 from .determinism import configure_determinism, determinism_record, seed_everything
 from .direction import compute_direction, steering_delta
 from .events import EventStream, log
-from .fused import COMPILE_SECONDS, FAILURES, fused_enabled
+from .fused import COMPILE_SECONDS, FAILURES, fused_mode
 from .generation import decode, generate_ids, greedy_config, make_batches, new_token_ids, stop_token_ids
 from .models import LoadedModel, load_model
 from .preflight import check_site
@@ -111,7 +111,7 @@ def resolved_numerics(spec: RunSpec, loaded: LoadedModel) -> dict[str, Any]:
     n = spec.numerics
     return {
         "decoder": n.decoder,
-        "fused_kernels": fused_enabled(n.fused_kernels, loaded.device),
+        "fused_kernels": fused_mode(n.fused_kernels, loaded.device) != "off",
         "cuda_graphs": n.cuda_graphs and loaded.device.type == "cuda",
         "grouped_eager": n.grouped_eager,
     }

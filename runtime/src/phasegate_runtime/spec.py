@@ -24,7 +24,7 @@ DecoderName = Literal["fast", "hf"]
 TinyArch = Literal["qwen2", "gemma2", "llama", "qwen3"]
 """Architectures of the ``tiny:<arch>`` random-weight models (:mod:`.tiny`)."""
 TINY_ARCHS: tuple[str, ...] = get_args(TinyArch)
-FusedSetting = Literal["auto", "on", "off"]
+FusedSetting = Literal["auto", "on", "off", "exact"]
 
 SPEC_VERSION = 2
 METHODS: tuple[str, ...] = get_args(MethodName)
@@ -68,7 +68,8 @@ class NumericsSpec:
     """Every switch that changes what the decoder computes: part of the spec hash and of result.json.
 
     ``decoder``: ``fast`` (the static-cache greedy decoder, :mod:`.decode`) or ``hf`` (transformers'
-    ``generate``); ``fused_kernels``: ``auto`` (CUDA only), ``on`` or ``off`` (:mod:`.fused`);
+    ``generate``); ``fused_kernels``: ``off``, ``exact`` (bit-exact pieces, CUDA only), ``auto`` (every piece,
+    CUDA only) or ``on`` (:mod:`.fused`);
     ``cuda_graphs``: capture decode steps as CUDA graphs; ``grouped_eager``: eager attention without
     ``repeat_kv``. The ``PHASEGATE_*`` environment variables of the same names may only refuse a run whose
     spec disagrees.
@@ -81,7 +82,7 @@ class NumericsSpec:
 
 
 # The protocol schema's defaults (protocols/schema.ts): fused kernels are an opt-in, see there.
-DEFAULT_NUMERICS = NumericsSpec(decoder="fast", fused_kernels="off", cuda_graphs=True, grouped_eager=True)
+DEFAULT_NUMERICS = NumericsSpec(decoder="fast", fused_kernels="exact", cuda_graphs=True, grouped_eager=True)
 
 
 @dataclass(frozen=True)
@@ -362,7 +363,9 @@ def _env_setting(field: str, raw: str) -> str | bool | None:
     if field == "decoder":
         return value if value in get_args(DecoderName) else None
     if field == "fused_kernels":
-        return "on" if value in _ON else "off" if value in _OFF else value if value == "auto" else None
+        if value in ("auto", "exact"):
+            return value
+        return "on" if value in _ON else "off" if value in _OFF else None
     return True if value in _ON else False if value in _OFF else None
 
 
