@@ -33,7 +33,8 @@ const sci = (v: number | null): string => (v === null ? 'n/a' : v.toExponential(
 const usd = (v: number): string => `$${v.toFixed(4)}`;
 const share = (v: number | null): string => (v === null ? 'n/a' : `${(v * 100).toFixed(1)}%`);
 const onOff = (v: boolean): string => (v ? 'on' : 'off');
-const numericsAsRun = (n: NumericsUsed): string => `decoder ${n.decoder}, fused kernels ${onOff(n.fusedKernels)}, CUDA graphs ${onOff(n.cudaGraphs)}, grouped eager ${onOff(n.groupedEager)}`;
+const fusedAsRun = (n: NumericsUsed): string => (n.fusedMode === 'exact' ? 'exact' : onOff(n.fusedKernels));
+const numericsAsRun = (n: NumericsUsed): string => `decoder ${n.decoder}, fused kernels ${fusedAsRun(n)}, CUDA graphs ${onOff(n.cudaGraphs)}, grouped eager ${onOff(n.groupedEager)}`;
 /** A table cell: pipes and line breaks in user text (notes, refs, errors) would break the Markdown table. */
 const cell = (text: string): string => text.replace(/\|/g, '\\|').replace(/\s*\n\s*/g, ' ');
 const table = (head: string[], rows: string[][]): string =>

@@ -42,8 +42,13 @@ async function checkEachModel(deps: PreflightDeps, input: PreflightInput): Promi
       verdicts.set(event.model_key, { checked: event.checked === true, note: typeof event.note === 'string' ? event.note : null });
     },
   });
-  // The runtime stops at the first model it cannot pass: the first without a verdict.
-  const stoppedAt = models.find((model) => !verdicts.has(model.key))?.key ?? 'the preflight';
+  // The runtime stops at the first model it cannot pass: the first without a verdict. An error in its own
+  // arguments (a caller's bug) is about no model.
+  const aboutNoModel = exit.error?.path === 'arguments';
+  const stoppedAt = (aboutNoModel ? undefined : models.find((model) => !verdicts.has(model.key))?.key) ?? 'the preflight';
+  if (exit.code === RuntimeExitCode.invalidSpec && aboutNoModel) {
+    throw ApplicationFailure.create({ type: ErrorTypes.runtimeFailure, message: `the preflight's runtime command was refused: ${exit.error?.message ?? 'invalid arguments'}` });
+  }
   if (exit.code === RuntimeExitCode.invalidSpec) {
     throw ApplicationFailure.create({ type: ErrorTypes.invalidInput, message: `${stoppedAt}: ${exit.error?.message ?? 'invalid spec'} (found before any GPU run)`, nonRetryable: true });
   }

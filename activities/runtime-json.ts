@@ -64,7 +64,7 @@ export const runtimeScoreSchema = z.looseObject({
         ),
       }),
       integrity: z.looseObject({ ok: z.boolean(), problems: z.array(z.string()) }),
-      numerics: z.looseObject({ decoder: z.string(), fused_kernels: z.boolean(), cuda_graphs: z.boolean(), grouped_eager: z.boolean() }),
+      numerics: z.looseObject({ decoder: z.string(), fused_kernels: z.boolean(), fused_mode: z.enum(['off', 'exact', 'all']).optional(), cuda_graphs: z.boolean(), grouped_eager: z.boolean() }),
       failures: z.array(z.string()),
     }),
   ),
@@ -132,6 +132,12 @@ export function toModelScores(score: RuntimeScore): ModelScore[] {
         ),
       },
       integrity: { ok: m.integrity.ok, problems: m.integrity.problems },
-      numerics: { decoder: m.numerics.decoder, fusedKernels: m.numerics.fused_kernels, cudaGraphs: m.numerics.cuda_graphs, groupedEager: m.numerics.grouped_eager },
+      numerics: {
+        decoder: m.numerics.decoder,
+        fusedKernels: m.numerics.fused_kernels,
+        ...(m.numerics.fused_mode === undefined ? {} : { fusedMode: m.numerics.fused_mode }),
+        cudaGraphs: m.numerics.cuda_graphs,
+        groupedEager: m.numerics.grouped_eager,
+      },
     }));
 }

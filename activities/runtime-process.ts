@@ -33,8 +33,8 @@ export interface RuntimeExit {
   signal: NodeJS.Signals | null;
   seconds: number;
   cancelled: boolean;
-  /** The runtime's last `error` event, if it sent one. */
-  error: { kind: string; message: string } | null;
+  /** The runtime's last `error` event, if it sent one: its kind, message and, for an invalid spec, the field it names. */
+  error: { kind: string; message: string; path: string | null } | null;
   stderrTail: string;
 }
 
@@ -69,7 +69,7 @@ export function runRuntime(cmd: RuntimeCommand): Promise<RuntimeExit> {
   lines.on('line', (line) => {
     const event = parseEvent(line);
     if (event === null) return;
-    if (event.event === 'error') error = { kind: String(event.kind), message: String(event.message) };
+    if (event.event === 'error') error = { kind: String(event.kind), message: String(event.message), path: typeof event.path === 'string' ? event.path : null };
     cmd.onEvent?.(event);
   });
 

@@ -201,6 +201,8 @@ def main() -> None:
     for shape in args.shapes:
         pieces = {} if args.skip_pieces else part1(shape, args.draws)
         report[shape] = {"pieces": pieces, "decode": part2(shape, args.layers, args.new_tokens, args.kinds)}
+    # A piece whose compile failed runs uncompiled (the runtime's fallback): its zeros would mean nothing.
+    report["compile_failures"] = list(fused.FAILURES)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fusion_exactness.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))

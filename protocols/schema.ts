@@ -50,9 +50,9 @@ export const numericsSchema = z.strictObject({
   /**
    * Compiled fused kernels in decode steps. exact: only the pieces that compile bit-exact (gated MLPs, rotary, each
    * norm's pointwise part after ATen's own reduction), CUDA only; auto: every piece, CUDA only; on: every piece, CPU
-   * too. exact by default: on an H200 its pieces equal eager bit for bit and both shapes decode transformers' tokens
-   * (a Qwen2.5-7B pass 0.96 s against 1.10 s off); every piece would part a Qwen2.5-7B decode from transformers'
-   * generate on 20 of 30 prompts (bench/fusion_exactness.py), failing the native cross-check and parity_pass.
+   * too. exact by default: on an H200 its pieces equal eager bit for bit and both shapes decode the same tokens as
+   * with fusion off (a Qwen2.5-7B pass 0.96 s against 1.10 s off); every piece would part a Qwen2.5-7B decode from
+   * transformers' generate on 20 of 30 prompts (bench/fusion_exactness.py), failing the native cross-check.
    */
   fused_kernels: z.enum(['off', 'exact', 'auto', 'on'], { error: 'must be "off", "exact" (bit-exact pieces, CUDA only), "auto" (every piece, CUDA only) or "on"' }).default('exact'),
   /** Decode steps captured as CUDA graphs (CUDA only). */

@@ -107,6 +107,10 @@ test('score v2: the closeout carries its proof checks, read from score.json thro
   expect(report).toContain('- Unsteered passes (baseline, direction reads) unchanged: max abs error 0.000e+0');
   expect(report).toContain('- Visible effect: min changed fraction 50.0% (required ≥ 10.0% of eval prompts)');
   expect(report).toContain('- Numerics as run: decoder fast, fused kernels off, CUDA graphs off, grouped eager on');
+  // A GPU run in the default mode says which fused pieces ran: the exact ones, not "on" like every piece.
+  const numerics = { decoder: 'fast', fused_kernels: true, fused_mode: 'exact', cuda_graphs: true, grouped_eager: true };
+  const [onGpu] = toModelScores(parseRuntimeScore(scoreFile({ 'tiny-qwen2': scoreModelJson({ numerics }) })));
+  expect(render([onGpu!])).toContain('- Numerics as run: decoder fast, fused kernels exact, CUDA graphs on, grouped eager on');
   expect(report).toMatch(/Independent reference direction \(computed from output_hidden_states by code that shares nothing with the methods\), worst over repeats: \*\*ok\*\*/);
   expect(report).toContain('| Method | cosine (min) | L2 (max) | within thresholds |');
   expect(report).toContain('| nnsight | 0.9999999900 | 1.500e-7 | true |');

@@ -262,6 +262,8 @@ export interface NativeCheck {
 export interface NumericsUsed {
   decoder: string;
   fusedKernels: boolean;
+  /** Which fused pieces ran: the bit-exact ones or all (absent in results written before it was recorded). */
+  fusedMode?: 'off' | 'exact' | 'all';
   cudaGraphs: boolean;
   groupedEager: boolean;
 }

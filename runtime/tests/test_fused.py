@@ -76,24 +76,26 @@ def test_every_norm_mlp_and_rotary_is_patched() -> None:
         ("exact", {"rms_norm_tail", "rms_norm_unit_offset_tail", "silu_gate", "gelu_tanh_gate", "rotary"}),
     ],
 )
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: the casts inside a norm matter
 def test_fused_pieces_equal_transformers_bit_for_bit(
-    traced: dict[Any, Any], mode: fused.FusedMode, compiled: set[str]
+    traced: dict[Any, Any], mode: fused.FusedMode, compiled: set[str], dtype: torch.dtype
 ) -> None:
     torch.manual_seed(1)
     for arch, model in random_models().items():
+        model.to(dtype)
         for module in model.modules():
             name = type(module).__name__
             if name.endswith("RMSNorm") or name.endswith("MLP"):
                 size = module.weight.shape[0] if name.endswith("RMSNorm") else model.config.hidden_size
-                inp = torch.randn(3, 1, size) * 4
+                inp = (torch.randn(3, 1, size) * 4).to(dtype)
                 with torch.no_grad():
                     reference = module(inp)
                     with fused.decode_steps(mode):
                         ours = module(inp)
                 assert torch.equal(ours, reference), (arch, name)
         modeling = importlib.import_module(f"transformers.models.{arch}.modeling_{arch}")
-        q, k = torch.randn(3, 4, 1, 16), torch.randn(3, 2, 1, 16)
-        cos, sin = torch.randn(3, 1, 16), torch.randn(3, 1, 16)
+        q, k = torch.randn(3, 4, 1, 16).to(dtype), torch.randn(3, 2, 1, 16).to(dtype)
+        cos, sin = torch.randn(3, 1, 16).to(dtype), torch.randn(3, 1, 16).to(dtype)
         reference = modeling.apply_rotary_pos_emb(q, k, cos, sin)
         with fused.decode_steps(mode):
             ours = modeling.apply_rotary_pos_emb(q, k, cos, sin)

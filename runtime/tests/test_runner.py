@@ -65,7 +65,8 @@ def test_result_layout(finished: tuple[Path, dict[str, object]]) -> None:
     assert len(result["baseline"]["outputs"]) == len(EVAL)  # type: ignore[index]
     assert len(result["baseline"]["token_ids"]) == len(EVAL)  # type: ignore[index]
     assert result["numerics"] == {  # as the spec set them, resolved on this CPU
-        "decoder": "fast", "fused_kernels": False, "cuda_graphs": False, "grouped_eager": True,
+        "decoder": "fast", "fused_kernels": False, "fused_mode": "off", "cuda_graphs": False,
+        "grouped_eager": True,
     }  # fmt: skip
     assert result["stop_token_ids"] == [257]  # the tiny tokenizer's <eos>
     assert [u["method"] for u in result["native"]] == ["hooks", "pyvene"]  # type: ignore[union-attr]

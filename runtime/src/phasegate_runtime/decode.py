@@ -11,8 +11,8 @@ run during the eager prefill and the captured step (and, the first time a shape 
 eager warm-up step before the capture), so their additions are recorded into the graph and replayed at every
 later step (the delta is added at every position of every forward). Where capture fails (a library doing
 host work inside the step), the same loop runs eagerly: the same kernels, so outputs stay identical to the
-graph path, only slower. :data:`DECODE_COUNTS` records which. Inside decode steps the norms, rotary,
-attention and gated activation run as compiled fused kernels on CUDA (:mod:`.fused`).
+graph path, only slower. :data:`DECODE_COUNTS` records which. Inside decode steps on CUDA, compiled fused
+kernels run as ``numerics.fused_kernels`` says (:mod:`.fused`): by default only the bit-exact pieces.
 
 Greedy semantics follow ``transformers``: argmax of the last logits, rows that produced EOS emit the pad id
 afterwards, and decoding stops once every row is finished (checked every few steps; any extra columns are

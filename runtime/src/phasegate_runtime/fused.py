@@ -83,9 +83,10 @@ def fused_mode(setting: str, device: torch.device) -> FusedMode:
     """The spec's ``numerics.fused_kernels``: ``off``: nothing; ``exact``: the exact pieces on CUDA; ``auto``:
     every piece on CUDA; ``on``: every piece (CPU too). ``off`` for the rest of the process once compiling
     failed (:data:`FAILURES`)."""
-    if setting == "off" or FAILURES or (setting in ("exact", "auto") and device.type != "cuda"):
+    if FAILURES or (setting in ("exact", "auto") and device.type != "cuda"):
         return "off"
-    return "exact" if setting == "exact" else "all"
+    modes: dict[str, FusedMode] = {"exact": "exact", "auto": "all", "on": "all"}
+    return modes.get(setting, "off")
 
 
 @contextmanager

@@ -107,11 +107,14 @@ def environment(spec: RunSpec, loaded: LoadedModel) -> dict[str, Any]:
 
 
 def resolved_numerics(spec: RunSpec, loaded: LoadedModel) -> dict[str, Any]:
-    """The spec's numerics as they applied on this device (``fused_kernels``: whether they ran)."""
+    """The spec's numerics as they applied on this device (``fused_kernels``: whether they ran;
+    ``fused_mode``: which pieces, ``exact`` or ``all``)."""
     n = spec.numerics
+    mode = fused_mode(n.fused_kernels, loaded.device)
     return {
         "decoder": n.decoder,
-        "fused_kernels": fused_mode(n.fused_kernels, loaded.device) != "off",
+        "fused_kernels": mode != "off",
+        "fused_mode": mode,
         "cuda_graphs": n.cuda_graphs and loaded.device.type == "cuda",
         "grouped_eager": n.grouped_eager,
     }

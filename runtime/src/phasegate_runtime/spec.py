@@ -81,7 +81,7 @@ class NumericsSpec:
     grouped_eager: bool
 
 
-# The protocol schema's defaults (protocols/schema.ts): fused kernels are an opt-in, see there.
+# The protocol schema's defaults (protocols/schema.ts): only the bit-exact fused kernels, see there.
 DEFAULT_NUMERICS = NumericsSpec(decoder="fast", fused_kernels="exact", cuda_graphs=True, grouped_eager=True)
 
 
