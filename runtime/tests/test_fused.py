@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -109,14 +109,7 @@ def test_decode_with_fused_kernels_gives_the_same_tokens(
 ) -> None:
     """Every piece (``on``); ``exact`` below."""
     loaded = load_tiny(arch)
-    tok = loaded.tokenizer
-    (batch,) = make_batches(tok, EVAL, len(EVAL), loaded.device)
-    config = greedy_config(tok, 12, [tok.eos_token_id])
-
-    def rows() -> list[list[int]]:
-        with torch.no_grad():
-            ids = loaded.model.generate(**batch.model_inputs(), generation_config=config)
-        return new_token_ids(ids, batch.prompt_len, [tok.eos_token_id])
+    rows = decoder_of(loaded, 12)
 
     fusion(loaded, monkeypatch, "off")
     plain = rows()
@@ -153,13 +146,7 @@ def test_a_failed_compile_turns_fusion_off_and_decoding_goes_on(
     monkeypatch.setattr(fused, "COMPILE_BACKEND", no_compiler)
     monkeypatch.setattr(fused, "FAILURES", [])
     loaded = load_tiny("gemma2")
-    (batch,) = make_batches(loaded.tokenizer, EVAL, len(EVAL), loaded.device)
-    config = greedy_config(loaded.tokenizer, 6, [loaded.tokenizer.eos_token_id])
-
-    def rows() -> list[list[int]]:
-        with torch.no_grad():
-            ids = loaded.model.generate(**batch.model_inputs(), generation_config=config)
-        return new_token_ids(ids, batch.prompt_len, [loaded.tokenizer.eos_token_id])
+    rows = decoder_of(loaded, 6)
 
     fusion(loaded, monkeypatch, "off")
     plain = rows()
@@ -175,14 +162,7 @@ def test_exact_mode_decodes_the_same_tokens_and_leaves_attention_and_whole_norms
     load_tiny: Any, traced: dict[Any, Any], monkeypatch: pytest.MonkeyPatch, arch: str
 ) -> None:
     loaded = load_tiny(arch)
-    tok = loaded.tokenizer
-    (batch,) = make_batches(tok, EVAL, len(EVAL), loaded.device)
-    config = greedy_config(tok, 12, [tok.eos_token_id])
-
-    def rows() -> list[list[int]]:
-        with torch.no_grad():
-            ids = loaded.model.generate(**batch.model_inputs(), generation_config=config)
-        return new_token_ids(ids, batch.prompt_len, [tok.eos_token_id])
+    rows = decoder_of(loaded, 12)
 
     fusion(loaded, monkeypatch, "off")
     plain = rows()
@@ -216,6 +196,20 @@ def test_the_switch(monkeypatch: pytest.MonkeyPatch) -> None:
     assert (fused.fused_mode("exact", cpu), fused.fused_mode("exact", cuda)) == ("off", "exact")
     assert (fused.fused_mode("off", cpu), fused.fused_mode("off", cuda)) == ("off", "off")
     assert (fused.fused_mode("on", cpu), fused.fused_mode("on", cuda)) == ("all", "all")
+
+
+def decoder_of(loaded: Any, new_tokens: int) -> Callable[[], list[list[int]]]:
+    """Greedy decoding of the eval prompts by ``loaded``'s generate: per call, each row's new token ids."""
+    tok = loaded.tokenizer
+    (batch,) = make_batches(tok, EVAL, len(EVAL), loaded.device)
+    config = greedy_config(tok, new_tokens, [tok.eos_token_id])
+
+    def rows() -> list[list[int]]:
+        with torch.no_grad():
+            ids = loaded.model.generate(**batch.model_inputs(), generation_config=config)
+        return new_token_ids(ids, batch.prompt_len, [tok.eos_token_id])
+
+    return rows
 
 
 def fusion(loaded: Any, monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
