@@ -162,7 +162,7 @@ function classDefinitions(p: Protocol): string {
 function scopeOfClaim(p: Protocol, scores: ModelScore[]): string[] {
   const n = p.numerics;
   const asRun = scores.flatMap(({ modelKey, numerics: used }) => (used === undefined ? [] : [`${modelKey} ${numericsAsRun(used)}`]));
-  const fused = n.fused_kernels === 'auto' ? 'auto (on for CUDA only)' : n.fused_kernels === 'exact' ? 'exact (bit-exact pieces, CUDA only)' : n.fused_kernels;
+  const fused = { auto: 'auto (on for CUDA only)', exact: 'exact (bit-exact pieces, CUDA only)', on: 'on', off: 'off' }[n.fused_kernels];
   const settings = `CUDA graphs ${onOff(n.cuda_graphs)}, fused kernels ${fused}, grouped eager ${onOff(n.grouped_eager)}`;
   const decoder =
     n.decoder === 'fast'

@@ -18,18 +18,11 @@ export interface PreflightDeps {
   runtimeSrc: string;
 }
 
-/** `heartbeat`, called every few seconds while the runtime checks, tells Temporal the worker is alive. */
+/**
+ * One runtime process for all the phase's models (its imports are seconds of CPU), one event per model in order;
+ * `heartbeat`, called every few seconds while it checks, tells Temporal the worker is alive.
+ */
 export async function preflightModels(deps: PreflightDeps, input: PreflightInput, heartbeat?: () => void): Promise<PreflightRecord> {
-  const timer = heartbeat === undefined ? undefined : setInterval(heartbeat, 5000);
-  try {
-    return await checkEachModel(deps, input);
-  } finally {
-    clearInterval(timer);
-  }
-}
-
-/** One runtime process for all the phase's models (its imports are seconds of CPU), one event per model in order. */
-async function checkEachModel(deps: PreflightDeps, input: PreflightInput): Promise<PreflightRecord> {
   const models = input.protocol.models;
   const specs = models.map((model) => writeRunSpec(input, model, modelOutDir(deps.workDir, input.phaseId, model.key), deps.modelCacheDir, 'preflight-spec.json'));
   const verdicts = new Map<string, { checked: boolean; note: string | null }>();
@@ -37,6 +30,7 @@ async function checkEachModel(deps: PreflightDeps, input: PreflightInput): Promi
     python: deps.python,
     runtimeSrc: deps.runtimeSrc,
     args: ['preflight', ...specs.flatMap((spec) => ['--spec', spec])],
+    heartbeat,
     onEvent: (event) => {
       if (event.event !== 'preflight' || typeof event.model_key !== 'string') return;
       verdicts.set(event.model_key, { checked: event.checked === true, note: typeof event.note === 'string' ? event.note : null });

@@ -24,6 +24,11 @@ export interface RuntimeCommand {
   env?: NodeJS.ProcessEnv;
   signal?: AbortSignal;
   onEvent?: (event: RuntimeEvent) => void;
+  /**
+   * Called every few seconds while the process runs: an activity's heartbeat, so that a worker that dies mid-run
+   * is noticed within the heartbeat timeout and a cancellation reaches the activity.
+   */
+  heartbeat?: () => void;
   /** Seconds between SIGTERM and SIGKILL on cancellation. */
   killGraceSeconds?: number;
 }
@@ -41,6 +46,8 @@ export interface RuntimeExit {
 /** Exit codes of the runtime (runtime/SPEC.md). */
 export const RuntimeExitCode = { ok: 0, failure: 1, invalidSpec: 2 } as const;
 
+const HEARTBEAT_EVERY_MS = 5000;
+
 export function runRuntime(cmd: RuntimeCommand): Promise<RuntimeExit> {
   const argv = ['-m', cmd.module ?? 'phasegate_runtime', ...cmd.args];
   const { file, args, guarded } = dieWithParent(cmd.python, argv);
@@ -57,6 +64,7 @@ export function runRuntime(cmd: RuntimeCommand): Promise<RuntimeExit> {
   if (!guarded) warnUnguardedOnce();
   const started = process.hrtime.bigint();
   const child = spawn(file, args, { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const beat = cmd.heartbeat === undefined ? undefined : setInterval(cmd.heartbeat, HEARTBEAT_EVERY_MS);
 
   let stderrTail = '';
   child.stderr.setEncoding('utf8');
@@ -84,8 +92,12 @@ export function runRuntime(cmd: RuntimeCommand): Promise<RuntimeExit> {
   else cmd.signal?.addEventListener('abort', onAbort, { once: true });
 
   return new Promise((resolve, reject) => {
-    child.on('error', reject);
+    child.on('error', (err) => {
+      clearInterval(beat);
+      reject(err);
+    });
     child.on('close', (code, signal) => {
+      clearInterval(beat);
       if (killTimer !== undefined) clearTimeout(killTimer);
       cmd.signal?.removeEventListener('abort', onAbort);
       const seconds = Number(process.hrtime.bigint() - started) / 1e9;

@@ -29,8 +29,7 @@ export async function scorePhase(deps: ScoreDeps, input: ScoreInput, signal?: Ab
   }
   writeJsonAtomic(specPath, { results, parity: input.protocol.parity });
   // Heartbeats let a cancellation reach this activity (and stop the scoring process).
-  const timer = heartbeat === undefined ? undefined : setInterval(heartbeat, 5000);
-  const exit = await runRuntime({ python: deps.python, runtimeSrc: deps.runtimeSrc, args: ['score', '--spec', specPath, '--out', scorePath], signal }).finally(() => clearInterval(timer));
+  const exit = await runRuntime({ python: deps.python, runtimeSrc: deps.runtimeSrc, args: ['score', '--spec', specPath, '--out', scorePath], signal, heartbeat });
   if (exit.code !== RuntimeExitCode.ok) {
     const why = exit.error?.message ?? (exit.stderrTail.trim().split('\n').pop() || `exit ${exit.code ?? exit.signal}`);
     throw ApplicationFailure.create({

@@ -73,7 +73,7 @@ def test_every_norm_mlp_and_rotary_is_patched() -> None:
     [
         ("all", {"rms_norm", "rms_norm_unit_offset", "silu_gate", "gelu_tanh_gate", "rotary"}),
         # The norms split: ATen's reduction, then only the pointwise tail compiled.
-        ("exact", {"rms_norm_tail", "rms_norm_unit_offset_tail", "silu_gate", "gelu_tanh_gate", "rotary"}),
+        ("exact", {"_rms_scale", "_unit_offset_scale", "silu_gate", "gelu_tanh_gate", "rotary"}),
     ],
 )
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])  # bf16: the casts inside a norm matter
@@ -170,9 +170,9 @@ def test_exact_mode_decodes_the_same_tokens_and_leaves_attention_and_whole_norms
     fusion(loaded, monkeypatch, "exact")
     monkeypatch.setattr(fused, "fused_mode", lambda setting, _dev: "exact" if setting == "exact" else "off")
     assert rows() == plain
-    expected = {"rms_norm_tail", "silu_gate", "rotary"}
+    expected = {"_rms_scale", "silu_gate", "rotary"}
     if arch == "gemma2":
-        expected = {"rms_norm_unit_offset_tail", "gelu_tanh_gate", "rotary"}  # attention stays eager
+        expected = {"_unit_offset_scale", "gelu_tanh_gate", "rotary"}  # attention stays eager
     assert {f.__name__ for f in traced} == expected
 
 

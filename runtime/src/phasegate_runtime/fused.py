@@ -163,48 +163,52 @@ def _kernel(fn: Callable[..., Any], exact: bool) -> Callable[..., Any]:
 # The pure functions: transformers' operations, op for op (tests compare them bit for bit in eager mode).
 
 
-@kernel(exact=False)
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+# Each RMSNorm in two parts, written once: its float32 mean of squares, and the pointwise rest (epsilon,
+# rsqrt, scale, casts). Compiled whole (``all``), the mean is Inductor's; split (``exact``), it is ATen's.
+
+
+def _mean_of_squares(x: torch.Tensor) -> torch.Tensor:
+    return x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+
+
+def _rms_scale(x: torch.Tensor, variance: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """Llama / Qwen2 / Qwen3: normalise in float32, cast back, then scale."""
-    h = x.to(torch.float32)
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * h.to(x.dtype)
-
-
-@kernel(exact=True)
-def rms_norm_tail(x: torch.Tensor, variance: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """:func:`rms_norm` after its mean of squares (``variance``, ATen's: :func:`rms_norm_split`)."""
     h = x.to(torch.float32)
     h = h * torch.rsqrt(variance + eps)
     return weight * h.to(x.dtype)
 
 
-def rms_norm_split(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """:func:`rms_norm` with the reduction by ATen, the same operations as transformers: exact compiled."""
-    return rms_norm_tail(x, x.to(torch.float32).pow(2).mean(-1, keepdim=True), weight, eps)  # type: ignore[no-any-return]
+def _unit_offset_scale(
+    x: torch.Tensor, variance: torch.Tensor, weight: torch.Tensor, eps: float
+) -> torch.Tensor:
+    """Gemma-2: normalise and scale by ``1 + weight`` in float32, then cast back."""
+    h = x.float()
+    h = h * torch.rsqrt(variance + eps)
+    return (h * (1.0 + weight.float())).type_as(x)
+
+
+@kernel(exact=False)
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return _rms_scale(x, _mean_of_squares(x), weight, eps)
 
 
 @kernel(exact=False)
 def rms_norm_unit_offset(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """Gemma-2: normalise and scale by ``1 + weight`` in float32, then cast back."""
-    h = x.float()
-    h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)
-    return (h * (1.0 + weight.float())).type_as(x)
+    return _unit_offset_scale(x, _mean_of_squares(x), weight, eps)
 
 
-@kernel(exact=True)
-def rms_norm_unit_offset_tail(
-    x: torch.Tensor, variance: torch.Tensor, weight: torch.Tensor, eps: float
-) -> torch.Tensor:
-    """:func:`rms_norm_unit_offset` after its mean of squares (``variance``)."""
-    h = x.float()
-    h = h * torch.rsqrt(variance + eps)
-    return (h * (1.0 + weight.float())).type_as(x)
+rms_norm_tail = kernel(exact=True)(_rms_scale)
+rms_norm_unit_offset_tail = kernel(exact=True)(_unit_offset_scale)
+
+
+def rms_norm_split(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """:func:`rms_norm` with the mean by ATen (the same operations as transformers), the rest compiled."""
+    return rms_norm_tail(x, _mean_of_squares(x), weight, eps)  # type: ignore[no-any-return]
 
 
 def rms_norm_unit_offset_split(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """:func:`rms_norm_unit_offset` with the reduction by ATen: exact compiled."""
-    return rms_norm_unit_offset_tail(x, x.float().pow(2).mean(-1, keepdim=True), weight, eps)  # type: ignore[no-any-return]
+    """:func:`rms_norm_unit_offset` with the mean by ATen, the rest compiled."""
+    return rms_norm_unit_offset_tail(x, _mean_of_squares(x), weight, eps)  # type: ignore[no-any-return]
 
 
 @kernel(exact=True)
