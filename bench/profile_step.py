@@ -1,81 +1,343 @@
-"""Where a decode step's time goes: per-kernel GPU time of one eager step, and step time per variant.
+"""Where a protocol unit's time goes, and which part of it is the floor that exact tokens impose.
 
-Runs after ``gpu_protocol.py``'s shapes are known to build; prints tables only (a diagnostic, not a result).
+A diagnostic (tables and a JSON; no pass/fail). Per shape, with the protocol's numerics (``DEFAULT_NUMERICS``)
+and deterministic algorithms, on random weights from ``gpu_protocol.py``'s builder, for a hooks-steered unit
+watched by the site observer as the runner watches it:
+
+1. the unit in parts, synchronised around each: the direction (contrast forward passes), the prefill, the
+   CUDA graph capture (one step's Python + instantiation), the graph replays and the rest of the pass;
+2. one decode step replayed from its CUDA graph, watched and unwatched (the site check's cost per step);
+3. the GPU kernels of eager decode steps (the same kernels the graph replays), by what they do: the weight
+   GEMMs (``nn.Linear``), attention's core, the norms' ATen reductions, compiled (Triton) pieces, the site
+   check, and the rest. The weight GEMMs and attention are the kernels transformers' ``generate`` runs too;
+   the native cross-check requires the same tokens as it, so these are the floor the fast path cannot go under
+   without changing numerics that the proof compares.
+
+``python3 bench/profile_step.py --out $OUT`` (GPU); ``--tiny`` runs the script on the CPU (parts 1 only).
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
+import random
+import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "runtime" / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
-os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
 
-import argparse  # noqa: E402
-import random  # noqa: E402
-
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from gpu_protocol import SHAPES, build, prompts  # noqa: E402
+from gpu_protocol import SHAPES, build, config_of, prompts, sync  # noqa: E402
+from torch import nn  # noqa: E402
 
 from phasegate_runtime import decode as fast  # noqa: E402
-from phasegate_runtime.generation import make_batches  # noqa: E402
+from phasegate_runtime import fused, site_check  # noqa: E402
+from phasegate_runtime.backend import make_backend  # noqa: E402
+from phasegate_runtime.backend_hooks import forward_hook  # noqa: E402
+from phasegate_runtime.determinism import configure_determinism  # noqa: E402
+from phasegate_runtime.direction import compute_direction, steering_delta  # noqa: E402
+from phasegate_runtime.generation import decode, make_batches, new_token_ids, stop_token_ids  # noqa: E402
+from phasegate_runtime.models import LoadedModel  # noqa: E402
+from phasegate_runtime.site import block_hidden, decoder_layers, replace_block_hidden  # noqa: E402
+
+_SITE = "site check"
+_CATEGORIES = (
+    "weight GEMMs (nn.Linear)",
+    "attention core",
+    "norm reductions (ATen mean)",
+    "compiled pieces (Triton)",
+    _SITE,
+    "other",
+)
+
+
+class Parts:
+    """Synchronised wall time per named part, summed over one unit."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def part(self, name: str) -> Iterator[None]:
+        sync()
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            sync()
+            self.seconds[name] += time.perf_counter() - started
+
+
+@contextmanager
+def patched(
+    owner: Any, name: str, wrapper: Callable[[Callable[..., Any]], Callable[..., Any]]
+) -> Iterator[None]:
+    original = getattr(owner, name)
+    setattr(owner, name, wrapper(original))
+    try:
+        yield
+    finally:
+        setattr(owner, name, original)
+
+
+def timed_in(parts: Parts, name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with parts.part(name):
+                return fn(*args, **kwargs)
+
+        return call
+
+    return wrap
+
+
+def unit_parts(loaded: LoadedModel, data: dict[str, list[str]], layer: int, alpha: float) -> dict[str, float]:
+    """One hooks unit as the runner runs it (direction watched, then the steered pass watched), in parts."""
+    tok, dev = loaded.tokenizer, loaded.device
+    harmful, harmless, evals = (make_batches(tok, data[k], 32, dev) for k in ("harmful", "harmless", "eval"))
+    observer = site_check.site_observer(loaded.model)
+    backend = make_backend("hooks", loaded)
+    config = config_of(loaded, 128 if dev.type == "cuda" else 8)
+    stops = stop_token_ids(tok, loaded.model)
+    parts = Parts()
+    with (
+        patched(fast._Decoder, "prefill", timed_in(parts, "pass: prefill")),
+        patched(fast, "_capture", timed_in(parts, "pass: capture + instantiate")),
+        parts.part("unit"),
+    ):
+        with parts.part("direction"), observer.watch(layer, None, dev):
+            direction = compute_direction(backend, harmful, harmless, layer, -1)
+        delta = steering_delta(direction.unit, alpha, loaded.dtype, dev)
+        rows: list[list[int]] = []
+        with parts.part("pass"), observer.watch(layer, delta, dev) as check:
+            for batch in evals:
+                rows += new_token_ids(
+                    backend.steered_generate(batch, layer, delta, config), batch.prompt_len, stops
+                )
+        with parts.part("record (texts, site check)"):
+            decode(tok, rows)
+            check[0].to_json()
+    out = dict(parts.seconds)
+    out["pass: replays and the rest"] = (
+        out["pass"] - out.get("pass: prefill", 0.0) - out.get("pass: capture + instantiate", 0.0)
+    )
+    return out
+
+
+@contextmanager
+def steered_decoder(
+    loaded: LoadedModel, prompts_: list[str], layer: int, delta: torch.Tensor, watched: bool
+) -> Iterator[fast._Decoder]:
+    """A prefilled decoder of the eval batch with a steering hook on block ``layer`` (and the site observer
+    watching, if ``watched``), as inside a hooks unit's generate."""
+    (batch,) = make_batches(loaded.tokenizer, prompts_, 32, loaded.device)
+    block = decoder_layers(loaded.model)[layer]
+    observer = site_check.site_observer(loaded.model)
+
+    def add(_m: nn.Module, _a: Any, output: Any) -> Any:
+        return replace_block_hidden(output, block_hidden(output) + delta)
+
+    tok = loaded.tokenizer
+    with (
+        torch.inference_mode(),
+        fast._deterministic_without_checks(),
+        fast._grouped_eager(loaded.model),
+        forward_hook(block, add),
+        observer.watch(layer, delta, loaded.device) if watched else _nothing(),
+    ):
+        decoder = fast._Decoder(loaded.model, batch.input_ids, batch.attention_mask, 128, [tok.eos_token_id],
+                                tok.pad_token_id)  # fmt: skip
+        decoder.prefill(batch.input_ids)
+        yield decoder
+
+
+@contextmanager
+def _nothing() -> Iterator[None]:
+    yield
 
 
 def step_ms(fn: Callable[[], object], n: int = 20) -> float:
+    """Mean milliseconds of ``fn`` over ``n`` calls after 3 warm-up calls, synchronised."""
     for _ in range(3):
         fn()
-    torch.cuda.synchronize()
-    t = time.perf_counter()
+    sync()
+    started = time.perf_counter()
     for _ in range(n):
         fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t) / n * 1000
+    sync()
+    return (time.perf_counter() - started) / n * 1000
+
+
+def graph_step_ms(
+    loaded: LoadedModel, prompts_: list[str], layer: int, delta: torch.Tensor, watched: bool
+) -> float:
+    """Median over 5 timings of 20 replays of one captured step (the cache has room for 127 steps)."""
+    with steered_decoder(loaded, prompts_, layer, delta, watched) as decoder:
+        if decoder.shape_key not in fast._WARMED.get(loaded.model, set()):
+            fast._warm_up(decoder)
+        graph = fast._capture(decoder)
+        graph.replay()
+        times = [step_ms(graph.replay) for _ in range(5)]  # 1 + 5 x 23 replays: within the 127 steps
+    return statistics.median(times)
+
+
+def _label_site_check() -> list[Any]:
+    """Every call of the site observer's bookkeeping inside a profiler range of its own."""
+    watch = site_check._Watch
+    labelled = []
+    for name in ("saw_input", "saw_output"):
+        original = getattr(watch, name)
+
+        def call(self: Any, *args: Any, _original: Any = original) -> Any:
+            with torch.profiler.record_function(_SITE):
+                return _original(self, *args)
+
+        labelled.append((name, original))
+        setattr(watch, name, call)
+    return labelled
+
+
+def _category(event: Any) -> str:
+    names = []
+    node = event
+    while node is not None:
+        names.append(node.name)
+        node = node.cpu_parent
+    if _SITE in names:
+        return _SITE
+    if "aten::linear" in names:
+        return _CATEGORIES[0]
+    attention_ops = ("aten::scaled_dot_product_attention", "aten::matmul", "aten::bmm", "aten::softmax",
+                     "aten::_softmax")  # fmt: skip
+    if any(n in attention_ops for n in names):
+        return _CATEGORIES[1]
+    if "aten::mean" in names:
+        return _CATEGORIES[2]
+    return _CATEGORIES[5]
+
+
+def kernel_table(
+    loaded: LoadedModel, prompts_: list[str], layer: int, delta: torch.Tensor, steps: int = 3
+) -> dict[str, Any]:
+    """GPU time per category of the kernels of ``steps`` eager decode steps (watched, steered), per step."""
+    from torch.profiler import ProfilerActivity, profile
+
+    restore = _label_site_check()
+    try:
+        with steered_decoder(loaded, prompts_, layer, delta, watched=True) as decoder:
+            with fused.decode_steps(decoder.fused):
+                decoder.step()  # warm
+            sync()
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                for _ in range(steps):
+                    decoder.step()
+                sync()
+    finally:
+        for name, original in restore:
+            setattr(site_check._Watch, name, original)
+    per_category: dict[str, float] = defaultdict(float)
+    kernels: dict[str, int] = defaultdict(int)
+    names: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for event in prof.events():
+        for k in getattr(event, "kernels", []):
+            triton = k.name.startswith(("triton", "_rms_norm_rows"))  # Inductor's, and exact_norm's
+            category = "compiled pieces (Triton)" if triton else _category(event)
+            us = float(k.duration)
+            per_category[category] += us / steps
+            kernels[category] += 1
+            names[category][k.name[:90]] += us / steps
+    top = {c: dict(sorted(v.items(), key=lambda kv: -kv[1])[:6]) for c, v in names.items()}
+    return {
+        "us_per_step": {c: per_category.get(c, 0.0) for c in _CATEGORIES},
+        "kernels_per_step": {c: kernels.get(c, 0) / steps for c in _CATEGORIES},
+        "top_kernels_us_per_step": top,
+    }
+
+
+def bench_shape(shape: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    loaded, info = build(shape, args, device)
+    vocab = len(loaded.tokenizer)
+    rng = random.Random(7)
+    n = 4 if args.tiny else 32
+    data = {
+        "harmful": prompts(rng, n, vocab, 16, 28),
+        "harmless": prompts(rng, n, vocab, 16, 28),
+        "eval": prompts(rng, 4 if args.tiny else 30, vocab, 18, 28),
+    }
+    layer = min(SHAPES[shape]["layer"], loaded.num_layers - 1)
+    alpha = float(SHAPES[shape]["alpha"])
+    row: dict[str, Any] = {"shape": shape, "weight_bytes": info["weight_bytes"]}
+    unit_parts(loaded, data, layer, alpha)  # first unit: compiles, warms up the shape
+    runs = [unit_parts(loaded, data, layer, alpha) for _ in range(3)]
+    row["unit_parts_s"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    print(f"[{shape}] unit parts (median of 3): "
+          + ", ".join(f"{k} {v:.3f}s" for k, v in row["unit_parts_s"].items()), flush=True)  # fmt: skip
+    if device.type == "cuda":
+        torch.manual_seed(3)
+        unit = torch.randn(loaded.hidden_size)
+        delta = steering_delta((unit / unit.norm()).numpy().astype(np.float32), alpha, loaded.dtype, device)
+        row["graph_step_ms"] = {
+            "watched": graph_step_ms(loaded, data["eval"], layer, delta, watched=True),
+            "unwatched": graph_step_ms(loaded, data["eval"], layer, delta, watched=False),
+        }
+        row["bound_step_ms"] = info["weight_bytes"] / 4.8e12 * 1000
+        row |= kernel_table(loaded, data["eval"], layer, delta)
+        print(f"[{shape}] graph step {row['graph_step_ms']}, bound {row['bound_step_ms']:.2f} ms", flush=True)
+        print(json.dumps(row["us_per_step"], indent=1), flush=True)
+    del loaded
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return row
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| shape | " + " | ".join(rows[0]["unit_parts_s"]) + " |",
+             "|---|" + "---|" * len(rows[0]["unit_parts_s"])]  # fmt: skip
+    for r in rows:
+        lines.append(
+            f"| {r['shape']} | " + " | ".join(f"{v:.3f} s" for v in r["unit_parts_s"].values()) + " |"
+        )
+    if "us_per_step" in rows[0]:
+        lines += ["", "| shape | graph step watched / unwatched | bound | "
+                  + " | ".join(_CATEGORIES) + " | kernels (sum) |",
+                  "|---|---|---|" + "---|" * (len(_CATEGORIES) + 1)]  # fmt: skip
+        for r in rows:
+            us = r["us_per_step"]
+            step = r["graph_step_ms"]
+            lines.append(
+                f"| {r['shape']} | {step['watched']:.2f} / {step['unwatched']:.2f} ms "
+                f"| {r['bound_step_ms']:.2f} ms | "
+                + " | ".join(f"{us[c] / 1000:.2f} ms ({r['kernels_per_step'][c]:.0f})" for c in _CATEGORIES)
+                + f" | {sum(us.values()) / 1000:.2f} ms |"
+            )
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    torch.use_deterministic_algorithms(True)
-    for shape in sys.argv[1:] or list(SHAPES):
-        args = argparse.Namespace(tiny=False, layers=0)
-        loaded, info = build(shape, args, torch.device("cuda"))
-        tok = loaded.tokenizer
-        (batch,) = make_batches(tok, prompts(random.Random(1), 30, len(tok), 18, 28), 32, loaded.device)
-        with torch.no_grad(), fast._deterministic_without_checks():
-            dec = fast._Decoder(
-                loaded.model, batch.input_ids, batch.attention_mask, 400, [tok.eos_token_id], tok.pad_token_id
-            )
-            dec.prefill(batch.input_ids)
-            eager = step_ms(dec.step)
-            g = fast._capture(dec)
-            graph = step_ms(g.replay)
-            torch.use_deterministic_algorithms(False)
-            dec2 = fast._Decoder(
-                loaded.model, batch.input_ids, batch.attention_mask, 400, [tok.eos_token_id], tok.pad_token_id
-            )
-            dec2.prefill(batch.input_ids)
-            dec2.step()
-            g2 = fast._capture(dec2)
-            graph_nondet = step_ms(g2.replay)
-            torch.use_deterministic_algorithms(True)
-            from torch.profiler import ProfilerActivity, profile
-
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(3):
-                    dec.step()
-                torch.cuda.synchronize()
-        bound = info["weight_bytes"] / 4.8e12 * 1000
-        print(
-            f"== {shape}: eager step {eager:.2f} ms, graph {graph:.2f} ms, "
-            f"graph nondet {graph_nondet:.2f} ms, "
-            f"bound(H200 sheet) {bound:.2f} ms"
-        )
-        print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=18, max_name_column_width=70))
-        del loaded, dec, dec2, g, g2
-        torch.cuda.empty_cache()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--tiny", action="store_true", help="small configs on the CPU (tests this script)")
+    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    parser.add_argument("--layers", type=int, default=0, help="override the layer count (smoke test)")
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/out")))
+    args = parser.parse_args()
+    configure_determinism(True)
+    device = torch.device("cpu" if args.tiny else "cuda")
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = [bench_shape(shape, args, device) for shape in args.shapes]
+    (args.out / "profile_step.json").write_text(json.dumps(rows, indent=1))
+    table = markdown(rows)
+    (args.out / "profile_step.md").write_text(table)
+    print(table)
 
 
 if __name__ == "__main__":
