@@ -89,12 +89,19 @@ def piece_inputs(shape: str, piece: str, scale: float, gen: torch.Generator) -> 
         scaling = float(c.get("query_pre_attn_scalar", dim)) ** -0.5
         keys, values = r(BATCH, kv, cache, dim), r(BATCH, kv, cache, dim)
         return fused.grouped_attention, (r(BATCH, heads, 1, dim), keys, values, mask, scaling, softcap)
+    if piece == "scores":  # exact mode's compiled part of attention: scale, soft-cap, mask
+        cache = 160
+        mask = torch.zeros(BATCH, 1, 1, cache, device=dev, dtype=bf)
+        mask[:, :, :, 150:] = torch.finfo(bf).min
+        softcap = c.get("attn_logit_softcapping")
+        scaling = float(c.get("query_pre_attn_scalar", dim)) ** -0.5
+        return fused.attention_scores, (r(BATCH, heads, 1, cache, s=scale * dim**0.5), mask, scaling, softcap)
     raise ValueError(piece)
 
 
 def part1(shape: str, draws: int) -> dict[str, Any]:
     pieces = ["norm", "norm-split", "mlp", "rotary"]
-    pieces += ["attention"] if SHAPES[shape]["attn"] == "eager" else []
+    pieces += ["attention", "scores"] if SHAPES[shape]["attn"] == "eager" else []
     out: dict[str, Any] = {}
     gen = torch.Generator(device="cuda").manual_seed(1234)
     for piece in pieces:

@@ -172,7 +172,8 @@ def test_exact_mode_decodes_the_same_tokens_and_leaves_attention_and_whole_norms
     assert rows() == plain
     expected = {"_rms_scale", "silu_gate", "rotary"}
     if arch == "gemma2":
-        expected = {"_unit_offset_scale", "gelu_tanh_gate", "rotary"}  # attention stays eager
+        # Attention's products and softmax stay eager; only its pointwise scores are compiled.
+        expected = {"_unit_offset_scale", "gelu_tanh_gate", "rotary", "attention_scores"}
     assert {f.__name__ for f in traced} == expected
 
 
@@ -220,3 +221,77 @@ def fusion(loaded: Any, monkeypatch: pytest.MonkeyPatch, setting: str) -> None:
         dataclasses.replace(DEFAULT_NUMERICS, fused_kernels=setting),
         raising=False,
     )
+
+
+def test_the_compiled_site_check_measures_exactly_what_the_eager_one_does(traced: dict[Any, Any]) -> None:
+    """Inside decode steps the site observer's check is compiled (:func:`fused.site_error`): it must report
+    the same maximum as eagerly, zero only where every element matches, and NaN where one is NaN."""
+    torch.manual_seed(4)
+    raw = torch.randn(5, 1, 64).to(torch.bfloat16)
+    delta = torch.randn(64).to(torch.bfloat16)
+    right = raw + delta
+    off = right.clone()
+    off[2, 0, 7] += 0.5
+    broken = right.clone()
+    broken[4, 0, 63] = float("nan")
+    for received in (right, off, broken):
+        for slot in (0, 1):
+            eager, compiled = torch.tensor([0.0, 0.25]), torch.tensor([0.0, 0.25])
+            fused.site_error(received, raw, delta, eager, slot)
+            with fused.decode_steps("exact"):
+                fused.site_error(received, raw, delta, compiled, slot)
+            assert torch.equal(eager, compiled) or (eager.isnan() == compiled.isnan()).all()
+            if received is right:
+                assert eager.tolist() == [0.0, 0.25]  # zero error; the other slot untouched
+            elif received is off:
+                assert eager[slot] == max(float((off - right).float().abs().max()), [0.0, 0.25][slot])
+            else:
+                assert eager[slot].isnan()
+    assert {f.__name__ for f in traced} == {"site_error"}
+
+
+@pytest.mark.parametrize("scale", [1.0, 0.999])
+def test_a_watched_fused_decode_still_catches_a_wrong_addition(
+    load_tiny: Any, traced: dict[Any, Any], monkeypatch: pytest.MonkeyPatch, scale: float
+) -> None:
+    """The compiled check runs in every decode step of a watched pass: a method adding 0.999 x delta in
+    decode steps only (the prompt pass right) must still show, and only the compiled check sees those."""
+    from phasegate_runtime.backend_hooks import forward_hook
+    from phasegate_runtime.site import block_hidden, decoder_layers, replace_block_hidden
+    from phasegate_runtime.site_check import install_site_observer
+
+    loaded = load_tiny("qwen2")
+    fusion(loaded, monkeypatch, "on")
+    observer = install_site_observer(loaded.model)
+    tok = loaded.tokenizer
+    (batch,) = make_batches(tok, EVAL, len(EVAL), loaded.device)
+    delta = torch.full((loaded.hidden_size,), 0.5)
+
+    def add(_m: Any, _a: Any, out: Any) -> Any:
+        hidden = block_hidden(out)
+        return replace_block_hidden(out, hidden + (delta * scale if hidden.shape[1] == 1 else delta))
+
+    with observer.watch(1, delta, loaded.device) as check, forward_hook(decoder_layers(loaded.model)[1], add):
+        loaded.model.generate(
+            **batch.model_inputs(), generation_config=greedy_config(tok, 6, [tok.eos_token_id])
+        )
+    assert check[0].exact is (scale == 1.0)
+    assert check[0].forward_passes >= 2  # the prefill and decode steps
+    assert "site_error" in {f.__name__ for f in traced}
+
+
+def test_a_watch_hands_the_compiled_check_ordinary_tensors_whoever_opens_it() -> None:
+    """The compiled check is specialised on inference vs ordinary tensors: a watch opened inside inference
+    mode once made the next capture recompile (found on the H200 by ``bench/profile_step.py``)."""
+    from phasegate_runtime.site_check import _Watch
+
+    with torch.inference_mode():
+        delta = torch.ones(8)
+        watch = _Watch(0, delta, torch.device("cpu"))
+        watch.saw_output(0, torch.zeros(2, 1, 8))
+        watch.saw_input(1, torch.ones(2, 1, 8))
+    assert delta.is_inference()
+    for tensor in (watch.delta, watch.max_err, watch.counts, watch.zero):
+        assert tensor is not None
+        assert not tensor.is_inference()
+    assert watch.result().max_abs_error == 0.0  # ones == zeros + delta

@@ -29,10 +29,13 @@ greenlets on the decoding thread).
 
 Exact pieces (``exact``): measured on an H200 (``bench/fusion_exactness.py``), the pointwise pieces (gated
 MLPs, rotary) compile bit-exact, while the norms' float32 mean and Gemma's soft-capped attention do not:
-Inductor sums in another order than ATen. So in ``exact`` mode each norm is split where the two part ways:
-the sum of squares stays ATen's (the same eager operations as transformers), and only its pointwise rest is
-one compiled kernel; attention stays eager. A Qwen2.5-7B-shaped pass took 0.94 s against 1.12 s unfused, and
-decoded the same tokens as transformers' ``generate`` on all 30 prompts.
+Inductor sums in another order than ATen. So in ``exact`` mode each norm keeps ATen's sum of squares: as
+one hand-written Triton kernel that adds in ATen's order, bit for bit (:mod:`.exact_norm`, where ATen's
+configuration is the one it reproduces: 16 rows or more, as every decode step of a batch of 16 or more), or
+else split where the two part ways, the mean by ATen's own kernels and only the pointwise rest compiled.
+Attention stays eager. The site observer's per-step check (:func:`site_error`) is compiled too: a maximum of
+absolute differences is the same whatever the order. A Qwen2.5-7B-shaped pass took 0.94 s against 1.12 s
+unfused with the split norms, and decoded the same tokens as transformers' ``generate`` on all 30 prompts.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import exact_norm
 from .events import log
 
 COMPILE_BACKEND: str | Callable[..., Any] = "inductor"
@@ -142,7 +146,8 @@ def _kernel(fn: Callable[..., Any], exact: bool) -> Callable[..., Any]:
     @functools.wraps(fn)
     def call(*args: Any, **kwargs: Any) -> Any:
         mode = _state["mode"]
-        if mode == "off" or (mode == "exact" and not exact) or FAILURES:
+        # Inside another compiled piece (``all`` compiles grouped attention whole) it is traced as its part.
+        if mode == "off" or (mode == "exact" and not exact) or FAILURES or torch.compiler.is_compiling():
             return fn(*args, **kwargs)
         before, started = _graphs_compiled(), time.perf_counter()
         try:
@@ -201,13 +206,42 @@ rms_norm_tail = kernel(exact=True)(_rms_scale)
 rms_norm_unit_offset_tail = kernel(exact=True)(_unit_offset_scale)
 
 
+def _exact_kernel(
+    kernel_fn: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor],
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+) -> torch.Tensor | None:
+    """``kernel_fn`` (:mod:`.exact_norm`) where it reproduces ATen's sum for this input, else None. A kernel
+    that fails to build turns the fused kernels off for the process, as a failed compile does."""
+    if FAILURES or not exact_norm.supports(x, weight):
+        return None
+    try:
+        return kernel_fn(x, weight, eps)
+    except exact_norm.BUILD_ERRORS as err:
+        capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+        if capturing or isinstance(err, torch.OutOfMemoryError):
+            raise
+        FAILURES.append(f"{kernel_fn.__name__}: {type(err).__name__}: {err}")
+        log(f"fused kernels off for this process, building the exact norm failed: {FAILURES[-1]}")
+        return None
+
+
 def rms_norm_split(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """:func:`rms_norm` with the mean by ATen (the same operations as transformers), the rest compiled."""
+    """:func:`rms_norm` with ATen's sum of squares: one Triton kernel that sums in ATen's order where it can
+    (:mod:`.exact_norm`), else the mean by ATen itself (the same operations as transformers), the rest
+    compiled."""
+    fused_norm = _exact_kernel(exact_norm.rms_norm, x, weight, eps)
+    if fused_norm is not None:
+        return fused_norm
     return rms_norm_tail(x, _mean_of_squares(x), weight, eps)  # type: ignore[no-any-return]
 
 
 def rms_norm_unit_offset_split(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """:func:`rms_norm_unit_offset` with the mean by ATen, the rest compiled."""
+    """:func:`rms_norm_unit_offset` with ATen's sum of squares, as :func:`rms_norm_split`."""
+    fused_norm = _exact_kernel(exact_norm.rms_norm_unit_offset, x, weight, eps)
+    if fused_norm is not None:
+        return fused_norm
     return rms_norm_unit_offset_tail(x, _mean_of_squares(x), weight, eps)  # type: ignore[no-any-return]
 
 
@@ -234,6 +268,20 @@ def rotary(
     return (q * cos) + (_rotate_half(q) * sin), (k * cos) + (_rotate_half(k) * sin)
 
 
+@kernel(exact=True)
+def attention_scores(
+    weights: torch.Tensor, mask: torch.Tensor | None, scaling: float, softcap: float | None
+) -> torch.Tensor:
+    """Eager attention's pointwise steps between its two matrix products: scale, soft-cap, mask (each
+    rounded to the model dtype, as eagerly). Compiled alone in ``exact`` mode; the softmax stays ATen's."""
+    weights = weights * scaling
+    if softcap is not None:
+        weights = torch.tanh(weights / softcap) * softcap
+    if mask is not None:
+        weights = weights + mask
+    return weights
+
+
 @kernel(exact=False)
 def grouped_attention(
     query: torch.Tensor,
@@ -250,15 +298,23 @@ def grouped_attention(
     groups = heads // kv_heads
     # Head h = kv * groups + g, as repeat_kv lays them out.
     folded = query.reshape(batch, kv_heads, groups * q_len, dim)
-    weights = torch.matmul(folded, key.transpose(2, 3)) * scaling
-    if softcap is not None:
-        weights = torch.tanh(weights / softcap) * softcap
-    weights = weights.view(batch, heads, q_len, -1)
-    if mask is not None:
-        weights = weights + mask
+    weights = torch.matmul(folded, key.transpose(2, 3)).view(batch, heads, q_len, -1)
+    weights = attention_scores(weights, mask, scaling, softcap)
     weights = torch.softmax(weights, dim=-1, dtype=torch.float32).to(query.dtype)
     out = torch.matmul(weights.view(batch, kv_heads, groups * q_len, -1), value)
     return out.view(batch, heads, q_len, dim).transpose(1, 2).contiguous(), weights
+
+
+@kernel(exact=True)
+def site_error(
+    received: torch.Tensor, raw: torch.Tensor, delta: torch.Tensor, max_err: torch.Tensor, slot: int
+) -> None:
+    """The site observer's check of one hand-off (:mod:`.site_check`): ``max_err[slot]`` becomes the larger
+    of itself and ``max |received - (raw + delta)|`` in float32 (``raw + delta`` rounded to the model dtype
+    first, as every method adds it). Exact when compiled: a maximum does not depend on the order."""
+    expected = raw + delta
+    err = (received.float() - expected.float()).abs().amax()
+    max_err[slot].copy_(torch.maximum(max_err[slot], err))
 
 
 # Which transformers classes each function reproduces. Only architectures whose tiny models the tests

@@ -17,8 +17,9 @@ Every other hand-off between consecutive blocks is checked too (nothing may be a
 output over each whole prompt batch is fingerprinted: steering must leave it bit-identical to the unsteered
 run's, so a method that edits the residual inside or before block L is caught even where the hand-off at L
 matches. All bookkeeping of the decode steps stays on the device (running maxima and counters updated in
-place), so it is recorded into the decoder's CUDA graph like every other kernel of a step and replayed with
-it: replayed steps are measured, not assumed.
+place; inside decode steps each hand-off's check is one compiled kernel, :func:`.fused.site_error`), so it is
+recorded into the decoder's CUDA graph like every other kernel of a step and replayed with it: replayed steps
+are measured, not assumed.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import fused
 from .site import block_hidden, decoder_layers
 
 _OBSERVER = "_phasegate_site_observer"
@@ -86,11 +88,14 @@ def _fingerprint(hidden: torch.Tensor) -> str:
 class _Watch:
     def __init__(self, layer: int, delta: torch.Tensor | None, device: torch.device) -> None:
         self.layer = layer
-        self.delta = delta
-        # Ordinary tensors (not created under inference mode), updated in place by every pass.
-        self.max_err = torch.zeros(2, dtype=torch.float32, device=device)  # at the site, elsewhere
-        self.counts = torch.zeros(3, dtype=torch.long, device=device)  # passes, checked passes, positions
+        # Ordinary tensors (not inference tensors, whoever watches), updated in place by every pass: the
+        # compiled check is specialised on the kind, so every watch must hand it the same kind.
+        with torch.inference_mode(False):
+            self.delta = None if delta is None else delta.detach().clone()
+            self.max_err = torch.zeros(2, dtype=torch.float32, device=device)  # at the site, elsewhere
+            self.counts = torch.zeros(3, dtype=torch.long, device=device)  # passes, checked passes, positions
         self.raw: dict[int, torch.Tensor] = {}
+        self.zero: torch.Tensor | None = None
         self.fingerprints: list[str] = []
 
     def saw_output(self, index: int, output: Any) -> None:
@@ -110,10 +115,13 @@ class _Watch:
         if raw is None or raw.shape != received.shape:
             return  # not the residual of a watched pass; at the site, the pass counts then disagree
         at_site = index - 1 == self.layer
-        expected = raw + self.delta if at_site and self.delta is not None else raw
-        err = (received.detach().float() - expected.float()).abs().amax()
-        slot = self.max_err[0 if at_site else 1]
-        torch.maximum(slot, err, out=slot)
+        if self.zero is None or self.zero.dtype != raw.dtype:
+            with torch.inference_mode(False):
+                self.zero = torch.zeros(raw.shape[-1], dtype=raw.dtype, device=raw.device)
+        # One delta argument for every hand-off (zero where nothing may be added: raw + 0 is raw), so the
+        # compiled check inside decode steps has one form, not one per kind of hand-off.
+        delta = self.delta if at_site and self.delta is not None else self.zero
+        fused.site_error(received.detach(), raw, delta, self.max_err, 0 if at_site else 1)
         if at_site:
             self.counts[1].add_(1)
             self.counts[2].add_(received.shape[0] * received.shape[1])

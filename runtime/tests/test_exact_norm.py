@@ -1,0 +1,109 @@
+"""The exact RMSNorm kernel: the order it sums in, where it applies, and what happens when it cannot build.
+
+The kernel's claim is "ATen's sum, bit for bit". That is checked in two halves. On the GPU,
+``bench/exact_norm_check.py`` compares it with ATen itself (no GPU in CI). Here, Triton's CPU interpreter runs
+the very kernel against :func:`exact_norm.reference_mean_of_squares`, ATen's CUDA order written as torch
+operations, so a change to the kernel's order fails CI; and that reference is shown to differ from a plain
+sum, so the comparison can fail.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from phasegate_runtime import exact_norm, fused
+
+_INTERPRETED = """
+import torch
+from phasegate_runtime import exact_norm, fused
+
+torch.manual_seed(0)
+for rows, hidden, dtype, scale in ((16, 512, torch.bfloat16, 30.0), (30, 3584, torch.float32, 0.1)):
+    x = (torch.randn(rows, 1, hidden) * scale).to(dtype)
+    w = torch.randn(hidden).to(dtype)
+    reference = exact_norm.reference_mean_of_squares(x)
+    mean = torch.empty(rows, 1, 1)
+    exact_norm._launch(x, w, 1e-6, unit_offset=False, mean=mean)
+    assert torch.equal(mean, reference), (rows, hidden, (mean - reference).abs().max())
+    # The pointwise rest on the interpreter's rsqrt (numpy's; the GPU build uses libdevice's, like Inductor).
+    for fn, tail in ((exact_norm.rms_norm, fused._rms_scale), (exact_norm.rms_norm_unit_offset,
+                                                             fused._unit_offset_scale)):
+        torch.testing.assert_close(fn(x, w, 1e-6), tail(x, reference, w, 1e-6), rtol=2e-2, atol=1e-3)
+print("ok")
+"""
+
+
+def test_the_kernel_sums_in_the_reference_order_under_tritons_interpreter() -> None:
+    src = Path(exact_norm.__file__).resolve().parents[1]
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(src)}
+    done = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "ok"
+
+
+def test_the_reference_order_is_not_a_plain_sum() -> None:
+    """Otherwise the interpreter test above could not tell a wrong order from the right one."""
+    torch.manual_seed(2)
+    x = torch.randn(64, 1, 3584) * 10
+    reference = exact_norm.reference_mean_of_squares(x)
+    sequential = torch.zeros(64, 1, 1)
+    squares = x * x
+    for i in range(0, 3584, 512):  # another order: blocks of 512 summed one after the other
+        sequential = sequential + squares[..., i : i + 512].sum(-1, keepdim=True)
+    sequential = sequential * (1 / 3584)
+    assert not torch.equal(reference, sequential)
+    torch.testing.assert_close(reference, sequential)  # the same value up to rounding
+
+
+def _cuda_like(x: torch.Tensor, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(type(x), "is_cuda", property(lambda t: t.device.type in ("cpu", "cuda")))
+
+
+@pytest.mark.parametrize(
+    ("shape", "why"),
+    [((15, 1, 3584), "fewer than 16 rows"), ((30, 1, 3586), "width not a multiple of 4"),
+     ((30, 1, 64), "width under 128"), ((30, 1, 32768), "a lane would sum 256 vectors")],
+)  # fmt: skip
+def test_it_declines_where_aten_uses_another_configuration(
+    shape: tuple[int, ...], why: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    x = torch.zeros(shape, dtype=torch.bfloat16)
+    weight = torch.zeros(shape[-1], dtype=torch.bfloat16)
+    _cuda_like(x, monkeypatch)
+    assert not exact_norm.supports(x, weight), why
+    good = torch.zeros(30, 1, 3584, dtype=torch.bfloat16)
+    assert exact_norm.supports(good, torch.zeros(3584, dtype=torch.bfloat16))
+    assert not exact_norm.supports(good, torch.zeros(3584, dtype=torch.float32)), "weight dtype"
+    strided = torch.zeros(30, 1, 7168, dtype=torch.bfloat16)[..., ::2]
+    assert not exact_norm.supports(strided, torch.zeros(3584, dtype=torch.bfloat16)), "strided"
+
+
+def test_on_the_cpu_it_never_applies() -> None:
+    assert not exact_norm.supports(torch.zeros(30, 1, 3584), torch.zeros(3584))
+
+
+def test_a_kernel_that_cannot_build_turns_fusion_off_and_the_norm_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """As a failed compile does (``test_fused``): the split norm runs instead, and the run says why."""
+    monkeypatch.setattr(fused, "FAILURES", [])
+    monkeypatch.setattr(exact_norm, "supports", lambda *_a: True)
+
+    def no_compiler(*_args: Any) -> Any:
+        raise RuntimeError("Failed to find C compiler")
+
+    monkeypatch.setattr(exact_norm, "rms_norm", no_compiler)
+    x, weight = torch.randn(30, 1, 256), torch.randn(256)
+    expected = fused._rms_scale(x, fused._mean_of_squares(x), weight, 1e-6)
+    assert torch.equal(fused.rms_norm_split(x, weight, 1e-6), expected)
+    assert len(fused.FAILURES) == 1
+    assert "Failed to find C compiler" in fused.FAILURES[0]
+    assert fused.fused_mode("exact", torch.device("cuda")) == "off"
