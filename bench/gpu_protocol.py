@@ -459,11 +459,16 @@ def markdown(summary: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="small config on the CPU (tests this script)")
+def shape_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of every bench that builds these shapes with :func:`build`."""
+    parser.add_argument("--tiny", action="store_true", help="small configs on the CPU (tests the script)")
     parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     parser.add_argument("--layers", type=int, default=0, help="override the layer count (smoke test)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    shape_arguments(parser)
     parser.add_argument("--methods", nargs="+", default=["nnsight", "hooks", "pyvene"])
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--eval", type=int, default=30)

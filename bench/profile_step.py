@@ -37,11 +37,11 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from gpu_protocol import SHAPES, build, config_of, prompts, sync  # noqa: E402
+from gpu_protocol import SHAPES, build, config_of, prompts, shape_arguments, sync  # noqa: E402
 from torch import nn  # noqa: E402
 
 from phasegate_runtime import decode as fast  # noqa: E402
-from phasegate_runtime import fused, site_check  # noqa: E402
+from phasegate_runtime import exact_norm, fused, site_check  # noqa: E402
 from phasegate_runtime.backend import make_backend  # noqa: E402
 from phasegate_runtime.backend_hooks import forward_hook  # noqa: E402
 from phasegate_runtime.determinism import configure_determinism  # noqa: E402
@@ -51,6 +51,7 @@ from phasegate_runtime.models import LoadedModel  # noqa: E402
 from phasegate_runtime.site import block_hidden, decoder_layers, replace_block_hidden  # noqa: E402
 
 _SITE = "site check"
+_NORM = "exact norm"
 _CATEGORIES = (
     "weight GEMMs (nn.Linear)",
     "attention core",
@@ -207,14 +208,16 @@ def _label_site_check() -> list[Any]:
     return labelled
 
 
-def _category(event: Any) -> str:
+def _category(event: Any, kernel_name: str) -> str:
     names = []
     node = event
     while node is not None:
         names.append(node.name)
         node = node.cpu_parent
-    if _SITE in names:
+    if _SITE in names:  # its compiled kernel too
         return _SITE
+    if kernel_name.startswith("triton") or _NORM in names:  # Inductor's kernels, and exact_norm's
+        return _CATEGORIES[3]
     if "aten::linear" in names:
         return _CATEGORIES[0]
     attention_ops = ("aten::scaled_dot_product_attention", "aten::matmul", "aten::bmm", "aten::softmax",
@@ -230,9 +233,16 @@ def kernel_table(
     loaded: LoadedModel, prompts_: list[str], layer: int, delta: torch.Tensor, steps: int = 3
 ) -> dict[str, Any]:
     """GPU time per category of the kernels of ``steps`` eager decode steps (watched, steered), per step."""
-    from torch.profiler import ProfilerActivity, profile
+    from torch.profiler import DeviceType, ProfilerActivity, profile
 
     restore = _label_site_check()
+    launch = exact_norm._launch
+
+    def labelled_launch(*args: Any, **kwargs: Any) -> Any:  # a Triton launch has no ATen op to hang on
+        with torch.profiler.record_function(_NORM):
+            return launch(*args, **kwargs)
+
+    exact_norm._launch = labelled_launch
     try:
         with steered_decoder(loaded, prompts_, layer, delta, watched=True) as decoder:
             with fused.decode_steps(decoder.fused):
@@ -243,19 +253,38 @@ def kernel_table(
                     decoder.step()
                 sync()
     finally:
+        exact_norm._launch = launch
         for name, original in restore:
             setattr(site_check._Watch, name, original)
     per_category: dict[str, float] = defaultdict(float)
     kernels: dict[str, int] = defaultdict(int)
     names: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    attributed: dict[str, float] = defaultdict(float)
     for event in prof.events():
         for k in getattr(event, "kernels", []):
-            triton = k.name.startswith(("triton", "_rms_norm_rows"))  # Inductor's, and exact_norm's
-            category = "compiled pieces (Triton)" if triton else _category(event)
+            category = _category(event, k.name)
             us = float(k.duration)
+            attributed[k.name] += us
             per_category[category] += us / steps
             kernels[category] += 1
             names[category][k.name[:90]] += us / steps
+    # Kernels the profiler links to no CPU operation (Triton's launcher, e.g. exact_norm's): by name.
+    for event in prof.events():
+        if event.device_type != DeviceType.CUDA or event.name in (_SITE, _NORM):  # those: GPU-side ranges
+            continue
+        us = float(event.time_range.end - event.time_range.start)
+        if attributed[event.name] >= us - 1e-6:
+            attributed[event.name] -= us
+            continue
+        if event.name.startswith(("triton", "_rms_norm_rows")):
+            category = _CATEGORIES[3]
+        elif event.name.startswith(("nvjet", "cublas")) or "gemm" in event.name:
+            category = _CATEGORIES[0]
+        else:
+            category = _CATEGORIES[5]
+        per_category[category] += us / steps
+        kernels[category] += 1
+        names[category][event.name[:90]] += us / steps
     top = {c: dict(sorted(v.items(), key=lambda kv: -kv[1])[:6]) for c, v in names.items()}
     return {
         "us_per_step": {c: per_category.get(c, 0.0) for c in _CATEGORIES},
@@ -325,9 +354,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--tiny", action="store_true", help="small configs on the CPU (tests this script)")
-    parser.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
-    parser.add_argument("--layers", type=int, default=0, help="override the layer count (smoke test)")
+    shape_arguments(parser)
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench/out")))
     args = parser.parse_args()
     configure_determinism(True)

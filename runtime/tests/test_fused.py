@@ -240,7 +240,7 @@ def test_the_compiled_site_check_measures_exactly_what_the_eager_one_does(traced
             fused.site_error(received, raw, delta, eager, slot)
             with fused.decode_steps("exact"):
                 fused.site_error(received, raw, delta, compiled, slot)
-            assert torch.equal(eager, compiled) or (eager.isnan() == compiled.isnan()).all()
+            torch.testing.assert_close(compiled, eager, rtol=0, atol=0, equal_nan=True)
             if received is right:
                 assert eager.tolist() == [0.0, 0.25]  # zero error; the other slot untouched
             elif received is off:

@@ -22,8 +22,9 @@ The pointwise rest is transformers' (and :mod:`.fused`'s ``_rms_scale`` / ``_uni
 ``x * rsqrt(mean + eps)`` with libdevice's ``rsqrt`` (what Inductor emits too), then either
 ``weight * h.to(dtype)`` (Llama, Qwen) or ``(h * (1 + weight)).to(dtype)`` (Gemma-2).
 
-Where ATen would pick another configuration (fewer than 16 rows, a width not divisible by 4 or over 32768,
-a strided or misaligned row), :func:`supports` says no and the caller keeps ATen's own kernels.
+Where ATen would pick another configuration (fewer than 16 rows, a width not divisible by 4, under 128 or
+over 8160, a strided or misaligned row), :func:`supports` says no and the caller keeps ATen's own kernels; and
+before first use on a process's torch and GPU, :func:`agrees_with_aten` compares the kernel with ATen once.
 ``bench/exact_norm_check.py`` compares the kernel with ATen on the GPU, element for element; the tests check
 the order against :func:`reference_mean_of_squares` (the same order written with torch operations) with
 Triton's CPU interpreter.
@@ -31,13 +32,16 @@ Triton's CPU interpreter.
 
 from __future__ import annotations
 
-import os
-
+import numpy as np
 import torch
 
+from .events import log
+
 BUILD_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, OSError, ImportError)
-"""What building or launching the kernel raises where it cannot run here (no C compiler for Triton's
-launcher, a driver too old); the caller then keeps ATen's kernels for the rest of the process."""
+"""What building the kernel raises where it cannot run here (Triton's "Failed to find C compiler" is a
+RuntimeError, a missing toolchain an OSError); the caller then keeps ATen's kernels for the rest of the
+process. Errors of the device itself (out of memory, a CUDA fault) are not among them: the caller
+re-raises."""
 
 try:  # Triton ships with CUDA builds of torch; without it, supports() is False everywhere.
     import triton
@@ -54,8 +58,15 @@ LANES = 32
 VECTOR = 4
 """Elements per aligned load (16 bytes of float32)."""
 _MIN_ROWS = 16
-_MAX_HIDDEN = LANES * VECTOR * 255  # ATen splits a row across warps once a lane would sum 256 vectors
+# ATen counts a row's inputs in elements when it decides to split a row across warps: at 256 or more per
+# lane of 32 (hidden > 8160), each row is shared by 16 warps and summed in another order.
+_MAX_HIDDEN = LANES * 255
 _DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+_PROBE_ROWS = 64
+
+_AGREES: dict[tuple[int, torch.dtype, torch.device], bool] = {}
+"""Per (hidden size, dtype, device): whether the kernel gave ATen's bits on this process's torch and GPU
+(:func:`agrees_with_aten`). Like Triton's own cache of built kernels, it lives as long as the process."""
 
 
 def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -75,6 +86,40 @@ def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and VECTOR * LANES <= hidden <= _MAX_HIDDEN
         and x.data_ptr() % 16 == 0
     )
+
+
+def checked(hidden: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether :func:`agrees_with_aten` has already compared the kernel with ATen for these."""
+    return (hidden, dtype, device) in _AGREES
+
+
+def agrees_with_aten(hidden: int, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether the kernel equals ATen bit for bit here: checked once per (hidden, dtype, device) on random
+    rows (a local generator: the run's random state is untouched) against ATen's mean and transformers'
+    operations for both forms of the norm. ATen's order was read from one torch version; another version or
+    GPU that sums otherwise is caught here, and the caller then keeps ATen's own kernels. Never checked during
+    a CUDA graph capture (it would record the check): there it says no until checked outside one."""
+    key = (hidden, dtype, device)
+    if key in _AGREES:
+        return _AGREES[key]
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return False
+    from .fused import _rms_scale, _unit_offset_scale  # the pointwise rest, written once there
+
+    generator = torch.Generator(device=device).manual_seed(hidden)
+    x = (torch.randn(_PROBE_ROWS, 1, hidden, generator=generator, device=device) * 3).to(dtype)
+    weight = (torch.randn(hidden, generator=generator, device=device) * 0.5).to(dtype)
+    mean = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+    agrees = (
+        torch.equal(mean_of_squares(x, weight), mean)
+        and torch.equal(rms_norm(x, weight, 1e-6), _rms_scale(x, mean, weight, 1e-6))
+        and torch.equal(rms_norm_unit_offset(x, weight, 1e-6), _unit_offset_scale(x, mean, weight, 1e-6))
+    )
+    _AGREES[key] = agrees
+    if not agrees:
+        log(f"exact norm kernel differs from ATen for hidden {hidden}, {dtype} (torch {torch.__version__}): "
+            "ATen's own kernels are used instead")  # fmt: skip
+    return agrees
 
 
 def reference_mean_of_squares(x: torch.Tensor) -> torch.Tensor:
@@ -109,15 +154,16 @@ if triton is not None:
     def _rms_norm_rows(  # type: ignore[no-untyped-def]
         x_ptr, w_ptr, out_ptr, mean_ptr, eps, factor,
         HIDDEN: tl.constexpr, BLOCK: tl.constexpr, ITERATIONS: tl.constexpr, UNIT_OFFSET: tl.constexpr,
-        STORE_MEAN: tl.constexpr, LIBDEVICE: tl.constexpr,
+        STORE_MEAN: tl.constexpr, LIBDEVICE: tl.constexpr, LANES: tl.constexpr, VECTOR: tl.constexpr,
     ):  # fmt: skip
+        tl.static_assert(LANES == 32 and VECTOR == 4)  # the combining steps below are written for these
         row = tl.program_id(0).to(tl.int64)
         base = x_ptr + row * HIDDEN
-        lane = tl.arange(0, 32)[:, None]
-        element = tl.arange(0, 4)[None, :]
-        sums = tl.zeros([32, 4], dtype=tl.float32)
+        lane = tl.arange(0, LANES)[:, None]
+        element = tl.arange(0, VECTOR)[None, :]
+        sums = tl.zeros([LANES, VECTOR], dtype=tl.float32)
         for k in tl.static_range(ITERATIONS):
-            column = (lane + k * 32) * 4 + element
+            column = (lane + k * LANES) * VECTOR + element
             inside = column < HIDDEN
             value = tl.load(base + column, mask=inside, other=0.0).to(tl.float32)
             sums = sums + tl.where(inside, value * value, 0.0)
@@ -152,18 +198,23 @@ if triton is not None:
 
 
 def _launch(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, unit_offset: bool, mean: torch.Tensor | None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    unit_offset: bool,
+    mean: torch.Tensor | None,
+    interpreted: bool = False,
 ) -> torch.Tensor:
+    """``interpreted``: run under Triton's CPU interpreter (tests), which has no libdevice ``rsqrt``."""
     hidden = x.shape[-1]
     rows = x.numel() // hidden
     out = torch.empty_like(x)
-    factor = float(torch.tensor(rows, dtype=torch.float32) / torch.tensor(x.numel(), dtype=torch.float32))
-    interpreted = os.environ.get("TRITON_INTERPRET") == "1"
+    factor = float(np.float32(rows) / np.float32(x.numel()))  # ATen's float(num_outputs) / numel
     _rms_norm_rows[(rows,)](
         x, weight, out, mean if mean is not None else out, float(eps), factor,
         HIDDEN=hidden, BLOCK=triton.next_power_of_2(hidden), ITERATIONS=-(-(hidden // VECTOR) // LANES),
-        UNIT_OFFSET=unit_offset, STORE_MEAN=mean is not None, LIBDEVICE=not interpreted,
-        num_warps=4, enable_fp_fusion=False,
+        UNIT_OFFSET=unit_offset, STORE_MEAN=mean is not None, LIBDEVICE=not interpreted, LANES=LANES,
+        VECTOR=VECTOR, num_warps=4, enable_fp_fusion=False,
     )  # fmt: skip
     return out
 

@@ -126,6 +126,17 @@ def _run_compiled(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return (_compiled.get(fn) or _compile(fn))(*args, **kwargs)
 
 
+def _give_up(name: str, err: BaseException) -> None:
+    """A piece could not be built here: fused kernels off for the rest of the process, with the reason in
+    :data:`FAILURES`. Re-raises inside a CUDA graph capture (the decoder warms up and captures again) and for
+    errors of the device itself (out of memory, a CUDA fault), which are not a missing compiler."""
+    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    if capturing or isinstance(err, torch.OutOfMemoryError | torch.AcceleratorError):
+        raise err
+    FAILURES.append(f"{name}: {type(err).__name__}: {err}")
+    log(f"fused kernels off for this process, building {name} failed: {FAILURES[-1]}")
+
+
 def _graphs_compiled() -> int:
     from torch._dynamo.utils import counters
 
@@ -153,10 +164,7 @@ def _kernel(fn: Callable[..., Any], exact: bool) -> Callable[..., Any]:
         try:
             out = _run_compiled(fn, *args, **kwargs)
         except _COMPILE_ERRORS as err:
-            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-                raise  # inside a CUDA graph capture: the decoder warms up and captures again
-            FAILURES.append(f"{fn.__name__}: {type(err).__name__}: {err}")
-            log(f"fused kernels off for this process, compiling failed: {FAILURES[-1]}")
+            _give_up(fn.__name__, err)
             return fn(*args, **kwargs)
         if _graphs_compiled() != before:
             COMPILE_SECONDS[0] += time.perf_counter() - started
@@ -212,18 +220,21 @@ def _exact_kernel(
     weight: torch.Tensor,
     eps: float,
 ) -> torch.Tensor | None:
-    """``kernel_fn`` (:mod:`.exact_norm`) where it reproduces ATen's sum for this input, else None. A kernel
-    that fails to build turns the fused kernels off for the process, as a failed compile does."""
+    """``kernel_fn`` (:mod:`.exact_norm`) where it reproduces ATen's sum for this input (its configuration,
+    and a first comparison with ATen on this torch and GPU), else None. A kernel that fails to build turns the
+    fused kernels off for the process, as a failed compile does."""
     if FAILURES or not exact_norm.supports(x, weight):
         return None
     try:
+        started = time.perf_counter()
+        checked = exact_norm.checked(x.shape[-1], x.dtype, x.device)
+        if not exact_norm.agrees_with_aten(x.shape[-1], x.dtype, x.device):
+            return None
+        if not checked:  # building the kernel and the first comparison: one-time, like a compile
+            COMPILE_SECONDS[0] += time.perf_counter() - started
         return kernel_fn(x, weight, eps)
     except exact_norm.BUILD_ERRORS as err:
-        capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
-        if capturing or isinstance(err, torch.OutOfMemoryError):
-            raise
-        FAILURES.append(f"{kernel_fn.__name__}: {type(err).__name__}: {err}")
-        log(f"fused kernels off for this process, building the exact norm failed: {FAILURES[-1]}")
+        _give_up(kernel_fn.__name__, err)
         return None
 
 
