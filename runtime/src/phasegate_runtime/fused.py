@@ -284,7 +284,9 @@ def attention_scores(
     weights: torch.Tensor, mask: torch.Tensor | None, scaling: float, softcap: float | None
 ) -> torch.Tensor:
     """Eager attention's pointwise steps between its two matrix products: scale, soft-cap, mask (each
-    rounded to the model dtype, as eagerly). Compiled alone in ``exact`` mode; the softmax stays ATen's."""
+    rounded to the model dtype, as eagerly). Compiled alone in ``exact`` mode; the softmax stays ATen's.
+    Measured bit-exact with ``scaling`` and ``softcap`` as the compiled constants of the one model a run
+    decodes; a process compiling it for several values (dynamo may then pass them as inputs) is unmeasured."""
     weights = weights * scaling
     if softcap is not None:
         weights = torch.tanh(weights / softcap) * softcap
