@@ -192,20 +192,17 @@ def graph_step_ms(
     return statistics.median(times)
 
 
-def _label_site_check() -> list[Any]:
-    """Every call of the site observer's bookkeeping inside a profiler range of its own."""
-    watch = site_check._Watch
-    labelled = []
-    for name in ("saw_input", "saw_output"):
-        original = getattr(watch, name)
+def labelled(label: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Each call inside a profiler range named ``label`` (a Triton launch has no ATen op to hang on)."""
 
-        def call(self: Any, *args: Any, _original: Any = original) -> Any:
-            with torch.profiler.record_function(_SITE):
-                return _original(self, *args)
+    def wrap(fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            with torch.profiler.record_function(label):
+                return fn(*args, **kwargs)
 
-        labelled.append((name, original))
-        setattr(watch, name, call)
-    return labelled
+        return call
+
+    return wrap
 
 
 def _category(event: Any, kernel_name: str) -> str:
@@ -235,27 +232,19 @@ def kernel_table(
     """GPU time per category of the kernels of ``steps`` eager decode steps (watched, steered), per step."""
     from torch.profiler import DeviceType, ProfilerActivity, profile
 
-    restore = _label_site_check()
-    launch = exact_norm._launch
-
-    def labelled_launch(*args: Any, **kwargs: Any) -> Any:  # a Triton launch has no ATen op to hang on
-        with torch.profiler.record_function(_NORM):
-            return launch(*args, **kwargs)
-
-    exact_norm._launch = labelled_launch
-    try:
-        with steered_decoder(loaded, prompts_, layer, delta, watched=True) as decoder:
-            with fused.decode_steps(decoder.fused):
-                decoder.step()  # warm
+    with (
+        patched(site_check._Watch, "saw_input", labelled(_SITE)),
+        patched(site_check._Watch, "saw_output", labelled(_SITE)),
+        patched(exact_norm, "_launch", labelled(_NORM)),
+        steered_decoder(loaded, prompts_, layer, delta, watched=True) as decoder,
+    ):
+        with fused.decode_steps(decoder.fused):
+            decoder.step()  # warm
+        sync()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(steps):
+                decoder.step()
             sync()
-            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-                for _ in range(steps):
-                    decoder.step()
-                sync()
-    finally:
-        exact_norm._launch = launch
-        for name, original in restore:
-            setattr(site_check._Watch, name, original)
     per_category: dict[str, float] = defaultdict(float)
     kernels: dict[str, int] = defaultdict(int)
     names: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))

@@ -109,10 +109,7 @@ def test_decode_with_fused_kernels_gives_the_same_tokens(
 ) -> None:
     """Every piece (``on``); ``exact`` below."""
     loaded = load_tiny(arch)
-    rows = decoder_of(loaded, 12)
-
-    fusion(loaded, monkeypatch, "off")
-    plain = rows()
+    rows, plain = unfused_decoder(loaded, monkeypatch, 12)
     assert not traced
     fusion(loaded, monkeypatch, "on")
     before = DECODE_COUNTS.copy()
@@ -146,10 +143,7 @@ def test_a_failed_compile_turns_fusion_off_and_decoding_goes_on(
     monkeypatch.setattr(fused, "COMPILE_BACKEND", no_compiler)
     monkeypatch.setattr(fused, "FAILURES", [])
     loaded = load_tiny("gemma2")
-    rows = decoder_of(loaded, 6)
-
-    fusion(loaded, monkeypatch, "off")
-    plain = rows()
+    rows, plain = unfused_decoder(loaded, monkeypatch, 6)
     fusion(loaded, monkeypatch, "on")
     assert rows() == plain
     assert len(fused.FAILURES) == 1
@@ -162,10 +156,7 @@ def test_exact_mode_decodes_the_same_tokens_and_leaves_attention_and_whole_norms
     load_tiny: Any, traced: dict[Any, Any], monkeypatch: pytest.MonkeyPatch, arch: str
 ) -> None:
     loaded = load_tiny(arch)
-    rows = decoder_of(loaded, 12)
-
-    fusion(loaded, monkeypatch, "off")
-    plain = rows()
+    rows, plain = unfused_decoder(loaded, monkeypatch, 12)
     # ``exact`` is CUDA only; here the decoder is told it runs on CUDA.
     fusion(loaded, monkeypatch, "exact")
     monkeypatch.setattr(fused, "fused_mode", lambda setting, _dev: "exact" if setting == "exact" else "off")
@@ -211,6 +202,15 @@ def decoder_of(loaded: Any, new_tokens: int) -> Callable[[], list[list[int]]]:
         return new_token_ids(ids, batch.prompt_len, [tok.eos_token_id])
 
     return rows
+
+
+def unfused_decoder(
+    loaded: Any, monkeypatch: pytest.MonkeyPatch, new_tokens: int
+) -> tuple[Callable[[], list[list[int]]], list[list[int]]]:
+    """:func:`decoder_of` and its rows with fused kernels off: what every fused decode must reproduce."""
+    rows = decoder_of(loaded, new_tokens)
+    fusion(loaded, monkeypatch, "off")
+    return rows, rows()
 
 
 def fusion(loaded: Any, monkeypatch: pytest.MonkeyPatch, setting: str) -> None:

@@ -104,12 +104,12 @@ def agrees_with_aten(hidden: int, dtype: torch.dtype, device: torch.device) -> b
         return _AGREES[key]
     if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return False
-    from .fused import _rms_scale, _unit_offset_scale  # the pointwise rest, written once there
+    from .fused import _mean_of_squares, _rms_scale, _unit_offset_scale  # transformers' operations
 
     generator = torch.Generator(device=device).manual_seed(hidden)
     x = (torch.randn(_PROBE_ROWS, 1, hidden, generator=generator, device=device) * 3).to(dtype)
     weight = (torch.randn(hidden, generator=generator, device=device) * 0.5).to(dtype)
-    mean = x.to(torch.float32).pow(2).mean(-1, keepdim=True)
+    mean = _mean_of_squares(x)
     agrees = (
         torch.equal(mean_of_squares(x, weight), mean)
         and torch.equal(rms_norm(x, weight, 1e-6), _rms_scale(x, mean, weight, 1e-6))
