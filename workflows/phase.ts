@@ -135,6 +135,8 @@ function modelRunner(timeoutSeconds: number): PhaseActivities['runModel'] {
 }
 
 const nowIso = (): string => new Date(Date.now()).toISOString();
+/** A deep copy of plain data: an activity's input is serialized only when the activation ends. */
+const snapshot = <T>(value: T): T => JSON.parse(JSON.stringify(value)) as T;
 
 export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
   const protocol = input.protocol;
@@ -146,6 +148,9 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
   const refused = startInputProblem(input, continued);
   if (refused !== null) throw ApplicationFailure.create({ type: ErrorTypes.invalidInput, message: `refused start input: ${refused}`, nonRetryable: true });
   const state: PhaseState = input.resume ?? initialState(input, nowIso());
+  // What the previous run carried, copied before any handler can apply a decision to `state` (the same object):
+  // a decision that arrives with this run's first task must not make the check below refuse the phase.
+  const carried = input.resume === undefined ? undefined : snapshot(input.resume);
   const gate = gateContext(input);
 
   // ---- Handlers: validators check each signed decision before it enters history; handlers apply pure transitions --
@@ -184,14 +189,13 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
     if (mark === recorded) return;
     // A snapshot: the activity's input is serialized when the activation ends, and a decision applied in between
     // must not slip into a record of the state before it.
-    const snapshot = JSON.parse(JSON.stringify(state)) as PhaseState;
-    await recordPhase({ input: { ...input, resume: undefined }, state: snapshot });
+    await recordPhase({ input: { ...input, resume: undefined }, state: snapshot(state) });
     recorded = mark;
   };
 
-  if (input.resume !== undefined) {
+  if (carried !== undefined) {
     // Before anything else, and before anything is recorded: the run this one continues must be this phase's own.
-    await verifyResume({ phaseId: input.phaseId, previousRunId: info.continuedFromExecutionRunId!, taskQueue: info.taskQueue, resume: input.resume });
+    await verifyResume({ phaseId: input.phaseId, previousRunId: info.continuedFromExecutionRunId!, taskQueue: info.taskQueue, resume: carried });
   }
   try {
     await persist();
