@@ -40,7 +40,7 @@ import {
   type SubmitReviewInput,
 } from '../workflows/definitions';
 import { phaseWorkflow } from '../workflows/phase';
-import { decisionRecordProblems, gateProblems, lockHashOf, runPlan, spentUsd } from '../workflows/phase-logic';
+import { decisionKey, decisionRecordProblems, gateProblems, lockHashOf, runPlan, spentUsd } from '../workflows/phase-logic';
 import type { PhaseRecord, PhaseRecords } from '../common/phase-records';
 import { isStoreRef, type ArtifactStore } from '../common/artifact-store';
 import { PhaseError } from './errors';
@@ -221,13 +221,39 @@ async function ledgerOfEndedRun(pc: PhaseClient, phaseId: string): Promise<Phase
 async function decide<K extends DecisionKind>(pc: PhaseClient, update: UpdateDefinition<DecisionResult, [SignedDecision<K>]>, d: SignedDecision<K>): Promise<DecisionResult> {
   const phaseId = checkPhaseId(d.phaseId);
   const updateId = `${d.kind}-${createHash('sha256').update(d.signature).digest('hex').slice(0, 24)}`;
-  try {
-    return await handleOf(pc, phaseId).executeUpdate(update, { args: [d], updateId });
-  } catch (err) {
-    if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure) {
-      throw new PhaseError('refused', `refused: ${err.cause.message}`);
+  for (let attempt = 1; ; attempt += 1) {
+    try {
+      return await handleOf(pc, phaseId).executeUpdate(update, { args: [d], updateId });
+    } catch (err) {
+      if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure) {
+        throw new PhaseError('refused', `refused: ${err.cause.message}`);
+      }
+      // Temporal answers "already completed" when the run a decision reached continued as new on its way. Sent
+      // again (the same update id; the workflow applies a decision once), it reaches the run that goes on; and if
+      // the phase has ended meanwhile, holding this decision, it is acknowledged as the workflow acknowledges a
+      // resent one.
+      if (err instanceof WorkflowNotFoundError && attempt < DECIDE_ATTEMPTS) {
+        const ended = await endedWith(pc, phaseId, decisionKey(d));
+        if (ended === 'running') continue;
+        if (ended !== null) return ended;
+      }
+      throw await explainMissing(pc, phaseId, err);
     }
-    throw await explainMissing(pc, phaseId, err);
+  }
+}
+
+const DECIDE_ATTEMPTS = 5;
+
+/** 'running' if the phase still runs; if it has ended holding the decision keyed `key`, what a resent decision
+ * gets (applied: false); else null. */
+async function endedWith(pc: PhaseClient, phaseId: string, key: string): Promise<DecisionResult | 'running' | null> {
+  try {
+    const handle = handleOf(pc, phaseId);
+    if ((await handle.describe()).status.name === 'RUNNING') return 'running';
+    const state = await handle.query(stateQuery);
+    return state.appliedDecisions.includes(key) ? { applied: false, status: state.status, approvedUsd: state.budget.approvedUsd } : null;
+  } catch {
+    return null; // not found, or a run that registered no query: explainMissing says which
   }
 }
 

@@ -137,6 +137,27 @@ test('state and applied decisions survive continue-as-new', async () => {
   });
 });
 
+test('decisions that arrive while phases continue as new are applied once and never fail a phase', async () => {
+  // With a limit of 5 history events each run continues as new at once, so the phases churn through runs and a
+  // review often lands in the first task of a run, before that run has checked the state it carries. That check
+  // once compared against the state with the review already applied, and failed the phase (found by CI).
+  const { worker, pc } = await testWorker(server, 'churn');
+  await worker.runUntil(async () => {
+    const phases = await Promise.all([...Array(6).keys()].map(() => startPhase(pc, testProtocol('churn'), { continueAsNewAfterEvents: 5 })));
+    for (const { phaseId } of phases) {
+      await approveAs(pc, phaseId, { by: 'demo-approver', usd: 0.25 });
+      await waitForStatus(pc, phaseId, 'AWAITING_REVIEW', 30);
+    }
+    await Promise.all(phases.map(({ phaseId }) => reviewAs(pc, phaseId, { by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED' })));
+    for (const { phaseId } of phases) {
+      const result = await phaseResult(server.env.client, phaseId);
+      expect(result.status).toBe('CHANGES_REQUESTED');
+      expect(result.continuedAsNew).toBeGreaterThanOrEqual(1);
+      expect(result.appliedDecisions).toHaveLength(2);
+    }
+  });
+});
+
 async function waitForEstimate(pc: PhaseClient, phaseId: string): Promise<void> {
   await waitFor(async () => (await getState(pc, phaseId)).estimate !== null);
 }

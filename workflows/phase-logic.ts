@@ -279,6 +279,12 @@ export function rejectKey(d: RejectBudgetInput): string {
 export function reviewKey(d: SubmitReviewInput): string {
   return `review:${d.by}:${d.content.verdict}`;
 }
+/** The key of a decision of any kind. */
+export function decisionKey(d: SignedDecision<DecisionKind>): string {
+  if (d.kind === 'approve-budget') return approveKey(d as ApproveBudgetInput);
+  if (d.kind === 'reject-budget') return rejectKey(d as RejectBudgetInput);
+  return reviewKey(d as SubmitReviewInput);
+}
 
 const ROLES: Record<DecisionKind, { list: (p: Protocol) => string[]; field: string; noun: string }> = {
   'approve-budget': { list: (p) => p.budget.approvers, field: 'budget.approvers', noun: 'approver' },
