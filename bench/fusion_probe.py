@@ -28,6 +28,7 @@ from gpu_protocol import SHAPES, build, numerics, prompts  # noqa: E402
 from profile_step import step_ms  # noqa: E402
 
 from phasegate_runtime import decode as fast  # noqa: E402
+from phasegate_runtime.determinism import without_nan_fill  # noqa: E402
 from phasegate_runtime.generation import make_batches  # noqa: E402
 from phasegate_runtime.site import decoder_layers  # noqa: E402
 
@@ -49,7 +50,7 @@ def run_variant(shape: str, variant: str) -> dict[str, Any]:
     tok = loaded.tokenizer
     (batch,) = make_batches(tok, prompts(random.Random(1), 30, len(tok), 18, 28), 32, loaded.device)
     out: dict[str, Any] = {"shape": shape, "variant": variant}
-    with torch.no_grad(), fast._deterministic_without_checks(), fast._grouped_eager(loaded.model):
+    with torch.no_grad(), without_nan_fill(), fast._grouped_eager(loaded.model):
         model = loaded.model
 
         def decoder() -> fast._Decoder:

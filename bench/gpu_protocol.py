@@ -49,7 +49,7 @@ from phasegate_runtime.determinism import configure_determinism  # noqa: E402
 from phasegate_runtime.events import EventStream  # noqa: E402
 from phasegate_runtime.generation import greedy_config, make_batches, stop_token_ids  # noqa: E402
 from phasegate_runtime.models import LoadedModel  # noqa: E402
-from phasegate_runtime.runner import Run  # noqa: E402
+from phasegate_runtime.runner import Run, fast_reads  # noqa: E402
 from phasegate_runtime.score import load_model_result, score  # noqa: E402
 from phasegate_runtime.site import block_hidden, decoder_layers, replace_block_hidden  # noqa: E402
 from phasegate_runtime.site_check import install_site_observer  # noqa: E402
@@ -330,7 +330,11 @@ def method_parts(
     parts: dict[str, dict[str, float]] = {}
     for method in args.methods:
         backend = make_backend(method, loaded)
-        direction_fn = partial(compute_direction, backend, harmful, harmless, layer, spec.site.position)
+
+        def direction_fn(backend: Any = backend) -> Any:
+            with fast_reads(loaded.model, layer):
+                return compute_direction(backend, harmful, harmless, layer, spec.site.position)
+
         direction_s, direction = timed(direction_fn)
         direction_s, direction = timed(direction_fn)
         delta = steering_delta(direction.unit, spec.steering.alpha, loaded.dtype, loaded.device)

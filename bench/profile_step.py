@@ -44,11 +44,12 @@ from phasegate_runtime import decode as fast  # noqa: E402
 from phasegate_runtime import exact_norm, fused, site_check  # noqa: E402
 from phasegate_runtime.backend import make_backend  # noqa: E402
 from phasegate_runtime.backend_hooks import forward_hook  # noqa: E402
-from phasegate_runtime.determinism import configure_determinism  # noqa: E402
+from phasegate_runtime.determinism import configure_determinism, without_nan_fill  # noqa: E402
 from phasegate_runtime.direction import compute_direction, steering_delta  # noqa: E402
 from phasegate_runtime.generation import decode, make_batches, new_token_ids, stop_token_ids  # noqa: E402
 from phasegate_runtime.models import LoadedModel  # noqa: E402
-from phasegate_runtime.site import block_hidden, decoder_layers, replace_block_hidden  # noqa: E402
+from phasegate_runtime.runner import fast_reads  # noqa: E402
+from phasegate_runtime.site import block_hidden, blocks_through, decoder_layers, replace_block_hidden  # noqa: E402
 
 _SITE = "site check"
 _NORM = "exact norm"
@@ -116,7 +117,7 @@ def unit_parts(loaded: LoadedModel, data: dict[str, list[str]], layer: int, alph
         patched(fast, "_capture", timed_in(parts, "pass: capture + instantiate")),
         parts.part("unit"),
     ):
-        with parts.part("direction"), observer.watch(layer, None, dev):
+        with parts.part("direction"), observer.watch(layer, None, dev), fast_reads(loaded.model, layer):
             direction = compute_direction(backend, harmful, harmless, layer, -1)
         delta = steering_delta(direction.unit, alpha, loaded.dtype, dev)
         rows: list[list[int]] = []
@@ -132,6 +133,85 @@ def unit_parts(loaded: LoadedModel, data: dict[str, list[str]], layer: int, alph
     out["pass: replays and the rest"] = (
         out["pass"] - out.get("pass: prefill", 0.0) - out.get("pass: capture + instantiate", 0.0)
     )
+    return out
+
+
+def kernel_seconds(prof: Any) -> float:
+    """The summed duration of the GPU kernels a profile recorded."""
+    return sum(float(k.duration) for e in prof.events() for k in getattr(e, "kernels", [])) / 1e6
+
+
+def read_parts(loaded: LoadedModel, data: dict[str, list[str]], layer: int) -> dict[str, float]:
+    """One activation read (hooks, the 32 harmful prompts), median of 5 of each variant, synchronised:
+    watched by the site observer through every block (fast reads before they stopped after the site), watched
+    as fast units read now (:func:`fast_reads`: through block ``layer`` only, no NaN fill), unwatched,
+    unwatched without deterministic mode's NaN fill of new tensors, unwatched through the site only; the
+    fingerprint of
+    the site's output alone; the GPU time of the unwatched read's kernels (the profiler's sum), against which
+    the rest is host time; and the same for a prefill of the eval batch."""
+    from torch.profiler import ProfilerActivity, profile
+
+    dev = loaded.device
+    (batch,) = make_batches(loaded.tokenizer, data["harmful"], 32, dev)
+    backend = make_backend("hooks", loaded)
+    observer = site_check.site_observer(loaded.model)
+
+    def read() -> None:
+        backend.activations(batch, layer, -1)
+
+    def stopped() -> None:
+        with blocks_through(loaded.model, layer):
+            read()
+
+    def watched() -> None:
+        with observer.watch(layer, None, dev):
+            read()
+
+    def watched_fast() -> None:
+        with observer.watch(layer, None, dev), fast_reads(loaded.model, layer):
+            read()
+
+    def unfilled() -> None:
+        with without_nan_fill():
+            read()
+
+    hidden = torch.zeros((*batch.input_ids.shape, loaded.hidden_size), dtype=loaded.dtype, device=dev)
+
+    def median_s(fn: Callable[[], object]) -> float:
+        fn()
+        times = []
+        for _ in range(5):
+            sync()
+            started = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - started)
+        return statistics.median(times)
+
+    out = {
+        "read, watched": median_s(watched),
+        "read, watched, as fast units read now": median_s(watched_fast),
+        "read, unwatched": median_s(read),
+        "read, unwatched, no NaN fill": median_s(unfilled),
+        "read, unwatched, through the site only": median_s(stopped),
+        "fingerprint of the site's output": median_s(lambda: site_check._fingerprint(hidden)),
+    }
+    if dev.type == "cuda":
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            read()
+            sync()
+        out["read, unwatched: GPU kernels"] = kernel_seconds(prof)
+        zero = torch.zeros(loaded.hidden_size, dtype=loaded.dtype, device=dev)
+
+        def prefill() -> None:
+            with steered_decoder(loaded, data["eval"], layer, zero, watched=False):
+                pass
+
+        out["prefill (eval batch, unwatched)"] = median_s(prefill)
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            prefill()
+            sync()
+        out["prefill: GPU kernels"] = kernel_seconds(prof)
     return out
 
 
@@ -151,7 +231,7 @@ def steered_decoder(
     tok = loaded.tokenizer
     with (
         torch.inference_mode(),
-        fast._deterministic_without_checks(),
+        without_nan_fill(),
         fast._grouped_eager(loaded.model),
         forward_hook(block, add),
         observer.watch(layer, delta, loaded.device) if watched else _nothing(),
@@ -298,6 +378,9 @@ def bench_shape(shape: str, args: argparse.Namespace, device: torch.device) -> d
     unit_parts(loaded, data, layer, alpha)  # first unit: compiles, warms up the shape
     runs = [unit_parts(loaded, data, layer, alpha) for _ in range(3)]
     row["unit_parts_s"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+    row["read_parts_s"] = read_parts(loaded, data, layer)
+    print(f"[{shape}] one read: "
+          + ", ".join(f"{k} {v:.4f}s" for k, v in row["read_parts_s"].items()), flush=True)  # fmt: skip
     print(f"[{shape}] unit parts (median of 3): "
           + ", ".join(f"{k} {v:.3f}s" for k, v in row["unit_parts_s"].items()), flush=True)  # fmt: skip
     if device.type == "cuda":

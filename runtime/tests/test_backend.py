@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -10,6 +12,9 @@ import torch
 from phasegate_runtime.backend import make_backend
 from phasegate_runtime.direction import compute_direction, steering_delta
 from phasegate_runtime.generation import Batch, generate_ids, greedy_config, make_batches
+from phasegate_runtime.runner import fast_reads
+from phasegate_runtime.site import blocks_through, decoder_layers
+from phasegate_runtime.site_check import site_observer
 
 from _data import ARCHS, EVAL, HARMFUL, HARMLESS
 
@@ -134,3 +139,78 @@ def test_no_hook_left_behind(arch_setup: dict[str, Any]) -> None:
     # transformers records output_hidden_states with hooks of its own, installed once and left in place.
     ours = [h for h in block._forward_hooks.values() if h.__name__ != "output_capturing_hook"]
     assert not ours
+
+
+@contextmanager
+def counting_calls(module: torch.nn.Module) -> Iterator[list[int]]:
+    """Counts calls of ``module``'s forward (an instance attribute: pyvene removes hooks, not this)."""
+    calls = [0]
+    original = module.forward
+
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        calls[0] += 1
+        return original(*args, **kwargs)
+
+    module.forward = forward  # type: ignore[method-assign]
+    try:
+        yield calls
+    finally:
+        module.forward = original  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_fast_reads_stop_after_the_site_equal_full_reads_and_run_no_later_block(
+    method: str, arch_setup: dict[str, Any]
+) -> None:
+    loaded = arch_setup["loaded"]
+    backend = make_backend(method, loaded)  # type: ignore[arg-type]
+    observer = site_observer(loaded.model)
+    batches = make_batches(loaded.tokenizer, HARMFUL, 3, loaded.device)
+    full = [backend.activations(b, LAYER, -1) for b in batches]
+    later = decoder_layers(loaded.model)[LAYER + 1]
+    with (
+        counting_calls(later) as calls,
+        observer.watch(LAYER, None, loaded.device) as check,
+        fast_reads(loaded.model, LAYER),
+    ):
+        stopped = [backend.activations(b, LAYER, -1) for b in batches]
+    for a, b in zip(full, stopped, strict=True):
+        assert torch.equal(a, b)
+    assert calls[0] == 0
+    assert loaded.model.config.num_hidden_layers == len(decoder_layers(loaded.model))  # restored
+    # The hand-off at the site is still checked (the final norm receives it), in every pass.
+    assert check[0].exact
+    assert check[0].checked_passes == check[0].forward_passes == len(batches)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_a_read_of_a_later_block_fails_when_reads_stop_at_the_site(
+    method: str, arch_setup: dict[str, Any]
+) -> None:
+    """An off-by-one read past the site must not quietly return the site's own values."""
+    loaded = arch_setup["loaded"]
+    backend = make_backend(method, loaded)  # type: ignore[arg-type]
+    batch = make_batches(loaded.tokenizer, HARMFUL, 3, loaded.device)[0]
+    with blocks_through(loaded.model, LAYER), pytest.raises(Exception):  # noqa: B017, PT011 - each its own
+        backend.activations(batch, LAYER + 1, -1)
+    assert loaded.model.config.num_hidden_layers == len(decoder_layers(loaded.model))  # restored on error
+
+
+def test_an_edit_at_the_site_is_caught_in_a_read_that_stops_there(arch_setup: dict[str, Any]) -> None:
+    """Stopped after the site, the check at the site still bites: here a hook adds 1e-3 to block L's output
+    during a read (after the observer saw it), and the unsteered read's error is no longer zero."""
+    loaded = arch_setup["loaded"]
+    batch = make_batches(loaded.tokenizer, HARMFUL, 3, loaded.device)[0]
+    block = decoder_layers(loaded.model)[LAYER]
+    handle = block.register_forward_hook(lambda _m, _a, out: out + 1e-3)
+    try:
+        with (
+            site_observer(loaded.model).watch(LAYER, None, loaded.device) as check,
+            blocks_through(loaded.model, LAYER),
+        ):
+            make_backend("hooks", loaded).activations(batch, LAYER, -1)
+    finally:
+        handle.remove()
+    assert check[0].checked_passes == 1
+    assert check[0].max_abs_error > 0
+    assert not check[0].exact

@@ -289,7 +289,7 @@ def test_a_watch_hands_the_compiled_check_ordinary_tensors_whoever_opens_it() ->
         delta = torch.ones(8)
         watch = _Watch(0, delta, torch.device("cpu"))
         watch.saw_output(0, torch.zeros(2, 1, 8))
-        watch.saw_input(1, torch.ones(2, 1, 8))
+        watch.saw_input(0, torch.ones(2, 1, 8))  # what follows block 0 received
     assert delta.is_inference()
     for tensor in (watch.delta, watch.max_err, watch.counts, watch.zero):
         assert tensor is not None

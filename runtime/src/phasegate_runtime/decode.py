@@ -33,6 +33,7 @@ from transformers import AttentionInterface, GenerationConfig, PreTrainedModel
 from transformers.cache_utils import Cache, StaticLayer
 
 from . import fused
+from .determinism import without_nan_fill
 from .generation import prompt_positions
 from .spec import DEFAULT_NUMERICS, NumericsSpec
 
@@ -120,26 +121,6 @@ def _mask_argument(model: PreTrainedModel, kv_valid: torch.Tensor, q_index: torc
         "full_attention": full,
         "sliding_attention": additive_mask(kv_valid, q_index, window, model.dtype),
     }
-
-
-@contextmanager
-def _deterministic_without_checks() -> Iterator[None]:
-    """Deterministic mode with two of its costs lifted where they buy nothing here.
-
-    * ``fill_uninitialized_memory`` fills every new ``torch.empty`` with NaN (hundreds of fill kernels per
-      decode step, and a full extra write of every repeated KV head in eager attention); the decode reads no
-      uninitialised memory, so outputs cannot depend on it.
-    * the cache write ``index_copy_`` is routed to a sort-based kernel; see :class:`_StaticLayer`.
-    Repeats and methods are still checked for identical outputs (tests, and ``bench/gpu_protocol.py``).
-    """
-    import torch.utils.deterministic as det
-
-    previous = det.fill_uninitialized_memory  # type: ignore[attr-defined]
-    det.fill_uninitialized_memory = False  # type: ignore[attr-defined]
-    try:
-        yield
-    finally:
-        det.fill_uninitialized_memory = previous  # type: ignore[attr-defined]
 
 
 @contextmanager
@@ -324,7 +305,7 @@ def greedy_generate(
     # Inference mode whoever calls (the runner's generate does; nnsight's runs under no_grad): compiled
     # kernels are specialised on it, so one mode means one compilation per shape.
     args = (model, input_ids, attention_mask, max_new, eos_ids, int(pad_id), streamer)
-    with torch.inference_mode(), _deterministic_without_checks(), _grouped_eager(model):
+    with torch.inference_mode(), without_nan_fill(), _grouped_eager(model):
         return decode_with_fallbacks(lambda graph: _decode(*args, use_graph=graph), use_graph)
 
 

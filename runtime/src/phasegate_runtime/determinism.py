@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,3 +45,25 @@ def determinism_record(seed: int) -> DeterminismRecord:
         cudnn_benchmark=bool(torch.backends.cudnn.benchmark),
         seed=seed,
     )
+
+
+@contextmanager
+def without_nan_fill() -> Iterator[None]:
+    """Deterministic mode without one of its costs, where it buys nothing: the decoder's passes and the fast
+    units' activation reads.
+
+    ``torch.utils.deterministic.fill_uninitialized_memory`` fills every new ``torch.empty`` with NaN: hundreds
+    of fill kernels per forward pass, and a full extra write of every repeated KV head in eager attention. It
+    makes a read of uninitialised memory deterministic; these passes read none, so their outputs cannot depend
+    on it. Deterministic algorithms stay on. Repeats and methods are still compared for identical outputs
+    (every run's scoring, the tests, ``bench/gpu_protocol.py``), which a pass reading such memory would fail.
+    The decoder lifts one more cost, the sort-based cache write (``decode._StaticLayer``).
+    """
+    import torch.utils.deterministic as det
+
+    previous = det.fill_uninitialized_memory  # type: ignore[attr-defined]
+    det.fill_uninitialized_memory = False  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        det.fill_uninitialized_memory = previous  # type: ignore[attr-defined]

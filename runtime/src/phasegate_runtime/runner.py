@@ -15,7 +15,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -40,7 +40,7 @@ from .checkpoint import (
 )
 from .classify import Label, classify, count_labels
 from .decode import native_generate, set_numerics
-from .determinism import configure_determinism, determinism_record, seed_everything
+from .determinism import configure_determinism, determinism_record, seed_everything, without_nan_fill
 from .direction import compute_direction, steering_delta
 from .events import EventStream, log
 from .fused import COMPILE_SECONDS, FAILURES, fused_mode
@@ -48,6 +48,7 @@ from .generation import decode, generate_ids, greedy_config, make_batches, new_t
 from .models import LoadedModel, load_model
 from .preflight import check_site
 from .reference import reference_direction
+from .site import blocks_through
 from .site_check import SiteCheck, install_site_observer
 from .spec import MethodName, ModelSpec, RunSpec, check_numerics_environment
 
@@ -118,6 +119,15 @@ def resolved_numerics(spec: RunSpec, loaded: LoadedModel) -> dict[str, Any]:
         "cuda_graphs": n.cuda_graphs and loaded.device.type == "cuda",
         "grouped_eager": n.grouped_eager,
     }
+
+
+@contextmanager
+def fast_reads(model: torch.nn.Module, layer: int) -> Iterator[None]:
+    """How a fast unit's activation reads run: through block ``layer`` only (:func:`.site.blocks_through`),
+    without deterministic mode's NaN fill (:func:`.determinism.without_nan_fill`). Neither changes a value
+    read (the tests compare them bit for bit); both cut work that no read depends on."""
+    with blocks_through(model, layer), without_nan_fill():
+        yield
 
 
 class Run:
@@ -315,15 +325,17 @@ class Run:
         def read_then_steer(
             record: dict[str, Any],
             backend: Backend,
-            explicit_positions: bool,
+            native: bool,
             stem: str,
             steer_with: np.ndarray | None,
         ) -> None:
             """The direction as ``backend`` reads it, saved as ``stem``; then generation steered by
-            ``steer_with`` (a unit vector; None: the direction just read). Both watched at the site."""
-            with watched(None) as reads:
+            ``steer_with`` (a unit vector; None: the direction just read). Both watched at the site. A fast
+            unit reads with explicit positions (:func:`fast_reads`); the native cross-check reads as each
+            library is normally called, through the whole model."""
+            with watched(None) as reads, nullcontext() if native else fast_reads(loaded.model, layer):
                 direction = compute_direction(
-                    backend, harmful, harmless, layer, spec.site.position, explicit_positions
+                    backend, harmful, harmless, layer, spec.site.position, explicit_positions=not native
                 )
             rel = self._write_direction(stem, direction.unit, record["files"])
             unit = direction.unit if steer_with is None else steer_with
@@ -341,7 +353,7 @@ class Run:
             record: dict[str, Any] = {"method": method, "repeat": repeat, "files": {}}
 
             def body() -> None:
-                read_then_steer(record, make_backend(method, loaded), True, unit_stem(method, repeat), None)
+                read_then_steer(record, make_backend(method, loaded), False, unit_stem(method, repeat), None)
 
             return guarded(record, unit_name(method, repeat), body)
 
@@ -371,7 +383,7 @@ class Run:
                 fast_unit = np.load(fast_path, allow_pickle=False)
                 backend = make_backend(method, loaded)
                 with native_generate(loaded.model):
-                    read_then_steer(record, backend, False, f"native_{method}_read", fast_unit)
+                    read_then_steer(record, backend, True, f"native_{method}_read", fast_unit)
 
             return guarded(record, f"native/{method}", body)
 

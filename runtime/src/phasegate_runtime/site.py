@@ -11,20 +11,49 @@ all access goes through :func:`block_hidden` / :func:`replace_block_hidden`, whi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
 from torch import nn
 
 
+def _decoder(model: nn.Module) -> Any:
+    get_decoder = getattr(model, "get_decoder", None)
+    return get_decoder() if callable(get_decoder) else getattr(model, "model", None)
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks of a causal LM (``model.model.layers`` for llama-family models)."""
-    get_decoder = getattr(model, "get_decoder", None)
-    decoder = get_decoder() if callable(get_decoder) else getattr(model, "model", None)
-    layers = getattr(decoder, "layers", None)
+    layers = getattr(_decoder(model), "layers", None)
     if not isinstance(layers, nn.ModuleList):
         raise TypeError(f"cannot find decoder layers on {type(model).__name__}")
     return layers
+
+
+@contextmanager
+def blocks_through(model: nn.Module, layer: int) -> Iterator[None]:
+    """Inside, a forward pass runs decoder blocks 0 to ``layer`` only, then the final norm and the head.
+
+    For the fast units' activation reads: block ``layer``'s output cannot depend on a later block, so the
+    blocks after it are work whose result nobody reads (about half the model at the protocol's sites). The
+    values read are bit for bit those of a full pass (tests compare them), a read of any later block finds
+    nothing to read and fails, and the site observer still checks the hand-off at the site (the final norm
+    then receives it). transformers' decoders run ``self.layers[: config.num_hidden_layers]``; the count is
+    lowered while inside and restored after, on error too. A decoder that ignores the count simply runs
+    every block: slower, never different.
+    """
+    config: Any = getattr(_decoder(model), "config", None)
+    count = getattr(config, "num_hidden_layers", None)
+    if not isinstance(count, int) or not 0 <= layer < count:
+        yield
+        return
+    config.num_hidden_layers = layer + 1
+    try:
+        yield
+    finally:
+        config.num_hidden_layers = count
 
 
 def layer_module_path(model: nn.Module, layer: int) -> str:

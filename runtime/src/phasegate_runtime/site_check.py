@@ -16,10 +16,11 @@ body of its controller, so the observer runs inside nnsight's interventions; for
 Every other hand-off between consecutive blocks is checked too (nothing may be added there), and block L's own
 output over each whole prompt batch is fingerprinted: steering must leave it bit-identical to the unsteered
 run's, so a method that edits the residual inside or before block L is caught even where the hand-off at L
-matches. All bookkeeping of the decode steps stays on the device (running maxima and counters updated in
-place; inside decode steps each hand-off's check is one compiled kernel, :func:`.fused.site_error`), so it is
-recorded into the decoder's CUDA graph like every other kernel of a step and replayed with it: replayed steps
-are measured, not assumed.
+matches. A fast unit's read stops after block L (:func:`.site.blocks_through`): the final norm then receives
+block L's output, and that is the hand-off checked at the site. All bookkeeping of the decode steps stays on
+the device (running maxima and counters updated in place; inside decode steps each hand-off's check is one
+compiled kernel, :func:`.fused.site_error`), so it is recorded into the decoder's CUDA graph like every other
+kernel of a step and replayed with it: replayed steps are measured, not assumed.
 """
 
 from __future__ import annotations
@@ -95,26 +96,32 @@ class _Watch:
             self.max_err = torch.zeros(2, dtype=torch.float32, device=device)  # at the site, elsewhere
             self.counts = torch.zeros(3, dtype=torch.long, device=device)  # passes, checked passes, positions
         self.raw: dict[int, torch.Tensor] = {}
+        self.last_block = -1
         self.zero: torch.Tensor | None = None
-        self.fingerprints: list[str] = []
+        # Block L's outputs over whole prompt batches, hashed when the watch ends: hashing each at once would
+        # copy it to the host in the middle of its pass, which waits for the device and stalls the launches.
+        self.to_fingerprint: list[torch.Tensor] = []
 
     def saw_output(self, index: int, output: Any) -> None:
         # A copy: pyvene writes its intervention back into the block's output tensor in place.
         hidden = block_hidden(output).detach().clone()
         self.raw[index] = hidden
+        self.last_block = index
         if index != self.layer:
             return
         self.counts[0].add_(1)
-        # A whole prompt batch (decode steps have one position); never in a CUDA graph capture (host work).
+        # A whole prompt batch (decode steps have one position); never a capture's tensor (the graph owns it).
         capturing = hidden.is_cuda and torch.cuda.is_current_stream_capturing()
         if hidden.shape[1] > 1 and not capturing:
-            self.fingerprints.append(_fingerprint(hidden))
+            self.to_fingerprint.append(hidden)  # a copy of its own, never written again
 
-    def saw_input(self, index: int, received: torch.Tensor) -> None:
-        raw = self.raw.pop(index - 1, None)
+    def saw_input(self, source: int, received: torch.Tensor) -> None:
+        """``received``: what the module after block ``source`` was called with (the final norm follows the
+        last block that ran, which is block L itself in a read that stops at the site)."""
+        raw = self.raw.pop(source, None)
         if raw is None or raw.shape != received.shape:
             return  # not the residual of a watched pass; at the site, the pass counts then disagree
-        at_site = index - 1 == self.layer
+        at_site = source == self.layer
         if self.zero is None or self.zero.dtype != raw.dtype:
             with torch.inference_mode(False):
                 self.zero = torch.zeros(raw.shape[-1], dtype=raw.dtype, device=raw.device)
@@ -129,7 +136,8 @@ class _Watch:
     def result(self) -> SiteCheck:
         passes, checked, positions = (int(v) for v in self.counts.tolist())
         at_site, elsewhere = (float(v) for v in self.max_err.tolist())
-        return SiteCheck(passes, checked, positions, at_site, elsewhere, tuple(self.fingerprints))
+        fingerprints = tuple(_fingerprint(hidden) for hidden in self.to_fingerprint)
+        return SiteCheck(passes, checked, positions, at_site, elsewhere, fingerprints)
 
 
 class SiteObserver:
@@ -156,7 +164,7 @@ class SiteObserver:
             if watch is not None and index > 0:
                 received = args[0] if args else kwargs.get("hidden_states")
                 if isinstance(received, torch.Tensor):
-                    watch.saw_input(index, received)
+                    watch.saw_input(index - 1 if index < self._n_layers else watch.last_block, received)
             output = original(*args, **kwargs)
             if watch is not None and index < self._n_layers:
                 watch.saw_output(index, output)
