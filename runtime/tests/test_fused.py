@@ -235,18 +235,18 @@ def test_the_compiled_site_check_measures_exactly_what_the_eager_one_does(traced
     broken = right.clone()
     broken[4, 0, 63] = float("nan")
     for received in (right, off, broken):
-        for slot in (0, 1):
-            eager, compiled = torch.tensor([0.0, 0.25]), torch.tensor([0.0, 0.25])
-            fused.site_error(received, raw, delta, eager, slot)
+        for before in (0.0, 0.25):
+            eager, compiled = torch.tensor([before]), torch.tensor([before])
+            fused.site_error(received, raw, delta, eager)
             with fused.decode_steps("exact"):
-                fused.site_error(received, raw, delta, compiled, slot)
+                fused.site_error(received, raw, delta, compiled)
             torch.testing.assert_close(compiled, eager, rtol=0, atol=0, equal_nan=True)
             if received is right:
-                assert eager.tolist() == [0.0, 0.25]  # zero error; the other slot untouched
+                assert eager.tolist() == [before]  # zero error: the running maximum stays
             elif received is off:
-                assert eager[slot] == max(float((off - right).float().abs().max()), [0.0, 0.25][slot])
+                assert float(eager) == max(float((off - right).float().abs().max()), before)
             else:
-                assert eager[slot].isnan()
+                assert eager.isnan()
     assert {f.__name__ for f in traced} == {"site_error"}
 
 
@@ -291,7 +291,7 @@ def test_a_watch_hands_the_compiled_check_ordinary_tensors_whoever_opens_it() ->
         watch.saw_output(0, torch.zeros(2, 1, 8))
         watch.saw_input(0, torch.ones(2, 1, 8))  # what follows block 0 received
     assert delta.is_inference()
-    for tensor in (watch.delta, watch.max_err, watch.counts, watch.zero):
+    for tensor in (watch.delta, watch.site_max, watch.elsewhere_max, watch.counts, watch.zero):
         assert tensor is not None
         assert not tensor.is_inference()
     assert watch.result().max_abs_error == 0.0  # ones == zeros + delta

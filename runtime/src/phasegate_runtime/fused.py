@@ -33,9 +33,11 @@ Inductor sums in another order than ATen. So in ``exact`` mode each norm keeps A
 one hand-written Triton kernel that adds in ATen's order, bit for bit (:mod:`.exact_norm`, where ATen's
 configuration is the one it reproduces: 16 rows or more, as every decode step of a batch of 16 or more), or
 else split where the two part ways, the mean by ATen's own kernels and only the pointwise rest compiled.
-Attention stays eager. The site observer's per-step check (:func:`site_error`) is compiled too: a maximum of
-absolute differences is the same whatever the order. A Qwen2.5-7B-shaped pass took 0.94 s against 1.12 s
-unfused with the split norms, and decoded the same tokens as transformers' ``generate`` on all 30 prompts.
+Attention stays eager. The static cache's write of each step's keys and values is one Triton kernel too
+(:func:`cache_write`, a copy). The site observer's per-step check (:func:`site_error`) is compiled too: a
+maximum of absolute differences is the same whatever the order. A Qwen2.5-7B-shaped pass took 0.94 s against
+1.12 s unfused with the split norms, and decoded the same tokens as transformers' ``generate`` on all 30
+prompts.
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cache_write as kv_cache
 from . import exact_norm
 from .events import log
 
@@ -256,6 +259,30 @@ def rms_norm_unit_offset_split(x: torch.Tensor, weight: torch.Tensor, eps: float
     return rms_norm_unit_offset_tail(x, _mean_of_squares(x), weight, eps)  # type: ignore[no-any-return]
 
 
+def cache_write(
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    key_states: torch.Tensor,
+    value_states: torch.Tensor,
+    position: torch.Tensor,
+) -> bool:
+    """Inside decode steps (any fused mode but ``off``): one step's keys and values written into a static
+    cache layer at ``position`` by one Triton kernel (:mod:`.cache_write`, a copy: exact), then ``position``
+    advanced by one, as transformers' ``StaticLayer.update`` does. False where it wrote nothing (outside
+    decode steps, fused kernels off, a layout the kernel does not take): the caller's own update runs."""
+    if _state["mode"] == "off" or FAILURES:
+        return False
+    if not kv_cache.supports(keys, values, key_states, value_states, position):
+        return False
+    try:
+        kv_cache.write(keys, values, key_states, value_states, position)
+    except kv_cache.BUILD_ERRORS as err:
+        _give_up("cache_write", err)
+        return False
+    position.add_(1)
+    return True
+
+
 @kernel(exact=True)
 def silu_gate(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
@@ -320,14 +347,16 @@ def grouped_attention(
 
 @kernel(exact=True)
 def site_error(
-    received: torch.Tensor, raw: torch.Tensor, delta: torch.Tensor, max_err: torch.Tensor, slot: int
+    received: torch.Tensor, raw: torch.Tensor, delta: torch.Tensor, running_max: torch.Tensor
 ) -> None:
-    """The site observer's check of one hand-off (:mod:`.site_check`): ``max_err[slot]`` becomes the larger
-    of itself and ``max |received - (raw + delta)|`` in float32 (``raw + delta`` rounded to the model dtype
-    first, as every method adds it). Exact when compiled: a maximum does not depend on the order."""
+    """The site observer's check of one hand-off (:mod:`.site_check`): ``running_max`` (one float32 element)
+    becomes the larger of itself and ``max |received - (raw + delta)|`` in float32 (``raw + delta`` rounded to
+    the model dtype first, as every method adds it). Exact when compiled: a maximum does not depend on the
+    order. Which maximum it updates is the caller's tensor, not an argument the compiled kernel would be
+    specialised on: one kernel serves every hand-off (an index argument had cost a second compilation)."""
     expected = raw + delta
     err = (received.float() - expected.float()).abs().amax()
-    max_err[slot].copy_(torch.maximum(max_err[slot], err))
+    running_max.copy_(torch.maximum(running_max, err))
 
 
 # Which transformers classes each function reproduces. Only architectures whose tiny models the tests

@@ -93,7 +93,8 @@ class _Watch:
         # compiled check is specialised on the kind, so every watch must hand it the same kind.
         with torch.inference_mode(False):
             self.delta = None if delta is None else delta.detach().clone()
-            self.max_err = torch.zeros(2, dtype=torch.float32, device=device)  # at the site, elsewhere
+            self.site_max = torch.zeros(1, dtype=torch.float32, device=device)
+            self.elsewhere_max = torch.zeros(1, dtype=torch.float32, device=device)
             self.counts = torch.zeros(3, dtype=torch.long, device=device)  # passes, checked passes, positions
         self.raw: dict[int, torch.Tensor] = {}
         self.last_block = -1
@@ -128,14 +129,14 @@ class _Watch:
         # One delta argument for every hand-off (zero where nothing may be added: raw + 0 is raw), so the
         # compiled check inside decode steps has one form, not one per kind of hand-off.
         delta = self.delta if at_site and self.delta is not None else self.zero
-        fused.site_error(received.detach(), raw, delta, self.max_err, 0 if at_site else 1)
+        fused.site_error(received.detach(), raw, delta, self.site_max if at_site else self.elsewhere_max)
         if at_site:
             self.counts[1].add_(1)
             self.counts[2].add_(received.shape[0] * received.shape[1])
 
     def result(self) -> SiteCheck:
         passes, checked, positions = (int(v) for v in self.counts.tolist())
-        at_site, elsewhere = (float(v) for v in self.max_err.tolist())
+        at_site, elsewhere = (float(v) for v in torch.cat([self.site_max, self.elsewhere_max]).tolist())
         fingerprints = tuple(_fingerprint(hidden) for hidden in self.to_fingerprint)
         return SiteCheck(passes, checked, positions, at_site, elsewhere, fingerprints)
 
