@@ -255,15 +255,17 @@ def bench_shape(shape: str, args: argparse.Namespace, device: torch.device, out:
     print(f"[{shape}] hf batched {row['hf_batched_pass_s']:.2f}s/pass", flush=True)
     # One-time costs, not part of any unit: the first fast pass of the eval shape compiles the fused
     # kernels and runs a warm-up step before its CUDA graph capture; later passes of that shape do neither.
-    numerics(loaded, fused_kernels="on")
+    # With the Run's numerics, watched by the site observer as the Run's passes are (its check compiles too).
+    numerics(loaded, fused_kernels=args.fused_kernels)
     compiled_before = fused.COMPILE_SECONDS[0]
-    row["first_pass_s"] = one_pass(loaded, data["eval"], args.new_tokens, use_hf=False)
+    with install_site_observer(loaded.model).watch(spec.site.layer, None, device):
+        row["first_pass_s"] = one_pass(loaded, data["eval"], args.new_tokens, use_hf=False)
     row["compile_s"] = fused.COMPILE_SECONDS[0] - compiled_before
-    row["fused_kernels"] = fused.fused_mode("on", device) != "off"  # false if compiling failed
+    row["fused_kernels"] = fused.fused_mode(args.fused_kernels, device) != "off"  # false if compiling failed
     row["fast_pass_s"] = one_pass(loaded, data["eval"], args.new_tokens, use_hf=False)
     print(f"[{shape}] first pass {row['first_pass_s']:.2f}s (compile {row['compile_s']:.1f}s), "
           f"fast {row['fast_pass_s']:.2f}s", flush=True)  # fmt: skip
-    numerics(loaded, fused_kernels="on", cuda_graphs=False)
+    numerics(loaded, fused_kernels=args.fused_kernels, cuda_graphs=False)
     row["static_eager_pass_s"] = one_pass(loaded, data["eval"], args.new_tokens, use_hf=False)
     numerics(loaded, fused_kernels="off")
     one_pass(loaded, data["eval"], args.new_tokens, use_hf=False)  # its own warm-up step

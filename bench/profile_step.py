@@ -345,7 +345,7 @@ def kernel_table(
         if attributed[event.name] >= us - 1e-6:
             attributed[event.name] -= us
             continue
-        if event.name.startswith(("triton", "_rms_norm_rows")):
+        if event.name.startswith(("triton", "_rms_norm_rows", "_write_rows")):
             category = _CATEGORIES[3]
         elif event.name.startswith(("nvjet", "cublas")) or "gemm" in event.name:
             category = _CATEGORIES[0]
