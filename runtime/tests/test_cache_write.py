@@ -4,15 +4,12 @@ GPU, whole decodes are compared by ``bench/fusion_exactness.py`` and the protoco
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from _interpreted import run_interpreted
 from phasegate_runtime import cache_write, fused
 
 _INTERPRETED = """
@@ -52,12 +49,7 @@ print("ok")
 
 
 def test_the_kernel_writes_what_transformers_update_writes_under_tritons_interpreter() -> None:
-    src = Path(cache_write.__file__).resolve().parents[1]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(src)}
-    done = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "ok"
+    run_interpreted(_INTERPRETED)
 
 
 def _write_args(**change: Any) -> dict[str, torch.Tensor]:

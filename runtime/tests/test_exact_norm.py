@@ -9,15 +9,12 @@ sum, so the comparison can fail.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
+from _interpreted import run_interpreted
 from phasegate_runtime import exact_norm, fused
 
 _INTERPRETED = """
@@ -42,12 +39,7 @@ print("ok")
 
 
 def test_the_kernel_sums_in_the_reference_order_under_tritons_interpreter() -> None:
-    src = Path(exact_norm.__file__).resolve().parents[1]
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": str(src)}
-    done = subprocess.run([sys.executable, "-c", _INTERPRETED], env=env, capture_output=True, text=True,
-                          timeout=300)  # fmt: skip
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip() == "ok"
+    run_interpreted(_INTERPRETED)
 
 
 def test_the_reference_order_is_not_a_plain_sum() -> None:
