@@ -117,7 +117,11 @@ def unit_parts(loaded: LoadedModel, data: dict[str, list[str]], layer: int, alph
         patched(fast, "_capture", timed_in(parts, "pass: capture + instantiate")),
         parts.part("unit"),
     ):
-        with parts.part("direction"), observer.watch(layer, None, dev), fast_reads(loaded.model, layer):
+        with (
+            parts.part("direction"),
+            observer.watch(layer, None, dev, stops_after_site=True),
+            fast_reads(loaded.model, layer),
+        ):
             direction = compute_direction(backend, harmful, harmless, layer, -1)
         delta = steering_delta(direction.unit, alpha, loaded.dtype, dev)
         rows: list[list[int]] = []
@@ -168,7 +172,7 @@ def read_parts(loaded: LoadedModel, data: dict[str, list[str]], layer: int) -> d
             read()
 
     def watched_fast() -> None:
-        with observer.watch(layer, None, dev), fast_reads(loaded.model, layer):
+        with observer.watch(layer, None, dev, stops_after_site=True), fast_reads(loaded.model, layer):
             read()
 
     def unfilled() -> None:

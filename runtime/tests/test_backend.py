@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 import torch
+from nnsight.intervention.interleaver import OutOfOrderError
 
 from phasegate_runtime.backend import make_backend
 from phasegate_runtime.direction import compute_direction, steering_delta
@@ -170,7 +171,7 @@ def test_fast_reads_stop_after_the_site_equal_full_reads_and_run_no_later_block(
     later = decoder_layers(loaded.model)[LAYER + 1]
     with (
         counting_calls(later) as calls,
-        observer.watch(LAYER, None, loaded.device) as check,
+        observer.watch(LAYER, None, loaded.device, stops_after_site=True) as check,
         fast_reads(loaded.model, LAYER),
     ):
         stopped = [backend.activations(b, LAYER, -1) for b in batches]
@@ -183,6 +184,10 @@ def test_fast_reads_stop_after_the_site_equal_full_reads_and_run_no_later_block(
     assert check[0].checked_passes == check[0].forward_passes == len(batches)
 
 
+# What each library raises when asked for a block that never ran.
+_NEVER_RAN: dict[str, type[Exception]] = {"hooks": ValueError, "nnsight": OutOfOrderError, "pyvene": KeyError}
+
+
 @pytest.mark.parametrize("method", METHODS)
 def test_a_read_of_a_later_block_fails_when_reads_stop_at_the_site(
     method: str, arch_setup: dict[str, Any]
@@ -191,7 +196,7 @@ def test_a_read_of_a_later_block_fails_when_reads_stop_at_the_site(
     loaded = arch_setup["loaded"]
     backend = make_backend(method, loaded)  # type: ignore[arg-type]
     batch = make_batches(loaded.tokenizer, HARMFUL, 3, loaded.device)[0]
-    with blocks_through(loaded.model, LAYER), pytest.raises(Exception):  # noqa: B017, PT011 - each its own
+    with blocks_through(loaded.model, LAYER), pytest.raises(_NEVER_RAN[method]):
         backend.activations(batch, LAYER + 1, -1)
     assert loaded.model.config.num_hidden_layers == len(decoder_layers(loaded.model))  # restored on error
 
@@ -205,7 +210,7 @@ def test_an_edit_at_the_site_is_caught_in_a_read_that_stops_there(arch_setup: di
     handle = block.register_forward_hook(lambda _m, _a, out: out + 1e-3)
     try:
         with (
-            site_observer(loaded.model).watch(LAYER, None, loaded.device) as check,
+            site_observer(loaded.model).watch(LAYER, None, loaded.device, stops_after_site=True) as check,
             blocks_through(loaded.model, LAYER),
         ):
             make_backend("hooks", loaded).activations(batch, LAYER, -1)
@@ -214,3 +219,24 @@ def test_an_edit_at_the_site_is_caught_in_a_read_that_stops_there(arch_setup: di
     assert check[0].checked_passes == 1
     assert check[0].max_abs_error > 0
     assert not check[0].exact
+
+
+def test_a_pass_that_stops_after_the_site_fails_the_check_where_the_watch_does_not_allow_it(
+    arch_setup: dict[str, Any],
+) -> None:
+    """Found by an independent review: a pass cut short at block L must not pass as checked outside the
+    fast reads; and steered work may not be watched as stopping there at all."""
+    loaded = arch_setup["loaded"]
+    observer = site_observer(loaded.model)
+    batch = make_batches(loaded.tokenizer, HARMFUL, 3, loaded.device)[0]
+    with observer.watch(LAYER, None, loaded.device) as check, blocks_through(loaded.model, LAYER):
+        make_backend("hooks", loaded).activations(batch, LAYER, -1)
+    assert check[0].forward_passes == 1
+    assert check[0].checked_passes == 0
+    assert not check[0].exact
+    delta = torch.zeros(loaded.hidden_size, dtype=loaded.dtype)
+    with (
+        pytest.raises(ValueError, match="only unsteered reads"),
+        observer.watch(LAYER, delta, loaded.device, stops_after_site=True),
+    ):
+        pass

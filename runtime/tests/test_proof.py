@@ -206,11 +206,27 @@ class _AlsoAtBlockZero(HooksBackend):
             handle.remove()
 
 
+class _NudgesItsReads(HooksBackend):
+    """Reads the site correctly, but while reading adds 1e-6 inside block 0 (to its MLP's output): no hand-off
+    shows it, and its direction stays within the parity thresholds of everyone's."""
+
+    def activations(
+        self, batch: Batch, layer: int, position: int, explicit_positions: bool = True
+    ) -> torch.Tensor:
+        mlp = self._loaded.model.model.layers[0].mlp
+        handle = mlp.register_forward_hook(lambda _m, _a, out: out + 1e-6)
+        try:
+            return super().activations(batch, layer, position, explicit_positions)
+        finally:
+            handle.remove()
+
+
 @pytest.mark.parametrize(
     ("broken", "reason"),
     [
         (_TwiceInsideTheBlock, "own output over the prompts differs from the baseline's"),
         (_AlsoAtBlockZero, "changed between blocks other than the site"),
+        (_NudgesItsReads, "output in its activation reads differs from the reference's"),
     ],
 )
 def test_steering_anywhere_but_the_site_is_caught_and_the_others_still_pass(

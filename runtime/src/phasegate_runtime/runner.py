@@ -221,8 +221,8 @@ class Run:
         stop_ids = stop_token_ids(tok, loaded.model)
         config = greedy_config(tok, spec.generation.max_new_tokens, stop_ids)
 
-        def watched(delta: torch.Tensor | None) -> Any:
-            return observer.watch(layer, delta, dev)
+        def watched(delta: torch.Tensor | None, stops_after_site: bool = False) -> Any:
+            return observer.watch(layer, delta, dev, stops_after_site)
 
         def generate(
             backend: Backend | None, delta: torch.Tensor | None
@@ -333,7 +333,10 @@ class Run:
             ``steer_with`` (a unit vector; None: the direction just read). Both watched at the site. A fast
             unit reads with explicit positions (:func:`fast_reads`); the native cross-check reads as each
             library is normally called, through the whole model."""
-            with watched(None) as reads, nullcontext() if native else fast_reads(loaded.model, layer):
+            with (
+                watched(None, stops_after_site=not native) as reads,
+                nullcontext() if native else fast_reads(loaded.model, layer),
+            ):
                 direction = compute_direction(
                     backend, harmful, harmless, layer, spec.site.position, explicit_positions=not native
                 )

@@ -17,7 +17,9 @@ The proof, per model:
   repeats, within the parity thresholds.
 * ``steering``: the site observer's checks (:mod:`.site_check`): in every steered pass of every unit (fast and
   native) the residual after block L was exactly ``raw + alpha x direction`` at every position
-  (``site_exact``), and in every unsteered pass (baseline, reference, activation reads) it was unchanged.
+  (``site_exact``), and in every unsteered pass (baseline, reference, activation reads) it was unchanged;
+  block L's own output was bit for bit the baseline's in every steered prefill, and the reference's in every
+  fast unit's activation reads (which stop after the site: :func:`.site.blocks_through`).
   ``visible``: the fewest changed prompts of any unit reached ``steering.min_changed_fraction``; below it the
   report says steering had no visible effect (a statement, not a parity failure).
 * ``native``: repeat 0 of each method generated through the library's own path on transformers' ``generate``
@@ -193,6 +195,7 @@ def score_model(model: ModelResult, parity: ParitySpec) -> dict[str, Any]:
             )
 
     # The site checks.
+    ref_prints = ref_unit.get("site_check", {}).get("unsteered", {}).get("prefill_fingerprints")
     steered: list[dict[str, Any]] = []
     unsteered: list[dict[str, Any]] = []
     site_failures: list[str] = []
@@ -213,6 +216,14 @@ def score_model(model: ModelResult, parity: ParitySpec) -> dict[str, Any]:
                 problems.append(
                     f"{name}: block {result['site']['layer']}'s own output over the prompts differs from the "
                     "baseline's: the residual was changed inside or before the site"
+                )
+            # Its reads (which stop after the site) saw block L's output bit for bit as the reference's whole
+            # forward passes over the same contrast batches did.
+            if ref_ok and checks.get("reads", {}).get("prefill_fingerprints") != ref_prints:
+                problems.append(
+                    f"{name}: block {result['site']['layer']}'s output in its activation reads differs from "
+                    "the reference's whole forward pass over the same prompts: the read changed the residual "
+                    "inside or before the site"
                 )
         every_site_problem.extend(problems)
         (own_problems[method] if method else site_failures).extend(problems)

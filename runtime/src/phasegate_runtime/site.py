@@ -19,14 +19,15 @@ import torch
 from torch import nn
 
 
-def _decoder(model: nn.Module) -> Any:
+def decoder(model: nn.Module) -> Any:
+    """The decoder stack of a causal LM (``model.model`` for llama-family models): blocks and final norm."""
     get_decoder = getattr(model, "get_decoder", None)
     return get_decoder() if callable(get_decoder) else getattr(model, "model", None)
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder blocks of a causal LM (``model.model.layers`` for llama-family models)."""
-    layers = getattr(_decoder(model), "layers", None)
+    layers = getattr(decoder(model), "layers", None)
     if not isinstance(layers, nn.ModuleList):
         raise TypeError(f"cannot find decoder layers on {type(model).__name__}")
     return layers
@@ -44,7 +45,7 @@ def blocks_through(model: nn.Module, layer: int) -> Iterator[None]:
     lowered while inside and restored after, on error too. A decoder that ignores the count simply runs
     every block: slower, never different.
     """
-    config: Any = getattr(_decoder(model), "config", None)
+    config: Any = getattr(decoder(model), "config", None)
     count = getattr(config, "num_hidden_layers", None)
     if not isinstance(count, int) or not 0 <= layer < count:
         yield

@@ -17,10 +17,11 @@ Every other hand-off between consecutive blocks is checked too (nothing may be a
 output over each whole prompt batch is fingerprinted: steering must leave it bit-identical to the unsteered
 run's, so a method that edits the residual inside or before block L is caught even where the hand-off at L
 matches. A fast unit's read stops after block L (:func:`.site.blocks_through`): the final norm then receives
-block L's output, and that is the hand-off checked at the site. All bookkeeping of the decode steps stays on
-the device (running maxima and counters updated in place; inside decode steps each hand-off's check is one
-compiled kernel, :func:`.fused.site_error`), so it is recorded into the decoder's CUDA graph like every other
-kernel of a step and replayed with it: replayed steps are measured, not assumed.
+block L's output, and that is the hand-off checked at the site, in a watch that allows it (unsteered reads
+only); elsewhere a pass that skips blocks leaves the site unchecked and fails. All bookkeeping of the decode
+steps stays on the device (running maxima and counters updated in place; inside decode steps each hand-off's
+check is one compiled kernel, :func:`.fused.site_error`), so it is recorded into the decoder's CUDA graph like
+every other kernel of a step and replayed with it: replayed steps are measured, not assumed.
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ import torch
 from torch import nn
 
 from . import fused
-from .site import block_hidden, decoder_layers
+from .site import block_hidden, decoder, decoder_layers
 
 _OBSERVER = "_phasegate_site_observer"
 
@@ -87,8 +88,11 @@ def _fingerprint(hidden: torch.Tensor) -> str:
 
 
 class _Watch:
-    def __init__(self, layer: int, delta: torch.Tensor | None, device: torch.device) -> None:
+    def __init__(
+        self, layer: int, delta: torch.Tensor | None, device: torch.device, stops_after_site: bool = False
+    ) -> None:
         self.layer = layer
+        self.stops_after_site = stops_after_site
         # Ordinary tensors (not inference tensors, whoever watches), updated in place by every pass: the
         # compiled check is specialised on the kind, so every watch must hand it the same kind.
         with torch.inference_mode(False):
@@ -117,8 +121,8 @@ class _Watch:
             self.to_fingerprint.append(hidden)  # a copy of its own, never written again
 
     def saw_input(self, source: int, received: torch.Tensor) -> None:
-        """``received``: what the module after block ``source`` was called with (the final norm follows the
-        last block that ran, which is block L itself in a read that stops at the site)."""
+        """``received``: what the module after block ``source`` was called with (for the final norm, see
+        :meth:`SiteObserver._before_norm`)."""
         raw = self.raw.pop(source, None)
         if raw is None or raw.shape != received.shape:
             return  # not the residual of a watched pass; at the site, the pass counts then disagree
@@ -150,8 +154,7 @@ class SiteObserver:
         self._watch: _Watch | None = None
         for index, block in enumerate(layers):
             self._wrap(block, index)
-        get_decoder = getattr(model, "get_decoder", None)
-        norm = getattr(get_decoder() if callable(get_decoder) else model, "norm", None)
+        norm = getattr(decoder(model), "norm", None)
         if not isinstance(norm, nn.Module):
             raise TypeError(f"cannot find the final norm of {type(model).__name__}")
         self._wrap(norm, self._n_layers)
@@ -165,7 +168,8 @@ class SiteObserver:
             if watch is not None and index > 0:
                 received = args[0] if args else kwargs.get("hidden_states")
                 if isinstance(received, torch.Tensor):
-                    watch.saw_input(index - 1 if index < self._n_layers else watch.last_block, received)
+                    source = index - 1 if index < self._n_layers else self._before_norm(watch)
+                    watch.saw_input(source, received)
             output = original(*args, **kwargs)
             if watch is not None and index < self._n_layers:
                 watch.saw_output(index, output)
@@ -173,18 +177,29 @@ class SiteObserver:
 
         module.forward = forward
 
+    def _before_norm(self, watch: _Watch) -> int:
+        """The block whose output the final norm must receive: the last block, or block L itself where the
+        watch allows passes that stop after the site (a fast unit's reads); any other pass that skipped blocks
+        leaves the site's hand-off unchecked, and the check fails."""
+        if watch.stops_after_site and watch.last_block == watch.layer:
+            return watch.layer
+        return self._n_layers - 1
+
     @contextmanager
     def watch(
-        self, layer: int, delta: torch.Tensor | None, device: torch.device
+        self, layer: int, delta: torch.Tensor | None, device: torch.device, stops_after_site: bool = False
     ) -> Iterator[list[SiteCheck]]:
         """Watch block ``layer`` while the body runs; the yielded list then holds the :class:`SiteCheck`.
 
-        ``delta``: what every library must have added (None: nothing may be added)."""
+        ``delta``: what every library must have added (None: nothing may be added). ``stops_after_site``:
+        passes may end after block ``layer`` (:func:`.site.blocks_through`); unsteered work only."""
         if not 0 <= layer < self._n_layers:
             raise ValueError(f"layer {layer} out of range")
         if self._watch is not None:
             raise RuntimeError("the site observer is already watching")
-        watch = _Watch(layer, delta, device)
+        if stops_after_site and delta is not None:
+            raise ValueError("steered work runs every block: only unsteered reads may stop after the site")
+        watch = _Watch(layer, delta, device, stops_after_site)
         self._watch = watch
         out: list[SiteCheck] = []
         try:
