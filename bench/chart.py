@@ -28,7 +28,7 @@ ROWS: tuple[tuple[Callable[[dict[str, Any]], Any], str, str], ...] = (
     (lambda m: m.get("hf_batched_protocol_s_estimated"), "transformers batched generate (x16, estimated)",
      "#8da0cb"),
     (lambda m: m.get("runtime_total_s"), "phasegate runtime, whole Run with its proof", "#1b9e77"),
-    (fast_path_s, "phasegate fast path (baseline + 15 units)", "#66a61e"),
+    (fast_path_s, "phasegate fast path (baseline + method units)", "#66a61e"),
     (lambda m: m.get("bound_protocol_s_datasheet"), "weight-read bound (datasheet bandwidth)", "#fc8d62"),
 )  # fmt: skip
 LEFT, BAR_W, BAR_H, GAP = 300, 420, 16, 4

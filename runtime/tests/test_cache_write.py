@@ -21,6 +21,9 @@ from phasegate_runtime.decode import _StaticLayer
 
 # The interpreter runs on the CPU: let supports() accept CPU tensors, as it does CUDA ones.
 cache_write.supports = functools.partial(cache_write.supports, interpreted=True)
+launches = []
+write = cache_write.write
+cache_write.write = lambda *args: launches.append(1) or write(*args)
 torch.manual_seed(0)
 for batch, heads, dim, dtype, transposed in ((3, 2, 128, torch.bfloat16, True),
                                              (2, 4, 96, torch.float32, False)):
@@ -40,9 +43,11 @@ for batch, heads, dim, dtype, transposed in ((3, 2, 128, torch.bfloat16, True),
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1]), (dim, step)
         assert int(ours.cumulative_length) == int(theirs.cumulative_length) == 5 + step
 assert not fused.FAILURES, fused.FAILURES
-# Past the cache's end nothing is written (the decoder never asks; no write outside the cache either).
+assert len(launches) == 10, launches  # the kernel wrote every step of both cases (not transformers' update)
+# Outside the cache nothing is written (the decoder never asks), at either end.
 keys, values = torch.zeros(1, 1, 3, 8), torch.zeros(1, 1, 3, 8)
-cache_write.write(keys, values, torch.ones(1, 1, 1, 8), torch.ones(1, 1, 1, 8), torch.tensor(3))
+for outside in (3, -1):
+    cache_write.write(keys, values, torch.ones(1, 1, 1, 8), torch.ones(1, 1, 1, 8), torch.tensor(outside))
 assert not keys.any() and not values.any()
 print("ok")
 """
@@ -72,6 +77,16 @@ def _write_args(**change: Any) -> dict[str, torch.Tensor]:
         ({"value_states": torch.zeros(2, 4, 1, 128)}, "another dtype"),
         ({"position": torch.tensor([3], dtype=torch.int32)}, "an int32 position"),
         ({"position": torch.tensor([3, 4])}, "two positions to write at"),
+        ({"value_states": torch.zeros(2, 4, 1, 64, dtype=torch.bfloat16)}, "values of another width"),
+        (
+            {
+                "keys": torch.zeros(1, 1, 4, 2048, dtype=torch.bfloat16),
+                "values": torch.zeros(1, 1, 4, 2048, dtype=torch.bfloat16),
+                "key_states": torch.zeros(1, 1, 1, 2048, dtype=torch.bfloat16),
+                "value_states": torch.zeros(1, 1, 1, 2048, dtype=torch.bfloat16),
+            },
+            "heads wider than 1024",
+        ),
     ],
 )
 def test_it_declines_other_layouts(change: dict[str, torch.Tensor], why: str) -> None:

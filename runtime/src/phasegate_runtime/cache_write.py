@@ -18,17 +18,7 @@ from __future__ import annotations
 
 import torch
 
-BUILD_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, OSError, ImportError)
-"""What building the kernel raises where it cannot run here (as :data:`.exact_norm.BUILD_ERRORS`)."""
-
-try:  # Triton ships with CUDA builds of torch; without it, supports() is False everywhere.
-    import triton
-    import triton.language as tl
-    from triton.compiler.errors import CompilationError
-
-    BUILD_ERRORS += (CompilationError,)
-except ImportError:  # pragma: no cover - every lock of this project has it
-    triton = None
+from .triton_support import on_current_cuda_device, tl, triton
 
 _MAX_HEAD_DIM = 1024
 
@@ -43,14 +33,14 @@ def supports(
 ) -> bool:
     """Whether the kernel takes this write: a contiguous ``[batch, heads, length, dim]`` cache pair, one new
     position of rows whose last dimension is contiguous, one dtype, and a one-element integer position on the
-    same device (CUDA, or the CPU under Triton's interpreter)."""
+    same device (the current CUDA device, where Triton launches; or the CPU under Triton's interpreter)."""
     if triton is None or keys.dim() != 4:
         return False
     batch, heads, _, dim = keys.shape
     rows = (batch, heads, 1, dim)
     devices = {t.device for t in (keys, values, key_states, value_states, position)}
     return (
-        (interpreted or keys.is_cuda)
+        (interpreted or on_current_cuda_device(keys))
         and len(devices) == 1
         and values.shape == keys.shape
         and keys.is_contiguous()
@@ -81,7 +71,7 @@ if triton is not None:
         position = tl.load(position_ptr)
         columns = tl.arange(0, BLOCK)
         # Never outside the cache (the decoder's steps stay inside it, so this mask never drops a row).
-        inside = columns < tl.where(position < length, DIM, 0)
+        inside = columns < tl.where((position >= 0) & (position < length), DIM, 0)
         at = (row * length + position) * DIM + columns
         k = tl.load(k_ptr + batch * k_batch + head * k_head + columns, mask=inside)
         v = tl.load(v_ptr + batch * v_batch + head * v_head + columns, mask=inside)

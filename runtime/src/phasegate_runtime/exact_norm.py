@@ -36,22 +36,7 @@ import numpy as np
 import torch
 
 from .events import log
-
-BUILD_ERRORS: tuple[type[BaseException], ...] = (RuntimeError, OSError, ImportError)
-"""What building the kernel raises where it cannot run here (Triton's "Failed to find C compiler" is a
-RuntimeError, a missing toolchain an OSError); the caller then keeps ATen's kernels for the rest of the
-process. Errors of the device itself (out of memory, a CUDA fault) are not among them: the caller
-re-raises."""
-
-try:  # Triton ships with CUDA builds of torch; without it, supports() is False everywhere.
-    import triton
-    import triton.language as tl
-    from triton.compiler.errors import CompilationError
-    from triton.language.extra import libdevice
-
-    BUILD_ERRORS += (CompilationError,)
-except ImportError:  # pragma: no cover - every lock of this project has it
-    triton = None
+from .triton_support import libdevice, on_current_cuda_device, tl, triton
 
 LANES = 32
 """Threads of the warp that reduces one row (ATen's block width for these shapes)."""
@@ -75,7 +60,7 @@ def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
     rows = x.numel() // hidden if hidden else 0
     return (
         triton is not None
-        and x.is_cuda
+        and on_current_cuda_device(x)
         and x.dtype in _DTYPES
         and weight.dtype == x.dtype
         and weight.shape == (hidden,)

@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import cache_write as kv_cache
-from . import exact_norm
+from . import exact_norm, triton_support
 from .events import log
 
 COMPILE_BACKEND: str | Callable[..., Any] = "inductor"
@@ -236,7 +236,7 @@ def _exact_kernel(
         if not checked:  # building the kernel and the first comparison: one-time, like a compile
             COMPILE_SECONDS[0] += time.perf_counter() - started
         return kernel_fn(x, weight, eps)
-    except exact_norm.BUILD_ERRORS as err:
+    except triton_support.BUILD_ERRORS as err:
         _give_up(kernel_fn.__name__, err)
         return None
 
@@ -276,7 +276,7 @@ def cache_write(
         return False
     try:
         kv_cache.write(keys, values, key_states, value_states, position)
-    except kv_cache.BUILD_ERRORS as err:
+    except triton_support.BUILD_ERRORS as err:
         _give_up("cache_write", err)
         return False
     position.add_(1)
