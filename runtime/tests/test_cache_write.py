@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from _interpreted import run_interpreted
-from phasegate_runtime import cache_write, fused
+from phasegate_runtime import cache_write, exact_norm, fused, triton_support
 
 _INTERPRETED = """
 import functools
@@ -44,11 +44,13 @@ for batch, heads, dim, dtype, transposed in ((3, 2, 128, torch.bfloat16, True),
         assert int(ours.cumulative_length) == int(theirs.cumulative_length) == 5 + step
 assert not fused.FAILURES, fused.FAILURES
 assert len(launches) == 10, launches  # the kernel wrote every step of both cases (not transformers' update)
-# Outside the cache nothing is written (the decoder never asks), at either end.
-keys, values = torch.zeros(1, 1, 3, 8), torch.zeros(1, 1, 3, 8)
+# Outside the cache nothing is written (the decoder never asks), at either end: the caches are the middle of
+# larger zeroed buffers, so a write past either end would land in the buffer around them.
+memory = torch.zeros(2, 3, 2, 2, 3, 8)
+keys, values = memory[0, 1], memory[1, 1]
 for outside in (3, -1):
-    cache_write.write(keys, values, torch.ones(1, 1, 1, 8), torch.ones(1, 1, 1, 8), torch.tensor(outside))
-assert not keys.any() and not values.any()
+    cache_write.write(keys, values, torch.ones(2, 2, 1, 8), torch.ones(2, 2, 1, 8), torch.tensor(outside))
+assert not memory.any()
 print("ok")
 """
 
@@ -126,3 +128,26 @@ def test_a_kernel_that_cannot_build_turns_fusion_off_and_the_write_goes_on(
     assert int(args["position"]) == 3  # not advanced: transformers' update writes and advances it
     assert len(fused.FAILURES) == 1
     assert "cache_write" in fused.FAILURES[0]
+
+
+class _OnDevice:
+    """Stands for a tensor on ``cuda:index`` (no GPU here)."""
+
+    def __init__(self, index: int) -> None:
+        self.is_cuda = True
+        self.device = torch.device("cuda", index)
+
+
+def test_kernels_launch_only_on_the_current_cuda_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Triton launches on the current device: a tensor on another means a fault, or another GPU's memory."""
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+    assert triton_support.on_current_cuda_device(_OnDevice(0))  # type: ignore[arg-type]
+    assert not triton_support.on_current_cuda_device(_OnDevice(1))  # type: ignore[arg-type]
+    assert not triton_support.on_current_cuda_device(torch.zeros(1))
+    # Both kernels ask it (the interpreter's CPU tensors aside).
+    monkeypatch.setattr(cache_write, "on_current_cuda_device", lambda _t: False)
+    assert not cache_write.supports(**_write_args())
+    monkeypatch.setattr(exact_norm, "on_current_cuda_device", lambda _t: False)
+    assert not exact_norm.supports(torch.zeros(30, 1, 3584), torch.zeros(3584))
+    monkeypatch.setattr(exact_norm, "on_current_cuda_device", lambda _t: True)
+    assert exact_norm.supports(torch.zeros(30, 1, 3584), torch.zeros(3584))

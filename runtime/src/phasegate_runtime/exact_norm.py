@@ -60,6 +60,7 @@ def supports(x: torch.Tensor, weight: torch.Tensor) -> bool:
     rows = x.numel() // hidden if hidden else 0
     return (
         triton is not None
+        and libdevice is not None
         and on_current_cuda_device(x)
         and x.dtype in _DTYPES
         and weight.dtype == x.dtype
