@@ -221,6 +221,7 @@ async function ledgerOfEndedRun(pc: PhaseClient, phaseId: string): Promise<Phase
 async function decide<K extends DecisionKind>(pc: PhaseClient, update: UpdateDefinition<DecisionResult, [SignedDecision<K>]>, d: SignedDecision<K>): Promise<DecisionResult> {
   const phaseId = checkPhaseId(d.phaseId);
   const updateId = `${d.kind}-${createHash('sha256').update(d.signature).digest('hex').slice(0, 24)}`;
+  const deadline = Date.now() + DECIDE_RESEND_MS;
   for (let attempt = 1; ; attempt += 1) {
     try {
       return await handleOf(pc, phaseId).executeUpdate(update, { args: [d], updateId });
@@ -228,29 +229,34 @@ async function decide<K extends DecisionKind>(pc: PhaseClient, update: UpdateDef
       if (err instanceof WorkflowUpdateFailedError && err.cause instanceof ApplicationFailure) {
         throw new PhaseError('refused', `refused: ${err.cause.message}`);
       }
-      // Temporal answers "already completed" when the run a decision reached continued as new on its way. Sent
-      // again (the same update id; the workflow applies a decision once), it reaches the run that goes on; and if
-      // the phase has ended meanwhile, holding this decision, it is acknowledged as the workflow acknowledges a
-      // resent one.
-      if (err instanceof WorkflowNotFoundError && attempt < DECIDE_ATTEMPTS) {
-        const ended = await endedWith(pc, phaseId, decisionKey(d));
-        if (ended === 'running') continue;
-        if (ended !== null) return ended;
+      if (!(err instanceof WorkflowNotFoundError)) throw await explainMissing(pc, phaseId, err);
+      // Temporal answers "already completed" when the run a decision reached continued as new on its way, even
+      // where that run applied it. Sent again (the same update id; the workflow applies a decision once), it
+      // reaches the run that goes on. If the phase has ended meanwhile holding this decision, it is acknowledged
+      // as the workflow acknowledges a resent one; only a phase that ended without it refuses.
+      const ended = await endedWith(pc, phaseId, decisionKey(d));
+      if (ended === 'running' && Date.now() < deadline) {
+        await new Promise((r) => setTimeout(r, Math.min(50 * attempt, 500)));
+        continue;
       }
+      if (ended !== null && ended !== 'running') return ended;
       throw await explainMissing(pc, phaseId, err);
     }
   }
 }
 
-const DECIDE_ATTEMPTS = 5;
+/** How long a decision is sent again while the runs it reaches keep continuing as new. */
+const DECIDE_RESEND_MS = 30_000;
 
 /** 'running' if the phase still runs; if it has ended holding the decision keyed `key`, what a resent decision
  * gets (applied: false); else null. */
 async function endedWith(pc: PhaseClient, phaseId: string, key: string): Promise<DecisionResult | 'running' | null> {
   try {
     const handle = handleOf(pc, phaseId);
-    if ((await handle.describe()).status.name === 'RUNNING') return 'running';
-    const state = await handle.query(stateQuery);
+    const status = (await handle.describe()).status.name;
+    if (status === 'RUNNING') return 'running';
+    // A completed phase's state is its result, read from history: no worker needs to answer a query for it.
+    const state = status === 'COMPLETED' ? await handle.result() : await handle.query(stateQuery);
     return state.appliedDecisions.includes(key) ? { applied: false, status: state.status, approvedUsd: state.budget.approvedUsd } : null;
   } catch {
     return null; // not found, or a run that registered no query: explainMissing says which

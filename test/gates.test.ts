@@ -11,6 +11,7 @@ import {
   PhaseError,
   type PhaseClient,
   startPhase,
+  submitReview,
   waitForStatus,
 } from '../client/phases';
 import { approveAs, reviewAs, rejectAs, sign } from './helpers/decisions';
@@ -143,12 +144,14 @@ test('decisions that arrive while phases continue as new are applied once and ne
   // once compared against the state with the review already applied, and failed the phase (found by CI).
   const { worker, pc } = await testWorker(server, 'churn');
   await worker.runUntil(async () => {
-    const phases = await Promise.all([...Array(6).keys()].map(() => startPhase(pc, testProtocol('churn'), { continueAsNewAfterEvents: 5 })));
+    const phases = await Promise.all([...Array(8).keys()].map(() => startPhase(pc, testProtocol('churn'), { continueAsNewAfterEvents: 5 })));
     for (const { phaseId } of phases) {
       await approveAs(pc, phaseId, { by: 'demo-approver', usd: 0.25 });
       await waitForStatus(pc, phaseId, 'AWAITING_REVIEW', 30);
     }
-    await Promise.all(phases.map(({ phaseId }) => reviewAs(pc, phaseId, { by: 'demo-reviewer', verdict: 'CHANGES_REQUESTED' })));
+    // Each signed review is sent twice at once, as a client that retries after a lost reply does: applied once.
+    const reviews = await Promise.all(phases.map(async ({ phaseId }) => sign('demo-reviewer', { kind: 'review', ...(await decisionTarget(pc, phaseId)), content: { verdict: 'CHANGES_REQUESTED', ref: '', notes: '' } })));
+    await Promise.all(reviews.flatMap((d) => [submitReview(pc, d), submitReview(pc, d)]));
     for (const { phaseId } of phases) {
       const result = await phaseResult(server.env.client, phaseId);
       expect(result.status).toBe('CHANGES_REQUESTED');
