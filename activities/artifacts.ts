@@ -3,7 +3,7 @@
  * outputs published, scoring's and the freeze's inputs fetched, and store errors turned into failures the
  * workflow classifies.
  *
- *   runs/<phaseId>/<modelKey>/attempt-<n>/   result.json (stored last) and the direction files it names
+ *   runs/<phaseId>/<modelKey>/attempt-<n>/   result.json (stored last) and every file its records name
  *   runs/<phaseId>/score/score.json          the parity tables
  *   frozen/<phaseId>/                        the canonical artifacts, MANIFEST.sha256 stored last
  *   records/<phaseId>.json                   the phase record (common/phase-records.ts)
@@ -12,7 +12,7 @@ import { ApplicationFailure } from '@temporalio/common';
 import path from 'node:path';
 import { ArtifactStoreError, childRef, fetchFile, type ArtifactStore } from '../common/artifact-store';
 import { ErrorTypes } from '../workflows/definitions';
-import { parseRuntimeResult } from './runtime-json';
+import { parseRuntimeResult, resultFiles } from './runtime-json';
 
 export const runKey = (phaseId: string, modelKey: string, attempt: number): string => `runs/${phaseId}/${modelKey}/attempt-${attempt}`;
 export const scoreKey = (phaseId: string): string => `runs/${phaseId}/score`;
@@ -21,12 +21,10 @@ export const frozenKey = (phaseId: string): string => `frozen/${phaseId}`;
 /** Where a phase's downloads land on this worker: beside its runs, under a name no model key can take. */
 export const scratchDir = (workDir: string, phaseId: string, ...parts: string[]): string => path.join(workDir, phaseId, '.store', ...parts);
 
-/** Publishes a finished run (result.json after the direction files it names); returns the ref of its result.json. */
+/** Publishes a finished run (result.json after every file its records name); returns the ref of its result.json. */
 export async function publishRun(store: ArtifactStore, key: string, resultPath: string): Promise<string> {
-  const result = parseRuntimeResult(resultPath);
-  const directions = result.units.map((u) => u.direction_file).filter((f): f is string => typeof f === 'string' && f.length > 0);
   const name = path.basename(resultPath);
-  return childRef(await store.putFiles(key, path.dirname(resultPath), [...new Set(directions), name]), name);
+  return childRef(await store.putFiles(key, path.dirname(resultPath), [...resultFiles(parseRuntimeResult(resultPath)), name]), name);
 }
 
 /** A local copy of a stored file (with its folder); a missing one is final, not retried. */

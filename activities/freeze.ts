@@ -14,7 +14,7 @@ import { workOf } from './estimate';
 import { childRef, type ArtifactStore } from '../common/artifact-store';
 import { fetchStored, frozenKey, scratchDir, storeFailure } from './artifacts';
 import { fileSha256, listFiles, MANIFEST, renderManifest, verifyManifest } from './manifest';
-import { parseRuntimeResult } from './runtime-json';
+import { parseRuntimeResult, resultFiles } from './runtime-json';
 import type { FreezeInput } from './types';
 
 export interface GitInfo {
@@ -142,12 +142,17 @@ async function freezeLocally(deps: FreezeDeps, freeze: FreezeInput, heartbeat: (
     const resultPath = await fetchStored(deps.store, progress.resultPath, scratchDir(deps.workDir, input.phaseId, 'runs', model.key), `the result of ${model.key}`);
     const result = parseRuntimeResult(resultPath);
     const runDir = path.dirname(resultPath);
+    // Every file the proof reads (the reference's and the native reads' directions too), so that the frozen
+    // artifacts can be scored again; the run writes them all under directions/.
     const directions: string[] = [];
-    for (const unit of result.units) {
-      if (unit.direction_file === undefined || unit.direction_file === null) continue;
-      const rel = path.join('directions', model.key, path.basename(unit.direction_file));
+    for (const file of resultFiles(result)) {
+      const inner = path.relative('directions', file);
+      const rel = path.join('directions', model.key, inner);
+      if (path.isAbsolute(file) || inner.startsWith('..')) {
+        throw ApplicationFailure.create({ type: ErrorTypes.invalidInput, message: `the result of ${model.key} names ${file}, outside its directions/ folder`, nonRetryable: true });
+      }
       mkdirSync(path.join(dir, path.dirname(rel)), { recursive: true });
-      copyFileSync(path.join(runDir, unit.direction_file), path.join(dir, rel));
+      copyFileSync(path.join(runDir, file), path.join(dir, rel));
       directions.push(rel);
     }
     heartbeat();

@@ -8,22 +8,32 @@ import type { ModelScore } from '../workflows/definitions';
 
 const nullableNumber = z.number().nullable();
 
+/** What every record of a run lists: the files it wrote or used (path relative to the run folder -> sha256). */
+const fileRecord = { files: z.record(z.string(), z.string()).optional(), direction_file: z.string().nullable().optional() };
+
 export const runtimeResultSchema = z.looseObject({
   result_version: z.number(),
   spec_hash: z.string(),
   model_key: z.string(),
   model: z.looseObject({ id: z.string(), resolved_path: z.string() }),
   environment: z.record(z.string(), z.unknown()),
-  units: z.array(
-    z.looseObject({
-      method: z.string(),
-      repeat: z.number().int(),
-      ok: z.boolean(),
-      direction_file: z.string().nullable().optional(),
-    }),
-  ),
+  baseline: z.looseObject(fileRecord),
+  reference: z.looseObject(fileRecord),
+  units: z.array(z.looseObject({ method: z.string(), repeat: z.number().int(), ok: z.boolean(), ...fileRecord })),
+  native: z.array(z.looseObject({ method: z.string(), ...fileRecord })),
 });
 export type RuntimeResult = z.infer<typeof runtimeResultSchema>;
+
+/**
+ * Every file a run's records name (the baseline, the reference, the fast units and the native cross-check), each
+ * once, relative to the run folder: what scoring reads beside result.json, so what a run publishes and a freeze
+ * keeps.
+ */
+export function resultFiles(result: RuntimeResult): string[] {
+  const records = [result.baseline, result.reference, ...result.units, ...result.native];
+  const named = records.flatMap((r) => [...Object.keys(r.files ?? {}), ...(r.direction_file ? [r.direction_file] : [])]);
+  return [...new Set(named)].sort();
+}
 
 const rate = z.object({ mean: nullableNumber, std: nullableNumber });
 const nullableString = z.string().nullable();

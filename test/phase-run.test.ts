@@ -69,9 +69,13 @@ test('holds a GPU attempt that would exceed the approval, dispatches nothing whi
     for (const m of frozen.score!.models) {
       expect(Object.keys(m.methods).sort()).toEqual(['hooks', 'nnsight', 'pyvene']);
       expect(m.outputsIdentical).toBe(true);
+      expect(m.failures).toEqual([]);
     }
+    expect(frozen.score!.parityPass).toBe(true);
     const dir = frozen.freeze!.dir;
-    for (const f of ['MANIFEST.sha256', 'closeout.md', 'parity.svg', 'cost.svg', 'score.json', 'phase.json', 'models/tiny-qwen2.json', 'directions/tiny-qwen2/hooks_r0.npy']) {
+    // Every file the proof reads is frozen: the units' directions, the reference's and the native reads'.
+    const proofFiles = ['directions/tiny-qwen2/hooks_r0.npy', 'directions/tiny-qwen2/reference.npy', 'directions/tiny-qwen2/native_pyvene_read.npy'];
+    for (const f of ['MANIFEST.sha256', 'closeout.md', 'parity.svg', 'cost.svg', 'score.json', 'phase.json', 'models/tiny-qwen2.json', ...proofFiles]) {
       expect(existsSync(path.join(dir, f))).toBe(true);
     }
     expect(statSync(path.join(dir, 'closeout.md')).mode & 0o222).toBe(0);

@@ -150,6 +150,9 @@ test('two workers and a split Temporal cluster: a SIGKILLed worker and history p
       expect(lines[lines.length - 1]!.outcome).toBe('succeeded');
       expect(isStoreRef(model.resultPath!)).toBe(true);
     }
+    // Scored from the store alone (the reference's and the native reads' directions were published too).
+    expect(state.score?.models.flatMap((m) => m.failures ?? [])).toEqual([]);
+    expect(state.score?.parityPass).toBe(true);
     expect(state.freeze!.dir).toBe(`s3://${cluster.env.PHASEGATE_S3_BUCKET}/frozen/${id}`);
     expect((await verifyPhase(pc, id)).ok).toBe(true);
     // The record a worker wrote to the store is the one every host reads.
