@@ -5,7 +5,7 @@
  * finally, the workflow's validator stay the authorities on what a decision may say.
  */
 import { z } from '@hono/zod-openapi';
-import { DECISION_TEXT_LIMITS, PERSON_NAME, REVIEW_VERDICTS, type DecisionKind } from '../domain/decisions';
+import { DECISION_TEXT_LIMITS, PERSON_NAME, REVIEW_VERDICTS, RUN_ID, type DecisionKind } from '../domain/decisions';
 import { PHASE_ID } from './phases';
 
 export const phaseIdParam = z.object({
@@ -31,9 +31,10 @@ export const decisionContentSchemas = {
 } as const;
 
 const decisionFields = {
-  v: z.literal(1),
+  v: z.literal(2),
   phaseId: z.string().max(200),
   protocolHash: z.string().regex(/^[0-9a-f]{64}$/, 'must be 64 hex digits'),
+  run: z.string().regex(RUN_ID, "must be the phase's run id (a UUID)"),
   by: z.string().regex(PERSON_NAME, "must be a person's name"),
   nonce: z.string().regex(/^[0-9a-f]{32}$/, 'must be 32 lowercase hex digits'),
   signedAt: z.string().max(40).openapi({ example: '2025-01-01T00:00:00.000Z' }),

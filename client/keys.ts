@@ -85,17 +85,18 @@ export function showKey(dir: string, name: string): string {
   return publicKeyText(loadPrivateKey(dir, name));
 }
 
-/** What a decision says before it is signed: the phase it is for and its content. */
+/** What a decision says before it is signed: the phase (and the run of it) it is for and its content. */
 export interface DecisionDraft<K extends DecisionKind> {
   kind: K;
   phaseId: string;
   protocolHash: string;
+  run: string;
   by: string;
   content: DecisionContent[K];
 }
 
 export function signDecision<K extends DecisionKind>(key: KeyObject, draft: DecisionDraft<K>, now: Date = new Date()): SignedDecision<K> {
-  const unsigned: UnsignedDecision<K> = { v: 1, ...draft, nonce: randomBytes(16).toString('hex'), signedAt: now.toISOString() };
+  const unsigned: UnsignedDecision<K> = { v: 2, ...draft, nonce: randomBytes(16).toString('hex'), signedAt: now.toISOString() };
   const signature = sign(null, decisionMessage(unsigned), key).toString('base64');
   return { ...unsigned, signature };
 }

@@ -263,10 +263,11 @@ async function endedWith(pc: PhaseClient, phaseId: string, key: string): Promise
   }
 }
 
-/** What a person needs to sign a decision for a phase: its id and protocol hash, read from the phase itself. */
-export async function decisionTarget(pc: PhaseClient, phaseId: string): Promise<{ phaseId: string; protocolHash: string }> {
+/** What a person needs to sign a decision for a phase: its id, protocol hash and run, read from the phase itself. */
+export async function decisionTarget(pc: PhaseClient, phaseId: string): Promise<{ phaseId: string; protocolHash: string; run: string }> {
   const state = await getState(pc, checkPhaseId(phaseId));
-  return { phaseId, protocolHash: state.protocolHash };
+  if (state.run === undefined) throw new PhaseError('refused', `refused: phase ${phaseId} was recorded before decisions were bound to a run; it takes no decisions`);
+  return { phaseId, protocolHash: state.protocolHash, run: state.run };
 }
 
 /** An approval is given against an estimate: right after a start, wait (briefly) for the estimate to exist. */

@@ -3,9 +3,12 @@
  * field. The CLI signs with the person's Ed25519 key; the workflow's update validators, `verify` and the tests
  * check with the same code, a pure-JS Ed25519 (@noble/curves) that runs inside Temporal's workflow sandbox.
  *
- * What is signed: the bytes of `DECISION_DOMAIN` + canonical JSON of { v, kind, phaseId, protocolHash, by,
+ * What is signed: the bytes of `DECISION_DOMAIN` + canonical JSON of { v, kind, phaseId, protocolHash, run, by,
  * content, nonce, signedAt }. Binding phase id and protocol hash means a signature for one phase (or an earlier
- * protocol version) is worthless in another; the nonce makes each signed decision unique.
+ * protocol version) is worthless in another; binding the run (the id of the first Temporal run of the phase's
+ * chain, which continue-as-new keeps and a restart replaces) means a decision given to a run that was cancelled or
+ * failed is worthless to the phase started again under the same id; the nonce makes each signed decision unique.
+ * Version 1 decisions (no run) are still read and verified in records; gates accept version 2 only.
  *
  * Part of the workflow bundle: pure, no Node.
  */
@@ -37,10 +40,13 @@ export interface DecisionContent {
 }
 
 export interface UnsignedDecision<K extends DecisionKind = DecisionKind> {
-  v: 1;
+  /** 2 for every decision a gate accepts; 1 in records made before decisions were bound to a run. */
+  v: 1 | 2;
   kind: K;
   phaseId: string;
   protocolHash: string;
+  /** The run chain the decision is for (version 2): what `decisionTarget` reads from the phase. */
+  run?: string;
   by: string;
   content: DecisionContent[K];
   /** 32 lowercase hex digits, random per decision. */
@@ -65,9 +71,13 @@ export interface SignatureRecord {
 }
 
 export function decisionMessage(d: UnsignedDecision): Uint8Array {
-  const { v, kind, phaseId, protocolHash, by, content, nonce, signedAt } = d;
-  return utf8Bytes(DECISION_DOMAIN + canonicalJson({ v, kind, phaseId, protocolHash, by, content, nonce, signedAt }));
+  const { v, kind, phaseId, protocolHash, run, by, content, nonce, signedAt } = d;
+  const signed = v === 1 ? { v, kind, phaseId, protocolHash, by, content, nonce, signedAt } : { v, kind, phaseId, protocolHash, run, by, content, nonce, signedAt };
+  return utf8Bytes(DECISION_DOMAIN + canonicalJson(signed));
 }
+
+/** A Temporal run id as the server makes them (a UUID); bounded so that no other text passes for one. */
+export const RUN_ID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 
 /** `ed25519:<base64 of the 32-byte public key>` to bytes; null if it is not exactly that. */
 export function parsePublicKey(text: unknown): Uint8Array | null {
@@ -96,10 +106,12 @@ function textField(obj: Record<string, unknown>, field: keyof typeof DECISION_TE
 /** Checks a decision's shape and bounds (not its signature); returns the first problem, naming the field. */
 export function decisionShapeProblem(d: unknown, kind: DecisionKind): string | null {
   if (!isObject(d)) return 'decision: must be a signed decision object (phasegate signs it with the person\'s key)';
-  const allowed = ['v', 'kind', 'phaseId', 'protocolHash', 'by', 'content', 'nonce', 'signedAt', 'signature'];
+  const allowed = ['v', 'kind', 'phaseId', 'protocolHash', 'run', 'by', 'content', 'nonce', 'signedAt', 'signature'];
   const extra = Object.keys(d).find((k) => !allowed.includes(k));
   if (extra !== undefined) return `decision: unknown field "${extra.slice(0, 40)}"`;
-  if (d.v !== 1) return 'v: must be 1';
+  if (d.v !== 1 && d.v !== 2) return 'v: must be 2';
+  if (d.v === 2 && (typeof d.run !== 'string' || !RUN_ID.test(d.run))) return "run: must be the phase's run id (a UUID; phasegate reads it from the phase when it signs)";
+  if (d.v === 1 && d.run !== undefined) return 'run: version 1 decisions carry no run';
   if (d.kind !== kind) return `kind: must be "${kind}" for this gate`;
   if (typeof d.phaseId !== 'string' || d.phaseId.length > 200) return 'phaseId: must be a phase id';
   if (typeof d.protocolHash !== 'string' || !/^[0-9a-f]{64}$/.test(d.protocolHash)) return 'protocolHash: must be 64 hex digits';
@@ -146,21 +158,23 @@ export function signatureProblem(d: SignedDecision, publicKey: string): string |
 }
 
 export function signatureRecord(d: SignedDecision, publicKey: string): SignatureRecord {
-  const { v, kind, phaseId, protocolHash, by, content, nonce, signedAt, signature } = d;
-  return { signed: { v, kind, phaseId, protocolHash, by, content, nonce, signedAt, signature }, publicKey, keyFingerprint: keyFingerprint(publicKey) };
+  const { v, kind, phaseId, protocolHash, run, by, content, nonce, signedAt, signature } = d;
+  const signed = v === 1 ? { v, kind, phaseId, protocolHash, by, content, nonce, signedAt, signature } : { v, kind, phaseId, protocolHash, run, by, content, nonce, signedAt, signature };
+  return { signed, publicKey, keyFingerprint: keyFingerprint(publicKey) };
 }
 
 /**
  * Re-checks a recorded decision from scratch (used on a resumed state and by offline `verify`): it was signed by
  * the person recorded, with the key the locked roster names for them, for this phase, and the signature holds.
  */
-export function recordProblem(r: SignatureRecord, lock: { phaseId: string; protocolHash: string; people: Record<string, string> }): string | null {
+export function recordProblem(r: SignatureRecord, lock: { phaseId: string; protocolHash: string; people: Record<string, string>; run?: string }): string | null {
   const d = r.signed;
   const shape = decisionShapeProblem(d, d.kind);
   if (shape !== null) return shape;
   const key = lock.people[d.by];
   if (key === undefined || key !== r.publicKey) return `${d.kind} by ${d.by}: the key it carries is not the one the protocol names for ${d.by}`;
   if (d.phaseId !== lock.phaseId || d.protocolHash !== lock.protocolHash) return `${d.kind} by ${d.by}: signed for another phase or protocol`;
+  if (lock.run !== undefined && d.v === 2 && d.run !== lock.run) return `${d.kind} by ${d.by}: signed for another run of this phase`;
   const bad = signatureProblem(d, key);
   return bad === null ? null : `${d.kind} by ${d.by}: ${bad}`;
 }

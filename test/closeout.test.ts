@@ -10,7 +10,7 @@ import { renderCloseout } from '../activities/closeout-report';
 import { parseRuntimeScore, RuntimeOutputError, toModelScores } from '../activities/runtime-json';
 import type { ModelScore, PhaseState } from '../workflows/definitions';
 import { applyApproveBudget, gateContext, initialState, ledgerEntryFor } from '../workflows/phase-logic';
-import { sign } from './helpers/decisions';
+import { sign, TEST_RUN } from './helpers/decisions';
 import { testProtocol } from './helpers/temporal';
 import { phaseInputOf } from '../protocols/load';
 
@@ -31,7 +31,7 @@ const failing: ModelScore = {
 
 function frozenState(models: ModelScore[] = [failing], phaseInput = input): PhaseState {
   const s = { ...initialState(phaseInput, '2026-01-01T00:00:00.000Z'), estimate: { models: [], totalUsd: 0.5 } };
-  applyApproveBudget(gateContext(phaseInput), s, sign('demo-approver', { kind: 'approve-budget', phaseId: phaseInput.phaseId, protocolHash: phaseInput.protocolHash, content: { usd: '1', note: '' } }), '2026-01-01T00:01:00.000Z');
+  applyApproveBudget(gateContext(phaseInput, TEST_RUN), s, sign('demo-approver', { kind: 'approve-budget', phaseId: phaseInput.phaseId, protocolHash: phaseInput.protocolHash, run: TEST_RUN, content: { usd: '1', note: '' } }), '2026-01-01T00:01:00.000Z');
   s.status = 'FROZEN';
   s.ledger.push(ledgerEntryFor({ modelKey: 'tiny-qwen2', attempt: 1, gpu: 'cpu', usdPerSecond: 0.0000262, outcome: 'failed', measuredSeconds: 10, startedAtMs: 0, endedAtMs: 10_000, backendIds: {}, error: 'CUDA out of memory' }));
   s.ledger.push(ledgerEntryFor({ modelKey: 'tiny-qwen2', attempt: 2, gpu: 'cpu', usdPerSecond: 0.0000262, outcome: 'succeeded', measuredSeconds: 30, startedAtMs: 20_000, endedAtMs: 50_000, backendIds: {} }));

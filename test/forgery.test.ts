@@ -8,11 +8,13 @@ import { execFile } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { decisionTarget, getState, PhaseError, startPhase, waitForStatus } from '../client/phases';
+import { cancelPhase, decisionTarget, getState, PhaseError, startPhase, waitForStatus } from '../client/phases';
+import { sign as nodeSign } from 'node:crypto';
+import { decisionMessage } from '../domain/decisions';
 import { approveBudgetUpdate } from '../workflows/definitions';
 import { phaseInputOf } from '../protocols/load';
 import { initialState } from '../workflows/phase-logic';
-import { approveAs, sign } from './helpers/decisions';
+import { approveAs, keyOf, sign } from './helpers/decisions';
 import { historyEvents, scheduledActivities, updateAcceptedEvents } from './helpers/history';
 import { repoPaths, serverPerFile, testProtocol, testWorker, waitFor } from './helpers/temporal';
 import { rejection } from './helpers/errors';
@@ -60,8 +62,8 @@ test('forged approvals sent straight to Temporal are refused 100%, each with its
       ['unsigned', unsigned, /signature: missing/],
       ["signed with another person's key", sign('demo-approver', { kind: 'approve-budget', ...target, content: { usd: '1', note: '' } }, 'mallory'), /does not verify with demo-approver's key/],
       ['amount altered after signing', { ...good, content: { ...good.content, usd: '5' } }, /does not verify/],
-      ["another phase's signature replayed", sign('demo-approver', { kind: 'approve-budget', phaseId: other.phaseId, protocolHash: other.protocolHash, content: { usd: '1', note: '' } }), /signed for phase test-forge-other/],
-      ['retargeted at this phase', { ...sign('demo-approver', { kind: 'approve-budget', phaseId: other.phaseId, protocolHash: other.protocolHash, content: { usd: '1', note: '' } }), phaseId, protocolHash: target.protocolHash }, /does not verify/],
+      ["another phase's signature replayed", sign('demo-approver', { kind: 'approve-budget', phaseId: other.phaseId, protocolHash: other.protocolHash, run: target.run, content: { usd: '1', note: '' } }), /signed for phase test-forge-other/],
+      ['retargeted at this phase', { ...sign('demo-approver', { kind: 'approve-budget', phaseId: other.phaseId, protocolHash: other.protocolHash, run: target.run, content: { usd: '1', note: '' } }), phaseId, protocolHash: target.protocolHash }, /does not verify/],
       ['an approver named in no protocol', sign('mallory', { kind: 'approve-budget', ...target, content: { usd: '1', note: '' } }), /approver "mallory" is not listed/],
       ['a 900 KB signer name', { ...good, by: 'x'.repeat(900_000) }, /by: must be a person's name/],
     ];
@@ -82,6 +84,44 @@ test('forged approvals sent straight to Temporal are refused 100%, each with its
     // Sent again, it is acknowledged and not applied twice.
     expect((await updateWithCli(phaseId, good)).code).toBe(0);
     expect((await getState(pc, phaseId)).budget.approvals).toHaveLength(1);
+  });
+});
+
+test("a phase started again after a cancel refuses its earlier run's signed decisions, replayed by someone without a key", async () => {
+  // An adversarial probe: the decisions of a cancelled run are readable (status, the record, history) and were
+  // for the same phase id and protocol hash, so before decisions were bound to a run, replaying them straight to
+  // Temporal approved and reviewed the new run, and its GPU work ran without a new yes.
+  const { worker, pc } = await testWorker(server, 'restart-replay');
+  const loaded = testProtocol('restart-replay');
+  await worker.runUntil(async () => {
+    const { phaseId } = await startPhase(pc, loaded);
+    await approveAs(pc, phaseId, { by: 'demo-approver', usd: 1 });
+    const firstRun = (await decisionTarget(pc, phaseId)).run;
+    await cancelPhase(pc, phaseId);
+    const cancelled = await waitForStatus(pc, phaseId, 'CANCELLED', 120);
+    const oldApproval = cancelled.budget.approvals[0]!.signature.signed;
+    await rejection(server.env.client.workflow.getHandle(phaseId).result(), Error);
+
+    expect((await startPhase(pc, loaded)).started).toBe(true);
+    await waitFor(async () => (await getState(pc, phaseId)).estimate !== null);
+    const target = await decisionTarget(pc, phaseId);
+    expect(target.run).not.toBe(firstRun);
+    const replayed = await updateWithCli(phaseId, oldApproval);
+    expect(replayed.code).toBe(1);
+    expect(replayed.out).toMatch(/run: the decision was signed for another run of phase/);
+    // A version 1 decision (bound to no run) is refused too, even freshly signed with the right key.
+    const v1 = { ...sign('demo-approver', { kind: 'approve-budget', ...target, content: { usd: '1', note: '' } }) };
+    const { run: _run, ...unbound } = { ...v1, v: 1 as const };
+    const v1Signed = { ...unbound, signature: nodeSign(null, decisionMessage(unbound), keyOf('demo-approver')).toString('base64') };
+    const old = await updateWithCli(phaseId, v1Signed);
+    expect(old.code).toBe(1);
+    expect(old.out).toMatch(/v: must be 2: this decision is not bound to a run/);
+    expect(updateAcceptedEvents(await historyEvents(server.env.client, phaseId), 'approveBudget')).toHaveLength(0);
+    expect((await getState(pc, phaseId)).status).toBe('AWAITING_BUDGET');
+    // The approver's new yes, for this run, is accepted.
+    await approveAs(pc, phaseId, { by: 'demo-approver', usd: 1 });
+    expect((await getState(pc, phaseId)).status).toBe('AWAITING_REVIEW');
+    await cancelPhase(pc, phaseId);
   });
 });
 

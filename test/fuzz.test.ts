@@ -23,7 +23,7 @@ import { repoRoot } from '../common/config';
 import { loadProtocol, phaseInputOf, ProtocolError } from '../protocols/load';
 import { PHASE_WORKFLOW_TYPE } from '../workflows/definitions';
 import { gateContext, initialState, MAX_RETRY_DELAY_SECONDS, retryDelaySeconds, startInputProblem, validateApproveBudget, validateRejectBudget, validateSubmitReview } from '../workflows/phase-logic';
-import { sign, testKeys } from './helpers/decisions';
+import { sign, TEST_RUN, testKeys } from './helpers/decisions';
 import { quietLogger, serverPerFile, testProtocol, testWorker, protocolFolder } from './helpers/temporal';
 
 const protocolsDir = path.join(repoRoot, 'protocols');
@@ -101,8 +101,8 @@ describe('3,000 mutated protocols', () => {
 describe('3,000 decision payloads', () => {
   const loaded = testProtocol('fuzz-decisions');
   const input = phaseInputOf(loaded);
-  const ctx = gateContext(input);
-  const target = { phaseId: input.phaseId, protocolHash: input.protocolHash };
+  const ctx = gateContext(input, TEST_RUN);
+  const target = { phaseId: input.phaseId, protocolHash: input.protocolHash, run: TEST_RUN };
   const genuine = {
     'approve-budget': sign('demo-approver', { kind: 'approve-budget', ...target, content: { usd: '1', note: 'n' } }),
     'reject-budget': sign('demo-approver', { kind: 'reject-budget', ...target, content: { reason: 'r' } }),

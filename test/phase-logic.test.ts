@@ -26,7 +26,7 @@ import {
 } from '../workflows/phase-logic';
 import { decisionMessage, type ReviewVerdict } from '../domain/decisions';
 import { signDecision } from '../client/keys';
-import { keyOf, sign } from './helpers/decisions';
+import { keyOf, sign, TEST_RUN } from './helpers/decisions';
 import { phaseInputOf } from '../protocols/load';
 import { estimatePhase, readCalibration, type CalibrationPoint, workOf } from '../activities/estimate';
 import { mkdirSync, mkdtempSync, writeFileSync } from 'node:fs';
@@ -42,8 +42,8 @@ const ESTIMATE = { models: [], totalUsd: 0.5 };
 const fresh = (): PhaseState => ({ ...initialState(input, '2026-01-01T00:00:00.000Z'), estimate: ESTIMATE });
 const NOW = '2026-01-01T01:00:00.000Z';
 
-const ctx = gateContext(input);
-const target = { phaseId: input.phaseId, protocolHash: input.protocolHash };
+const ctx = gateContext(input, TEST_RUN);
+const target = { phaseId: input.phaseId, protocolHash: input.protocolHash, run: TEST_RUN };
 const approval = (by: string, usd: string, note = '', as = by) => sign(by, { kind: 'approve-budget', ...target, content: { usd, note } }, as);
 const reviewBy = (by: string, verdict: ReviewVerdict) => sign(by, { kind: 'review', ...target, content: { verdict, ref: '', notes: '' } });
 
@@ -128,10 +128,10 @@ describe('forged decisions are refused with their reason', () => {
     expect(validateApproveBudget(ctx, s, { ...good, signature: flipped.toString('base64') })).toMatch(/^signature: does not verify/);
   });
   test('signed for another phase or another protocol version', () => {
-    const other = sign('demo-approver', { kind: 'approve-budget', phaseId: 'other-phase-0123456789ab', protocolHash: input.protocolHash, content: { usd: '1', note: '' } });
+    const other = sign('demo-approver', { kind: 'approve-budget', phaseId: 'other-phase-0123456789ab', protocolHash: input.protocolHash, run: TEST_RUN, content: { usd: '1', note: '' } });
     expect(validateApproveBudget(ctx, s, other)).toMatch(/signed for phase other-phase-0123456789ab/);
     expect(validateApproveBudget(ctx, s, { ...other, phaseId: input.phaseId })).toMatch(/^signature: does not verify/);
-    const oldHash = sign('demo-approver', { kind: 'approve-budget', phaseId: input.phaseId, protocolHash: 'a'.repeat(64), content: { usd: '1', note: '' } });
+    const oldHash = sign('demo-approver', { kind: 'approve-budget', phaseId: input.phaseId, protocolHash: 'a'.repeat(64), run: TEST_RUN, content: { usd: '1', note: '' } });
     expect(validateApproveBudget(ctx, s, oldHash)).toMatch(/not for this phase/);
   });
   test('a nonce used by another decision is a replay', () => {
@@ -167,9 +167,9 @@ test('the review gate accepts only listed reviewers, known verdicts, in AWAITING
   expect(validateSubmitReview(ctx, s, reviewBy('demo-reviewer', 'ADVISED'))).toBeNull();
 
   // One key in both roles (a protocol listing the approver as a reviewer too): refused under separate_duties.
-  const both = gateContext({ ...input, protocol: { ...protocol, review: { ...protocol.review, reviewers: ['demo-reviewer', 'demo-approver'] } } });
+  const both = gateContext({ ...input, protocol: { ...protocol, review: { ...protocol.review, reviewers: ['demo-reviewer', 'demo-approver'] } } }, TEST_RUN);
   expect(validateSubmitReview(both, s, reviewBy('demo-approver', 'APPROVED'))).toMatch(/^separate_duties: demo-approver's key .* approved this phase's budget/);
-  const relaxed = gateContext({ ...input, protocol: { ...both.protocol, separate_duties: false } });
+  const relaxed = gateContext({ ...input, protocol: { ...both.protocol, separate_duties: false } }, TEST_RUN);
   expect(validateSubmitReview(relaxed, s, reviewBy('demo-approver', 'APPROVED'))).toBeNull();
 });
 

@@ -335,6 +335,11 @@ export interface PhaseState {
   failure: string | null;
   reopenOf: { phaseId: string; defect: string } | null;
   continuedAsNew: number;
+  /**
+   * The id of the first Temporal run of this phase's chain: every decision is signed for it (domain/decisions.ts).
+   * Absent only in states recorded before decisions were bound to a run.
+   */
+  run?: string;
 }
 
 // ---- Run plan: what the reviewer reads before deciding ------------------------------------------------------------

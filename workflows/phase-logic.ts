@@ -259,15 +259,19 @@ export function retryDelaySeconds(retry: Protocol['retry'], attempt: number): nu
 export const MAX_RETRY_DELAY_SECONDS = 86_400;
 
 // ---- Gates -----------------------------------------------------------------------------------------------------------
-/** What a gate check needs to know about the phase besides its state: its lock and who may decide. */
+/**
+ * What a gate check needs to know about the phase besides its state: its lock, who may decide, and the run chain
+ * (the first run's id, which Temporal gives and continue-as-new keeps: a phase started again gets another).
+ */
 export interface GateContext {
   phaseId: string;
   protocolHash: string;
+  run: string;
   protocol: Protocol;
   people: Record<string, string>;
 }
 
-export const gateContext = (input: PhaseInput): GateContext => ({ phaseId: input.phaseId, protocolHash: input.protocolHash, protocol: input.protocol, people: input.people });
+export const gateContext = (input: PhaseInput, run: string): GateContext => ({ phaseId: input.phaseId, protocolHash: input.protocolHash, run, protocol: input.protocol, people: input.people });
 
 /** Decisions with the same meaning share a key, so a resent decision (even re-signed) is applied once. */
 export function approveKey(d: ApproveBudgetInput): string {
@@ -311,6 +315,10 @@ export function decisionProblem<K extends DecisionKind>(ctx: GateContext, state:
   }
   if (decision.phaseId !== ctx.phaseId || decision.protocolHash !== ctx.protocolHash) {
     return `phaseId: the decision was signed for phase ${decision.phaseId.slice(0, 80)} (protocol ${decision.protocolHash.slice(0, 12)}), not for this phase ${ctx.phaseId} (protocol ${ctx.protocolHash.slice(0, 12)})`;
+  }
+  if (decision.v !== 2) return 'v: must be 2: this decision is not bound to a run of the phase (sign it with a current phasegate)';
+  if (decision.run !== ctx.run) {
+    return `run: the decision was signed for another run of phase ${ctx.phaseId} (${String(decision.run).slice(0, 36)}), not this one (${ctx.run}): a phase started again after it was cancelled or failed needs its decisions again`;
   }
   const key = ctx.people[decision.by];
   if (key === undefined) return `by: "${decision.by}" has no public key in the protocol's people`;

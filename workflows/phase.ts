@@ -151,7 +151,9 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
   // What the previous run carried, copied before any handler can apply a decision to `state` (the same object):
   // a decision that arrives with this run's first task must not make the check below refuse the phase.
   const carried = input.resume === undefined ? undefined : snapshot(input.resume);
-  const gate = gateContext(input);
+  // Decisions are bound to the run chain: after the copy above, so that a resumed state is checked as it was sent.
+  state.run = info.firstExecutionRunId;
+  const gate = gateContext(input, info.firstExecutionRunId);
 
   // ---- Handlers: validators check each signed decision before it enters history; handlers apply pure transitions --
   setHandler(stateQuery, () => state);

@@ -197,6 +197,8 @@ function decideSection(d: PhaseDetail): string {
 export interface PhasePage {
   phaseId: string;
   protocolHash: string;
+  /** The run a decision is signed for (domain/decisions.ts); null for a phase recorded before runs were bound. */
+  run: string | null;
   status: string;
   /** The page keeps polling while true. */
   live: boolean;
@@ -213,6 +215,7 @@ export function renderPhasePage(d: PhaseDetail): PhasePage {
   return {
     phaseId: d.view.phaseId,
     protocolHash: d.input.protocolHash,
+    run: d.state.run ?? null,
     status: d.state.status,
     live: isLive(d),
     gateKey: `${d.state.status}|${d.gate?.gate ?? ''}`,

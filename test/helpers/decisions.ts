@@ -12,6 +12,9 @@ import { loadPrivateKey, newKey, signDecision, type DecisionDraft } from '../../
 import type { DecisionKind, ReviewVerdict, SignedDecision } from '../../domain/decisions';
 import type { DecisionResult } from '../../workflows/definitions';
 
+/** The run id pure tests give their gate context (a workflow's is Temporal's first run id of the phase). */
+export const TEST_RUN = '0f0e0d0c-0b0a-4908-8706-050403020100';
+
 /** The people of test protocols; mallory has a key but is named in no protocol. */
 export const TEST_PEOPLE = ['demo-approver', 'demo-reviewer', 'second-approver', 'mallory'] as const;
 

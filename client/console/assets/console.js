@@ -171,7 +171,7 @@
       const stored = await storedKey();
       if (!stored) throw new Error(`import your private key file first (the key of ${state.person})`);
       const nonce = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, '0')).join('');
-      const unsigned = { v: 1, kind, phaseId: state.page.phaseId, protocolHash: state.page.protocolHash, by: state.person, content: contentOf(kind, form), nonce, signedAt: new Date().toISOString() };
+      const unsigned = { v: 2, kind, phaseId: state.page.phaseId, protocolHash: state.page.protocolHash, run: state.page.run, by: state.person, content: contentOf(kind, form), nonce, signedAt: new Date().toISOString() };
       const { message } = await api('/decisions/message', { method: 'POST', body: unsigned });
       const bytes = unb64(message);
       // Sign only bytes that say exactly this decision: the domain line, then this very object.
