@@ -249,6 +249,36 @@ test('a call that would run past the approval is stopped by its own timeout: the
   });
 });
 
+test('two models side by side that both run until stopped spend within the approval together, not each', async () => {
+  // Both reserves fit the approval, so both are dispatched at once; each call then runs until its own timeout. An
+  // adversarial probe found the older rule gave the first attempt the whole approval as its limit and the second
+  // all but the first's estimate: together 151 % of the approval, on the ledger and on the double's bill.
+  const modal = fakeModal('hang');
+  const hang = (key: string, id: string): Record<string, unknown> => ({ key, id, gpu: 'A10G', dtype: 'float32', expected_gpu_seconds: 40, timeout_minutes: 60, tiny_seed: 0 });
+  await withEnv(modal.env, async () => {
+    const { worker, pc } = await testWorker(server, 'modal-two-limits');
+    const loaded = testProtocol('modal-two-limits', { backend: 'modal', models: [hang('tiny-qwen2', 'tiny:qwen2'), hang('tiny-llama', 'tiny:llama')] });
+    await worker.runUntil(async () => {
+      const { phaseId } = await startPhase(pc, loaded);
+      await approveAs(pc, phaseId, { by: 'demo-approver', usd: '0.04' });
+      const estimate = (await getState(pc, phaseId)).estimate!;
+      expect(estimate.models.reduce((sum, m) => sum + m.usd, 0)).toBeLessThanOrEqual(0.04);
+      await reviewAs(pc, phaseId, { by: 'demo-reviewer', verdict: 'APPROVED' });
+      await waitFor(async () => (await getState(pc, phaseId)).status === 'BUDGET_HOLD', 300_000);
+      const state = await getState(pc, phaseId);
+      expect(state.ledger.reduce((sum, e) => sum + e.usd, 0)).toBeLessThanOrEqual(0.04);
+      expectLedgerCoversTheBill(state, modal);
+      const runs = Object.values(modal.calls()).filter((c) => c.kind === 'run');
+      expect(runs).toHaveLength(2);
+      // They overlapped: each call started before the other ended.
+      const [a, b] = runs.map((c) => [c.containers[0]![0], c.ended_at!] as const);
+      expect(Math.max(a![0], b![0])).toBeLessThan(Math.min(a![1], b![1]));
+      await rejectAs(pc, phaseId, { by: 'demo-approver', reason: 'enough' });
+      await expect(phaseResult(server.env.client, phaseId)).resolves.toMatchObject({ status: 'REJECTED' });
+    });
+  });
+});
+
 test('a two-model phase whose containers run the real body on the double: the models overlap, the phase freezes', async () => {
   // The double's `execute` outcome runs modal_job's container body (claim, the runtime's run, done marker) in
   // a child process per call; each call lasts at least 15 s, a stand-in for a GPU run's length.

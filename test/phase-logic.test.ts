@@ -1,7 +1,9 @@
 /** The phase's pure state transitions, without a server: gates, de-duplication, ledger and budget arithmetic. */
 import type { PhaseInput, PhaseState } from '../workflows/definitions';
 import { sign as nodeSign } from 'node:crypto';
+import fc from 'fast-check';
 import {
+  attemptGrantUsd,
   attemptReserveUsd,
   attemptTimeoutSeconds,
   attemptWindow,
@@ -25,6 +27,7 @@ import {
   validateSubmitReview,
 } from '../workflows/phase-logic';
 import { decisionMessage, type ReviewVerdict } from '../domain/decisions';
+import { usdToMicros } from '../domain/money';
 import { signDecision } from '../client/keys';
 import { keyOf, sign, TEST_RUN } from './helpers/decisions';
 import { phaseInputOf } from '../protocols/load';
@@ -291,6 +294,41 @@ describe('ledger and budget check', () => {
     const s = fresh();
     s.budget.approvedMicros = 20_000; // $0.02: 20 s at $0.001/s
     expect(checkBudget(s, attemptReserveUsd(0.001, 0.001)).ok).toBe(false);
+  });
+
+  test('attempts side by side can never together be granted more than the approval, and each fits its own reserve', () => {
+    // Models dispatch one after another while the earlier ones are still in flight, as runModelsSideBySide does;
+    // each takes its grant as a time limit at its GPU's price and holds what that limit may cost.
+    fc.assert(
+      fc.property(
+        fc.integer({ min: 1, max: 20_000_000 }),
+        fc.array(fc.record({ reserveMicros: fc.integer({ min: 1, max: 5_000_000 }), usdPerSecond: fc.constantFrom(0.000306, 0.000583, 0.001097, 0.01) }), { minLength: 1, maxLength: 5 }),
+        fc.integer({ min: 1, max: 120 }),
+        (approvedMicros, models, timeoutMinutes) => {
+          let held = 0;
+          const approved = approvedMicros / 1e6;
+          // What the budget check reserves per attempt (its estimate, and at least MIN_ATTEMPT_SECONDS of its GPU).
+          const reserve = (m: (typeof models)[number]): number => attemptReserveUsd(m.reserveMicros / 1e6, m.usdPerSecond);
+          for (const [i, m] of models.entries()) {
+            const own = reserve(m);
+            const available = approved - held;
+            if (usdToMicros(available) < usdToMicros(own)) continue; // it waits; the next may still fit
+            const waiting = models.slice(i + 1).reduce((sum, w) => sum + reserve(w), 0);
+            const limit = attemptTimeoutSeconds(timeoutMinutes, attemptGrantUsd(available, own, waiting), m.usdPerSecond);
+            const cost = costUsd(limit, m.usdPerSecond);
+            expect(limit).toBeGreaterThanOrEqual(Math.min(timeoutMinutes * 60, Math.floor(own / m.usdPerSecond)));
+            held += cost;
+          }
+          expect(usdToMicros(held)).toBeLessThanOrEqual(approvedMicros + models.length); // a micro-dollar of rounding each
+        },
+      ),
+      { seed: 16, numRuns: 2000 },
+    );
+    // Two models whose reserves both fit share the rest by reserve, so both run at once within the approval.
+    expect(attemptGrantUsd(0.04, 0.0186, 0.0186)).toBeCloseTo(0.02, 10);
+    expect(attemptGrantUsd(0.04 - 0.02, 0.0186, 0)).toBeCloseTo(0.02, 10);
+    // When the waiting ones cannot fit beside it, it may use what is there: they dispatch when it ends.
+    expect(attemptGrantUsd(0.03, 0.0186, 0.0186)).toBe(0.03);
   });
 
   test('cost and back-off arithmetic', () => {

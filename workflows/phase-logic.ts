@@ -250,6 +250,19 @@ export function attemptReserveUsd(estimateUsd: number, usdPerSecond: number): nu
   return roundUsd(Math.max(estimateUsd, MIN_ATTEMPT_SECONDS * usdPerSecond));
 }
 
+/**
+ * What an attempt dispatched beside others may spend at most (its time limit is this over its GPU's price). It
+ * comes out of `availableUsd` (the approval less spent less what the attempts in flight may still spend), so the
+ * attempts in flight together can never spend past the approval. Room is kept for the models still waiting to
+ * dispatch (`waitingUsd`, their reserves): what is left over is shared with them by reserve. When they cannot fit
+ * beside it anyway, the attempt may use all that is available; they dispatch when it ends.
+ */
+export function attemptGrantUsd(availableUsd: number, ownUsd: number, waitingUsd: number): number {
+  const slack = availableUsd - ownUsd - waitingUsd;
+  if (slack < 0 || ownUsd + waitingUsd <= 0) return Math.max(0, availableUsd);
+  return ownUsd + (slack * ownUsd) / (ownUsd + waitingUsd);
+}
+
 /** Delay before attempt `attempt` (2, 3, ...) under the protocol's back-off. */
 export function retryDelaySeconds(retry: Protocol['retry'], attempt: number): number {
   return Math.min(MAX_RETRY_DELAY_SECONDS, retry.initial_interval_seconds * retry.backoff_coefficient ** Math.max(0, attempt - 2));

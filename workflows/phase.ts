@@ -66,6 +66,8 @@ import {
   spentUsd,
   attemptTimeoutSeconds,
   attemptReserveUsd,
+  attemptGrantUsd,
+  costUsd,
   startInputProblem,
   transition,
   validateApproveBudget,
@@ -178,6 +180,10 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
   };
   const moveTo = (status: PhaseStatus, why: string): void => {
     const before = state.status;
+    // An end is final: a model's step that was under way when a rejection (or a failure) ended the phase must not
+    // move it back to BUDGET_HOLD, which once sent a rejected phase on to scoring and FAILED (an adversarial probe
+    // found it; histories recorded before replay without this).
+    if (isTerminal(before) && status !== before && patched('an-end-is-final')) return;
     transition(state, status, nowIso(), why);
     publish();
     const event = announcedEvent(status);
@@ -329,19 +335,29 @@ function modelPlan(input: PhaseInput, state: PhaseState, model: ModelSpec): { us
 }
 
 /**
- * Every model at once, each through its own attempts, under one budget rule kept exact: before each dispatch, spent +
- * the estimates of every attempt in flight + this attempt's estimate must fit the approval, and the attempt may run
- * only as long as the approval less spent less the others' estimates can pay. A model that does not fit waits alone;
- * when nothing is in flight and a model still waits, the phase is in BUDGET_HOLD. The first model to fail for good
- * (or a rejection) stops the others.
+ * Every model at once, each through its own attempts, under one budget rule kept exact: an attempt in flight holds
+ * what it may spend at most (its time limit times its GPU's price), and before each dispatch, spent + what the
+ * attempts in flight hold + this attempt's estimate must fit the approval. The attempt's own limit comes out of what
+ * is left, less room for the models still waiting (`attemptGrantUsd`), so together they can never spend past the
+ * approval. A model that does not fit waits alone; when nothing is in flight and a model still waits, the phase is
+ * in BUDGET_HOLD. The first model to fail for good (or a rejection) stops the others.
+ *
+ * Histories recorded before the limits were held replay the older rule, which held each attempt's estimate only:
+ * the first attempt's limit then ignored the second, and two attempts together could spend up to almost twice the
+ * approval (found by an adversarial probe on the Modal double).
  */
 async function runModelsSideBySide(input: PhaseInput, state: PhaseState, moveTo: MoveTo, persist: () => Promise<void>): Promise<void> {
   const protocol = input.protocol;
+  const limitsHeld = patched('side-by-side-limits-held');
   const inFlight = new Map<string, number>();
   let changes = 0; // bumped whenever an attempt ends: a waiting model re-checks
   const others = (key: string): number => [...inFlight].reduce((sum, [k, usd]) => (k === key ? sum : sum + usd), 0);
   const scope = new CancellationScope();
   let ended = false; // FAILED or REJECTED: the other models stop
+  const todo = protocol.models.filter((m) => !succeeded(state.models.find((p) => p.modelKey === m.key) ?? { status: '' }));
+  /** The reserves of the other models that still wait to dispatch. */
+  const waitingUsd = (key: string): number =>
+    todo.filter((m) => m.key !== key && !inFlight.has(m.key) && !succeeded(state.models.find((p) => p.modelKey === m.key) ?? { status: '' })).reduce((sum, m) => sum + modelPlan(input, state, m).attemptUsd, 0);
 
   const runOne = async (model: ModelSpec): Promise<void> => {
     const { usdPerSecond, attemptUsd, progress } = modelPlan(input, state, model);
@@ -363,6 +379,7 @@ async function runModelsSideBySide(input: PhaseInput, state: PhaseState, moveTo:
           await condition(() => changes !== seen || ended);
         } else {
           await releaseLeftovers(input, state, 'budget hold');
+          if (ended && patched('an-end-is-final')) return; // rejected, or another model failed, meanwhile
           moveTo('BUDGET_HOLD', `${model.key} attempt ${attempt} needs $${check.neededUsd.toFixed(4)} (spent $${check.spentUsd.toFixed(4)} + estimate $${check.nextUsd.toFixed(4)}), approved $${check.approvedUsd.toFixed(4)}`);
           await persist();
           // A larger approval, a rejection, or another model's attempt ending (one that was in its back-off).
@@ -375,8 +392,17 @@ async function runModelsSideBySide(input: PhaseInput, state: PhaseState, moveTo:
         if (ended) return;
       }
       moveTo('RUNNING', `${model.key} attempt ${attempt}`);
-      inFlight.set(model.key, attemptUsd);
-      const limit = attemptTimeoutSeconds(model.timeout_minutes, state.budget.approvedUsd - spentUsd(state.ledger) - others(model.key), usdPerSecond);
+      const availableUsd = state.budget.approvedUsd - spentUsd(state.ledger) - others(model.key);
+      let limit: number;
+      if (limitsHeld) {
+        limit = attemptTimeoutSeconds(model.timeout_minutes, attemptGrantUsd(availableUsd, attemptUsd, waitingUsd(model.key)), usdPerSecond);
+        inFlight.set(model.key, costUsd(limit, usdPerSecond));
+      } else {
+        inFlight.set(model.key, attemptUsd);
+        limit = attemptTimeoutSeconds(model.timeout_minutes, availableUsd, usdPerSecond);
+      }
+      const held = inFlight.get(model.key)!;
+      const spentBefore = spentUsd(state.ledger);
       let done: AttemptResult;
       try {
         done = await runAttempt(input, state, model, attempt, limit, persist);
@@ -390,11 +416,17 @@ async function runModelsSideBySide(input: PhaseInput, state: PhaseState, moveTo:
         ended = true;
         return;
       }
+      // A detached call of this attempt may run on through the back-off (the next attempt reattaches to it): what
+      // it may still spend stays held until then.
+      if (limitsHeld) inFlight.set(model.key, Math.max(0, held - (spentUsd(state.ledger) - spentBefore)));
       await sleep(Math.round(retryDelaySeconds(protocol.retry, attempt + 1) * 1000));
+      if (limitsHeld) {
+        inFlight.delete(model.key);
+        changes++;
+      }
     }
   };
 
-  const todo = protocol.models.filter((m) => !succeeded(state.models.find((p) => p.modelKey === m.key) ?? { status: '' }));
   // Settled, not raced: every model's attempt must have its ledger line before the phase moves on.
   const outcomes = await scope.run(() =>
     Promise.allSettled(
