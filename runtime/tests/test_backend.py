@@ -127,7 +127,9 @@ def test_steered_outputs_identical_across_methods_and_change_baseline(arch_setup
 
 def test_alpha_zero_leaves_outputs_unchanged(arch_setup: dict[str, Any]) -> None:
     loaded = arch_setup["loaded"]
-    delta = steering_delta(arch_setup["directions"]["hooks"].unit, 0.0, loaded.dtype, loaded.device)
+    # A zero delta (steering_delta refuses alpha 0, so it is made here): every backend's output is the
+    # baseline's.
+    delta = torch.zeros(loaded.hidden_size, dtype=loaded.dtype, device=loaded.device)
     outs = _generate_all(loaded, delta)
     baseline = _baseline(loaded)
     for method in METHODS:

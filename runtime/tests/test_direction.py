@@ -50,3 +50,23 @@ def test_delta_is_alpha_times_unit_in_model_dtype() -> None:
     delta = steering_delta(d.unit, 2.0, torch.bfloat16, torch.device("cpu"))
     assert delta.dtype == torch.bfloat16
     assert delta.float().tolist() == pytest.approx([1.2, 1.6], abs=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("alpha", "dtype", "what"),
+    [
+        (1e-46, torch.float32, "2 of its 3 elements underflow to 0"),
+        (1e-41, torch.bfloat16, "underflow to 0"),  # a subnormal float32, below bfloat16's smallest
+        (1e39, torch.float32, "it overflows"),
+        (1e5, torch.float16, "it overflows"),
+        (0.0, torch.float32, "2 of its 3 elements underflow to 0"),
+    ],
+)
+def test_a_delta_that_loses_the_direction_in_the_cast_is_refused(
+    alpha: float, dtype: torch.dtype, what: str
+) -> None:
+    unit = np.array([0.6, 0.0, 0.8], dtype=np.float32)
+    with pytest.raises(ValueError, match=f"steering.alpha: .* does not fit .*{what}"):
+        steering_delta(unit, alpha, dtype, torch.device("cpu"))
+    # A zero element of the direction may stay zero.
+    assert steering_delta(unit, 1e-3, dtype, torch.device("cpu"))[1].item() == 0.0

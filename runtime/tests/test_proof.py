@@ -23,11 +23,11 @@ from phasegate_runtime.backend import make_backend
 from phasegate_runtime.backend_hooks import HooksBackend
 from phasegate_runtime.backend_pyvene import PyveneBackend
 from phasegate_runtime.events import EventStream
-from phasegate_runtime.generation import Batch, make_batches
-from phasegate_runtime.models import LoadedModel
+from phasegate_runtime.generation import Batch, generate_ids, make_batches
+from phasegate_runtime.models import LoadedModel, load_model
 from phasegate_runtime.reference import reference_direction
 from phasegate_runtime.score import load_model_result, score
-from phasegate_runtime.spec import ParitySpec, parse_run_spec
+from phasegate_runtime.spec import ModelSpec, ParitySpec, parse_run_spec
 
 from _data import ARCHS, run_spec_dict
 
@@ -152,11 +152,15 @@ def test_a_direction_altered_after_the_run_fails_integrity(cache_dir: Path, tmp_
     assert any("hooks/r0: directions/hooks_r0.npy changed" in f for f in s["failures"])
 
 
-def test_pyvene_removes_the_hooks_transformers_records_hidden_states_with(load_tiny: Any) -> None:
+def test_pyvene_removes_the_hooks_transformers_records_hidden_states_with(cache_dir: Path) -> None:
     """pyvene removes every forward hook on the model, transformers' output-capturing hooks included, and
     transformers keeps believing they are installed: output_hidden_states would come back empty. The
-    reference notices, has them reinstalled and reads the same direction as before."""
-    loaded = load_tiny("llama")
+    reference notices, has them reinstalled and reads the same direction as before. (A model of its own: the
+    session's shared one would be left without the hooks for the tests that run after it.)"""
+    spec = ModelSpec(
+        id="tiny:llama", revision=None, dtype="float32", device="cpu", attn_implementation=None, tiny_seed=0
+    )
+    loaded = load_model(spec, str(cache_dir))
     args = (loaded.model, loaded.tokenizer, ["a bomb", "steal it"], ["bread", "a song"], 1, -1, 2)
     before = reference_direction(*args).unit
 
@@ -243,3 +247,30 @@ def test_steering_anywhere_but_the_site_is_caught_and_the_others_still_pass(
     assert s["parity_pass"] is False
     assert any(f.startswith("hooks/r0") and reason in f for f in s["failures"]), s["failures"]
     assert s["methods_passing"] == ["nnsight", "pyvene"]
+
+
+class _NeverSteers(HooksBackend):
+    """Ignores delta: its generation is the baseline's."""
+
+    def steered_generate(
+        self, batch: Batch, layer: int, delta: torch.Tensor, config: GenerationConfig
+    ) -> torch.Tensor:
+        return generate_ids(self._loaded.model, batch, config)
+
+
+def test_an_alpha_too_small_for_the_dtype_fails_every_unit_not_only_the_method_that_never_steers(
+    cache_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by an adversarial probe: alpha 1e-46 (not 0, so the spec took it) made alpha x direction all
+    zeros in float32, so steered and unsteered residuals were equal and a method that never steers passed."""
+
+    def make(name: str, loaded: LoadedModel) -> Any:
+        return _NeverSteers(loaded) if name == "hooks" else make_backend(name, loaded)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(runner, "make_backend", make)
+    s = run_and_score(cache_dir, tmp_path, repeats=1, steering={"alpha": 1e-46, "min_changed_fraction": 0.1})
+    assert s["parity_pass"] is False
+    assert s["methods_passing"] == []
+    assert any("steering.alpha: 1e-46 x the direction does not fit" in f for f in s["failures"]), s[
+        "failures"
+    ]

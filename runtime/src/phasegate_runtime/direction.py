@@ -54,5 +54,16 @@ def compute_direction(
 
 
 def steering_delta(unit: np.ndarray, alpha: float, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """alpha * the unit direction, formed in float32 and cast once: every method adds the identical tensor."""
-    return (alpha * torch.from_numpy(np.asarray(unit, dtype=np.float32))).to(dtype=dtype, device=device)
+    """alpha * the unit direction, formed in float32 and cast once: every method adds the identical tensor.
+
+    Refused (ValueError, naming ``steering.alpha``) when the cast loses the direction: an element that
+    underflows to 0 or overflows to infinity. A delta of zeros would make a method that never steers
+    indistinguishable from one that does (the site check compares the residual with raw + delta), which an
+    adversarial probe showed with alpha = 1e-46."""
+    source = torch.from_numpy(np.asarray(unit, dtype=np.float32))
+    delta = (alpha * source).to(dtype=dtype)
+    lost = int(((delta == 0) & (source != 0)).sum())
+    if lost or not bool(torch.isfinite(delta).all()):
+        what = f"{lost} of its {source.numel()} elements underflow to 0" if lost else "it overflows"
+        raise ValueError(f"steering.alpha: {alpha:g} x the direction does not fit {dtype}: {what}")
+    return delta.to(device=device)
