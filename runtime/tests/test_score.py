@@ -281,3 +281,24 @@ def test_one_method_proves_no_parity() -> None:
     s = score({"m": m}, PARITY)["models"]["m"]
     assert s["parity_pass"] is False
     assert s["failures"] == ["only 1 method was run: parity needs at least two to compare"]
+
+
+@pytest.mark.parametrize(
+    ("edit", "reason"),
+    [
+        # Found by an adversarial probe: "repeats": 0 skipped every pair and reference check, and passed.
+        (lambda r: r.update(repeats=0), "result.json: repeats is 0"),
+        (
+            lambda r: r.update(units=[u for u in r["units"] if u["method"] != "pyvene"]),
+            "result.json: its units",
+        ),
+        (lambda r: r.update(units=r["units"] + r["units"][:1]), "result.json: its units"),
+        (lambda r: r.update(native=r["native"][:2]), "result.json: its native cross-check units"),
+    ],
+)
+def test_a_result_whose_claims_do_not_match_its_records_fails(edit: Any, reason: str) -> None:
+    m = passing()
+    edit(m.result)
+    s = score({"m": m}, PARITY)["models"]["m"]
+    assert s["parity_pass"] is False
+    assert any(f.startswith(reason) for f in s["failures"]), s["failures"]

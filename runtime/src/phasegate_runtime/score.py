@@ -115,6 +115,8 @@ def _site_problems(name: str, checks: Mapping[str, Any], kinds: tuple[str, ...])
 
 
 _UNIT_CHECKS = ("reads", "steered")
+# A unit result.json claims but does not hold (scored as failed; see the claims check in score_model).
+_MISSING: dict[str, Any] = {"ok": False, "error": "missing from result.json"}
 
 
 def score_model(model: ModelResult, parity: ParitySpec) -> dict[str, Any]:
@@ -141,7 +143,7 @@ def score_model(model: ModelResult, parity: ParitySpec) -> dict[str, Any]:
         per_method[m] = entry
         for r in range(repeats):
             if (m, r) not in ok:
-                own_problems[m].append(f"{m}/r{r} failed: {units[(m, r)].get('error')}")
+                own_problems[m].append(f"{m}/r{r} failed: {units.get((m, r), _MISSING).get('error')}")
 
     pairs: list[dict[str, Any]] = []
     for a, b in itertools.combinations(methods, 2):
@@ -246,7 +248,7 @@ def score_model(model: ModelResult, parity: ParitySpec) -> dict[str, Any]:
     # The library-native cross-check.
     native: dict[str, Any] = {"methods": {}}
     for m in methods:
-        u, fast = natives[m], units[(m, 0)]
+        u, fast = natives.get(m, _MISSING), units.get((m, 0), _MISSING)
         identical = bool(u.get("ok")) and (m, 0) in ok and u["token_ids"] == fast["token_ids"]
         read = dirs.get((f"native:{m}", 0))
         native["methods"][m] = {
@@ -259,7 +261,7 @@ def score_model(model: ModelResult, parity: ParitySpec) -> dict[str, Any]:
         if not u.get("ok"):
             own_problems[m].append(f"native/{m} failed: {u.get('error')}")
         elif not identical:
-            n = _differing(u["token_ids"], fast["token_ids"])
+            n = _differing(u["token_ids"], fast.get("token_ids", []))
             own_problems[m].append(
                 f"native/{m}: token ids through the library's own generation differ from {m}/r0 on {n} eval "
                 "prompt(s)"
@@ -273,6 +275,19 @@ def score_model(model: ModelResult, parity: ParitySpec) -> dict[str, Any]:
 
     if len(methods) < 2:
         failures.append(f"only {len(methods)} method was run: parity needs at least two to compare")
+    # What result.json claims was run must be what its records hold: a file edited to "repeats": 0, or with
+    # a method's units dropped, once left nothing to compare and passed (an adversarial probe).
+    expected_units = {(m, r) for m in methods for r in range(repeats)}
+    if repeats < 1:
+        failures.append(
+            f"result.json: repeats is {repeats}: parity needs at least one repeat of every method"
+        )
+    if set(units) != expected_units or len(result["units"]) != len(expected_units):
+        failures.append(
+            f"result.json: its units are not each of methods {methods} x repeats {repeats} exactly once"
+        )
+    if sorted(natives) != methods or len(result["native"]) != len(methods):
+        failures.append(f"result.json: its native cross-check units are not one per method of {methods}")
 
     # A method passes on its own checks, then by agreeing with the largest group of methods that pass them too
     # (a strict majority): no method is the yardstick, so a deviating one cannot fail the others.
