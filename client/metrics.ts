@@ -24,7 +24,9 @@ export async function phaseMetrics(records: PhaseRecords, now: Date = new Date()
   const attempts = new Counter({ name: 'phasegate_attempts_total', help: 'Model attempts by outcome (ledger lines)', labelNames: ['outcome'], registers: [registry] });
   const runtime = new Counter({ name: 'phasegate_runtime_seconds_total', help: 'Runtime seconds charged, by GPU type', labelNames: ['gpu'], registers: [registry] });
   for (const status of [...ACTIVE_STATUSES, ...TERMINAL_STATUSES]) phases.set({ status }, 0);
-  for (const r of await records.list()) {
+  const listed = await records.list();
+  new Gauge({ name: 'phasegate_records_unreadable', help: 'Phase records that are there but cannot be read', registers: [registry] }).set(listed.unreadable.length);
+  for (const r of listed.records) {
     const s = r.state;
     phases.inc({ status: s.status });
     approved.set({ phase_id: r.phaseId }, s.budget.approvedUsd);

@@ -41,7 +41,7 @@ import {
 } from '../workflows/definitions';
 import { phaseWorkflow } from '../workflows/phase';
 import { decisionKey, decisionRecordProblems, gateProblems, lockHashOf, runPlan, spentUsd } from '../workflows/phase-logic';
-import type { PhaseRecord, PhaseRecords } from '../common/phase-records';
+import { RecordUnreadable, type PhaseRecord, type PhaseRecords } from '../common/phase-records';
 import { isStoreRef, type ArtifactStore } from '../common/artifact-store';
 import { PhaseError } from './errors';
 
@@ -56,22 +56,36 @@ export interface PhaseClient {
   store?: ArtifactStore;
 }
 
+/** The phase's record, null when it has none, or the error of one that is there but cannot be read. */
+async function readRecord(pc: PhaseClient, phaseId: string): Promise<PhaseRecord | null | RecordUnreadable> {
+  try {
+    return await pc.records.read(phaseId);
+  } catch (err) {
+    if (err instanceof RecordUnreadable) return err;
+    throw err;
+  }
+}
+
+const unreadable = (err: RecordUnreadable): PhaseError =>
+  new PhaseError('refused', `refused: ${err.message}; it is kept as it is: restore it (a backup, or the state in the frozen artifacts' phase.json) or move it aside`);
+
 /** The phase's record if it says FROZEN: final, and the answer whatever Temporal holds under the id. */
 async function frozenIn(pc: PhaseClient, phaseId: string): Promise<PhaseRecord | null> {
-  const record = await pc.records.read(phaseId);
-  return record?.state.status === 'FROZEN' ? record : null;
+  const record = await readRecord(pc, phaseId);
+  return record instanceof RecordUnreadable || record?.state.status !== 'FROZEN' ? null : record;
 }
 
 /** The phase's record when Temporal has no execution for it (deleted, or past retention); else null. */
 async function recordOnly(pc: PhaseClient, phaseId: string): Promise<PhaseRecord | null> {
-  const record = await pc.records.read(phaseId);
+  const record = await readRecord(pc, phaseId);
   if (record === null) return null;
   try {
     await handleOf(pc, phaseId).describe();
     return null;
   } catch (err) {
-    if (err instanceof WorkflowNotFoundError) return record;
-    throw err;
+    if (!(err instanceof WorkflowNotFoundError)) throw err;
+    if (record instanceof RecordUnreadable) throw unreadable(record);
+    return record;
   }
 }
 
@@ -113,7 +127,7 @@ export async function unmetPrerequisites(pc: PhaseClient, required: string[]): P
       break;
     }
     // A FROZEN phase whose history has passed retention is still frozen: its record says so.
-    if (!found) found = (await pc.records.list()).some((r) => r.phaseName === name && r.state.status === 'FROZEN');
+    if (!found) found = (await pc.records.list()).records.some((r) => r.phaseName === name && r.state.status === 'FROZEN');
     if (!found) unmet.push(name);
   }
   return unmet;
@@ -130,6 +144,9 @@ export async function startPhase(
   if (unmet.length > 0) {
     throw new PhaseError('refused', `refused: requires_frozen: phase(s) ${unmet.join(', ')} must be FROZEN before ${loaded.protocol.phase} may start`);
   }
+  // A record that cannot be read may have said FROZEN: nothing is started over it.
+  const existing = await readRecord(pc, phaseId);
+  if (existing instanceof RecordUnreadable) throw unreadable(existing);
   // A FROZEN record is final, whatever Temporal holds under the id now (a run started behind phasegate's back).
   const frozenRecord = await frozenIn(pc, phaseId);
   const gone = frozenRecord ?? (await recordOnly(pc, phaseId));
@@ -460,11 +477,14 @@ export async function listPhases(pc: PhaseClient, limit = 100): Promise<PhaseSum
   }
   // Phases Temporal no longer has (past retention, or deleted) are still phases: listed from their records.
   const listed = new Set(out.map((p) => p.phaseId));
-  for (const r of await pc.records.list()) {
+  const { records, unreadable: unreadableIds } = await pc.records.list();
+  for (const r of records) {
     if (out.length >= limit) break;
     if (listed.has(r.phaseId) || (await recordOnly(pc, r.phaseId)) === null) continue;
     out.push({ phaseId: r.phaseId, phase: r.phaseName, status: r.state.status, workflowStatus: RECORD_ONLY, startTime: r.state.startedAt });
   }
+  // A record that cannot be read is still listed, so that nobody mistakes it for no phase at all.
+  for (const phaseId of unreadableIds) if (!listed.has(phaseId) && out.length < limit) out.push({ phaseId, phase: '', status: 'RECORD UNREADABLE', workflowStatus: RECORD_ONLY, startTime: '' });
   return out;
 }
 
@@ -499,7 +519,9 @@ export interface PhaseVerification extends VerifyReport {
 
 /** The phase's start input: from its record, else from Temporal's history (for phases older than their records). */
 export async function phaseInput(pc: PhaseClient, phaseId: string): Promise<PhaseInput> {
-  return (await pc.records.read(checkPhaseId(phaseId)))?.input ?? (await startInputFromHistory(pc, phaseId));
+  const record = await readRecord(pc, checkPhaseId(phaseId));
+  if (record instanceof RecordUnreadable) throw unreadable(record);
+  return record?.input ?? (await startInputFromHistory(pc, phaseId));
 }
 
 /** The start input of a phase's first run, from Temporal's history (for phases older than their records). */

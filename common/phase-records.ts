@@ -10,6 +10,11 @@
  * half of either. With workers on several hosts the records live in the shared artifact store instead
  * (`records/<phaseId>.json` in the bucket, common/artifact-store.ts), so a record written by one worker is read by
  * another worker and by the CLI on any host. A FROZEN record is final: no later write replaces it.
+ *
+ * A record that cannot be read (not JSON, or not a phase record: a disk error, a hand edit) is never silently
+ * dropped or overwritten: `list` leaves it out and names it, `read` says so (a start is refused), and the running
+ * phase's own next write keeps the unreadable bytes beside the record (`<phaseId>.json.unreadable-<time>`) before
+ * it writes its state, which holds everything the record did.
  */
 import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import path from 'node:path';
@@ -37,13 +42,45 @@ export class RecordRefused extends Error {
   override readonly name = 'RecordRefused';
 }
 
+/** A record that is there but cannot be read; the message names the phase, never the record's content. */
+export class RecordUnreadable extends Error {
+  override readonly name = 'RecordUnreadable';
+}
+
+/** The records `list` found: the readable ones, newest first, and the phase ids whose record is unreadable. */
+export interface RecordList {
+  records: PhaseRecord[];
+  unreadable: string[];
+}
+
+const isObject = (v: unknown): v is Record<string, unknown> => v !== null && typeof v === 'object' && !Array.isArray(v);
+
+/** A record's text as a record of `phaseId`, or RecordUnreadable (naming what is wrong, not quoting the text). */
+function parseRecord(text: string, phaseId: string): PhaseRecord {
+  let value: unknown;
+  try {
+    value = JSON.parse(text);
+  } catch {
+    throw new RecordUnreadable(`the record of phase ${phaseId} is unreadable: not JSON (${text.length} bytes)`);
+  }
+  const state = isObject(value) ? value.state : undefined;
+  if (!isObject(value) || value.phaseId !== phaseId || !isObject(state) || typeof state.status !== 'string' || !Array.isArray(state.ledger) || typeof value.updatedAt !== 'string') {
+    throw new RecordUnreadable(`the record of phase ${phaseId} is unreadable: not a phase record of this phase`);
+  }
+  return value as unknown as PhaseRecord;
+}
+
+/** A name beside the record for its unreadable bytes, which `list` does not take for a record. */
+const asideName = (name: string, now: Date): string => `${name}.unreadable-${now.toISOString().replace(/[:.]/g, '-')}`;
+
 const PHASE_ID = /^[a-z0-9][a-z0-9-]{0,199}$/;
 
 /** Where phase records are kept: a folder on this host, or the shared artifact store. */
 export interface PhaseRecords {
+  /** The phase's record; null when there is none; RecordUnreadable when it is there but cannot be read. */
   read(phaseId: string): Promise<PhaseRecord | null>;
-  /** Every record, newest first. */
-  list(): Promise<PhaseRecord[]>;
+  /** Every readable record, newest first, and the ids of unreadable ones. */
+  list(): Promise<RecordList>;
   write(input: PhaseInput, state: PhaseState, now?: Date): Promise<PhaseRecord>;
 }
 
@@ -96,28 +133,37 @@ export class PhaseRecordStore implements PhaseRecords {
   }
 
   private readSync(phaseId: string): PhaseRecord | null {
+    let text: string;
     try {
-      return JSON.parse(readFileSync(this.file(phaseId), 'utf8')) as PhaseRecord;
+      text = readFileSync(this.file(phaseId), 'utf8');
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT' || err instanceof RecordRefused) return null;
       throw err;
     }
+    return parseRecord(text, phaseId);
   }
 
-  list(): Promise<PhaseRecord[]> {
+  list(): Promise<RecordList> {
     let names: string[];
     try {
-      names = readdirSync(this.dir).filter((n) => n.endsWith('.json'));
+      names = readdirSync(this.dir).filter((n) => n.endsWith('.json') && !n.startsWith('.'));
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return Promise.resolve([]);
+      if ((err as NodeJS.ErrnoException).code === 'ENOENT') return Promise.resolve({ records: [], unreadable: [] });
       throw err;
     }
-    const records = names.map((n) => this.readSync(n.slice(0, -'.json'.length))).filter((r): r is PhaseRecord => r !== null);
-    return Promise.resolve(records.sort(newestFirst));
+    return Promise.resolve(collect(names.map((n) => n.slice(0, -'.json'.length)), (id) => this.readSync(id)));
   }
 
   write(input: PhaseInput, state: PhaseState, now: Date = new Date()): Promise<PhaseRecord> {
-    const record = nextRecord(this.readSync(input.phaseId), input, state, now);
+    let existing: PhaseRecord | null = null;
+    try {
+      existing = this.readSync(input.phaseId);
+    } catch (err) {
+      if (!(err instanceof RecordUnreadable)) throw err;
+      const file = this.file(input.phaseId);
+      renameSync(file, asideName(file, now));
+    }
+    const record = nextRecord(existing, input, state, now);
     writeDurably(this.file(input.phaseId), `${JSON.stringify(record, null, 2)}\n`);
     return Promise.resolve(record);
   }
@@ -133,20 +179,48 @@ export class StoredPhaseRecords implements PhaseRecords {
   async read(phaseId: string): Promise<PhaseRecord | null> {
     if (!PHASE_ID.test(phaseId)) return null;
     const text = await this.store.getText(`records/${phaseId}.json`);
-    return text === null ? null : (JSON.parse(text) as PhaseRecord);
+    return text === null ? null : parseRecord(text, phaseId);
   }
 
-  async list(): Promise<PhaseRecord[]> {
+  async list(): Promise<RecordList> {
     const ids = (await this.store.list('records/')).filter((k) => k.endsWith('.json')).map((k) => k.slice('records/'.length, -'.json'.length));
-    const records = await Promise.all(ids.map((id) => this.read(id)));
-    return records.filter((r): r is PhaseRecord => r !== null).sort(newestFirst);
+    const texts = await Promise.all(ids.map(async (id) => [id, await this.store.getText(`records/${id}.json`)] as const));
+    const byId = new Map(texts);
+    return collect(ids, (id) => {
+      const text = byId.get(id);
+      return text === null || text === undefined ? null : parseRecord(text, id);
+    });
   }
 
   async write(input: PhaseInput, state: PhaseState, now: Date = new Date()): Promise<PhaseRecord> {
-    const record = nextRecord(await this.read(checkPhaseId(input.phaseId)), input, state, now);
+    const key = `records/${checkPhaseId(input.phaseId)}.json`;
+    let existing: PhaseRecord | null = null;
+    try {
+      existing = await this.read(input.phaseId);
+    } catch (err) {
+      if (!(err instanceof RecordUnreadable)) throw err;
+      await this.store.putText(asideName(key, now), (await this.store.getText(key)) ?? '');
+    }
+    const record = nextRecord(existing, input, state, now);
     await this.store.putText(`records/${input.phaseId}.json`, `${JSON.stringify(record, null, 2)}\n`);
     return record;
   }
+}
+
+/** Reads each id's record: the readable ones newest first, the unreadable ones named. */
+function collect(ids: string[], read: (id: string) => PhaseRecord | null): RecordList {
+  const records: PhaseRecord[] = [];
+  const unreadable: string[] = [];
+  for (const id of ids) {
+    try {
+      const r = read(id);
+      if (r !== null) records.push(r);
+    } catch (err) {
+      if (!(err instanceof RecordUnreadable)) throw err;
+      unreadable.push(id);
+    }
+  }
+  return { records: records.sort(newestFirst), unreadable: unreadable.sort() };
 }
 
 /** Replaces `file` so that a crash at any point leaves either the old content or the new, both on disk. */

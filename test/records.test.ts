@@ -7,12 +7,15 @@
  */
 import path from 'node:path';
 import { WorkflowNotFoundError } from '@temporalio/client';
-import { cpSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import { makeWritable } from '../activities/freeze';
 import { renderManifest } from '../activities/manifest';
 import { getPlan, getState, getStatus, listPhases, PhaseError, RECORD_ONLY, reopenPhase, startPhase, verifyFrozenDir, verifyPhase, waitForStatus } from '../client/phases';
 import { repoRoot } from '../common/config';
+import { PhaseRecordStore } from '../common/phase-records';
+import { phaseInputOf } from '../protocols/load';
+import { initialState } from '../workflows/phase-logic';
 import { approveAs, reviewAs, testKeys } from './helpers/decisions';
 import { rejection } from './helpers/errors';
 import { phaseResult, repoPaths, serverPerFile, testProtocol, testWorker, runProcess } from './helpers/temporal';
@@ -113,6 +116,29 @@ test('deleted from Temporal, a FROZEN and a FAILED phase still answer every comm
     expect((await getState(pc, reopened.phaseId)).reopenOf).toEqual({ phaseId: frozen.phaseId, defect: 'a defect found later' });
     await server.env.client.workflow.getHandle(reopened.phaseId).cancel();
   });
+});
+
+test('an unreadable record is listed and kept: nothing is started over it, and its phase keeps its bytes aside', async () => {
+  // An adversarial probe: one truncated record made `list` throw for every phase, and its phase's record writes
+  // retry forever.
+  const { pc } = await testWorker(server, 'rec-unreadable');
+  const loaded = testProtocol('rec-unreadable', oneModel);
+  const store = pc.records as PhaseRecordStore;
+  const file = path.join(store.dir, `${loaded.phaseId}.json`);
+  mkdirSync(store.dir, { recursive: true });
+  writeFileSync(file, '{"phaseId": "secret text, truncated mid-wr');
+  const refused = await rejection(startPhase(pc, loaded), PhaseError);
+  expect(refused.kind).toBe('refused');
+  expect(refused.message).toMatch(/record of phase .* is unreadable: not JSON/);
+  expect(refused.message).not.toContain('secret text');
+  expect((await listPhases(pc)).find((p) => p.phaseId === loaded.phaseId)?.status).toBe('RECORD UNREADABLE');
+  // The phase's own write (its workflow's state holds all the record did) keeps the unreadable bytes beside it.
+  await store.write(phaseInputOf(loaded), initialState(phaseInputOf(loaded), new Date().toISOString()));
+  expect((await store.read(loaded.phaseId))?.state.status).toBe('AWAITING_BUDGET');
+  const aside = readdirSync(store.dir).filter((n) => n.startsWith(`${loaded.phaseId}.json.unreadable-`));
+  expect(aside).toHaveLength(1);
+  expect(readFileSync(path.join(store.dir, aside[0]!), 'utf8')).toContain('secret text');
+  expect((await store.list()).unreadable).toEqual([]);
 });
 
 test('a cancel that arrives while the phase freezes leaves it FROZEN', async () => {

@@ -7,7 +7,7 @@ import { mkdirSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ArtifactStoreError, childRef, fetchFile, parentRef, S3ArtifactStore, type S3StoreConfig } from '../../common/artifact-store';
-import { RecordRefused, StoredPhaseRecords } from '../../common/phase-records';
+import { RecordRefused, RecordUnreadable, StoredPhaseRecords } from '../../common/phase-records';
 import { phaseInputOf } from '../../protocols/load';
 import { initialState } from '../../workflows/phase-logic';
 import { startMinio, type Minio } from '../helpers/cluster';
@@ -70,10 +70,33 @@ test('phase records live in the store: written by one worker, read by another, F
   const state = initialState(input, '2026-01-01T00:00:00.000Z');
   await a.write(input, state);
   expect((await b.read(input.phaseId))?.state.status).toBe('AWAITING_BUDGET');
-  expect((await b.list()).map((r) => r.phaseId)).toContain(input.phaseId);
+  expect((await b.list()).records.map((r) => r.phaseId)).toContain(input.phaseId);
   await a.write(input, { ...state, status: 'FROZEN' });
   await expect(b.write(input, { ...state, status: 'RUNNING' })).rejects.toBeInstanceOf(RecordRefused);
   expect(await b.read('no-such-phase')).toBeNull();
+});
+
+test('an unreadable record in the store is named by list, not dropped, and kept aside when its phase writes again', async () => {
+  const store = new S3ArtifactStore(config());
+  const records = new StoredPhaseRecords(store);
+  const input = phaseInputOf(testProtocol('store-unreadable'));
+  const good = phaseInputOf(testProtocol('store-readable'));
+  await records.write(good, initialState(good, '2026-01-01T00:00:00.000Z'));
+  const key = `records/${input.phaseId}.json`;
+  await store.putText(key, '{"phaseId": "truncated mid-wr');
+  const listed = await records.list();
+  expect(listed.unreadable).toEqual([input.phaseId]);
+  expect(listed.records.map((r) => r.phaseId)).toContain(good.phaseId);
+  const err = await records.read(input.phaseId).catch((e: unknown) => e);
+  expect(err).toBeInstanceOf(RecordUnreadable);
+  expect((err as Error).message).not.toContain('truncated');
+  await records.write(input, initialState(input, '2026-01-01T00:00:00.000Z'));
+  expect((await records.read(input.phaseId))?.state.status).toBe('AWAITING_BUDGET');
+  const aside = (await store.list('records/')).filter((k) => k.startsWith(`${key}.unreadable-`));
+  expect(aside).toHaveLength(1);
+  expect(await store.getText(aside[0]!)).toBe('{"phaseId": "truncated mid-wr');
+  expect((await records.list()).unreadable).toEqual([]);
+  store.destroy();
 });
 
 test('wrong credentials are refused (not retried); a store nobody listens on is unavailable', async () => {
