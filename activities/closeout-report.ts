@@ -175,6 +175,7 @@ function scopeOfClaim(p: Protocol, scores: ModelScore[]): string[] {
     `${decoder}; only repeat 0 of each method is also generated through the library's own generation path on transformers' generate (the native cross-check).${asRun.length > 0 ? ` As run: ${asRun.join('; ')}.` : ''}`,
     "every method's activation reads pass explicit position_ids counted from each row's first real token; the native cross-check reports the cosine without them.",
     `cosines and L2 are computed in float64 from float32 unit vectors of ${dtypes} activations; the seed's figures were float32.`,
+    "the site check sees the residual between blocks at every position of every pass, and each block's output over the prompts; an edit inside a block during decode steps only, or inside a block after the site, is not seen by it: only the token ids compared across methods and with the native cross-check would show it, where it changes a token.",
   ];
 }
 

@@ -173,7 +173,8 @@ test('the lock shows numerics and min_changed_fraction; class definitions and th
   );
   expect(limitations).toContain("2. **Scope of the claim:** every method's activation reads pass explicit position_ids counted from each row's first real token; the native cross-check reports the cosine without them.");
   expect(limitations).toContain("3. **Scope of the claim:** cosines and L2 are computed in float64 from float32 unit vectors of bfloat16 (qwen-7b), float32 (tiny-qwen2) activations; the seed's figures were float32.");
-  expect(limitations).toContain('4. Tiny random-weight models');
+  expect(limitations).toContain('4. **Scope of the claim:** the site check sees the residual between blocks');
+  expect(limitations).toContain('5. Tiny random-weight models');
 });
 
 test('the default numerics enter the lock table and the scope of the claim', () => {
