@@ -14,7 +14,8 @@
  * A record that cannot be read (not JSON, or not a phase record: a disk error, a hand edit) is never silently
  * dropped or overwritten: `list` leaves it out and names it, `read` says so (a start is refused), and the running
  * phase's own next write keeps the unreadable bytes beside the record (`<phaseId>.json.unreadable-<time>`) before
- * it writes its state, which holds everything the record did.
+ * it writes its state, which holds everything the record did. A phase that has applied no decision yet (a start,
+ * perhaps straight through Temporal over a record that said FROZEN) is refused instead: it has nothing to keep.
  */
 import { closeSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, writeSync } from 'node:fs';
 import path from 'node:path';
@@ -72,6 +73,13 @@ function parseRecord(text: string, phaseId: string): PhaseRecord {
 
 /** A name beside the record for its unreadable bytes, which `list` does not take for a record. */
 const asideName = (name: string, now: Date): string => `${name}.unreadable-${now.toISOString().replace(/[:.]/g, '-')}`;
+
+/** Whether `state` may be written over an unreadable record (its bytes kept aside): only a phase with decisions. */
+function mayReplaceUnreadable(err: RecordUnreadable, state: PhaseState): void {
+  if (state.appliedDecisions.length === 0) {
+    throw new RecordRefused(`${err.message}: a phase with no decision yet is not recorded over it (it may have said FROZEN); restore the record or move it aside`);
+  }
+}
 
 const PHASE_ID = /^[a-z0-9][a-z0-9-]{0,199}$/;
 
@@ -154,18 +162,21 @@ export class PhaseRecordStore implements PhaseRecords {
     return Promise.resolve(collect(names.map((n) => n.slice(0, -'.json'.length)), (id) => this.readSync(id)));
   }
 
-  write(input: PhaseInput, state: PhaseState, now: Date = new Date()): Promise<PhaseRecord> {
+  // async: a refusal is a rejected promise, as from the shared store.
+  // eslint-disable-next-line @typescript-eslint/require-await
+  async write(input: PhaseInput, state: PhaseState, now: Date = new Date()): Promise<PhaseRecord> {
     let existing: PhaseRecord | null = null;
     try {
       existing = this.readSync(input.phaseId);
     } catch (err) {
       if (!(err instanceof RecordUnreadable)) throw err;
+      mayReplaceUnreadable(err, state);
       const file = this.file(input.phaseId);
       renameSync(file, asideName(file, now));
     }
     const record = nextRecord(existing, input, state, now);
     writeDurably(this.file(input.phaseId), `${JSON.stringify(record, null, 2)}\n`);
-    return Promise.resolve(record);
+    return record;
   }
 }
 
@@ -199,6 +210,7 @@ export class StoredPhaseRecords implements PhaseRecords {
       existing = await this.read(input.phaseId);
     } catch (err) {
       if (!(err instanceof RecordUnreadable)) throw err;
+      mayReplaceUnreadable(err, state);
       await this.store.putText(asideName(key, now), (await this.store.getText(key)) ?? '');
     }
     const record = nextRecord(existing, input, state, now);

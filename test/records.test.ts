@@ -132,9 +132,12 @@ test('an unreadable record is listed and kept: nothing is started over it, and i
   expect(refused.message).toMatch(/record of phase .* is unreadable: not JSON/);
   expect(refused.message).not.toContain('secret text');
   expect((await listPhases(pc)).find((p) => p.phaseId === loaded.phaseId)?.status).toBe('RECORD UNREADABLE');
-  // The phase's own write (its workflow's state holds all the record did) keeps the unreadable bytes beside it.
-  await store.write(phaseInputOf(loaded), initialState(phaseInputOf(loaded), new Date().toISOString()));
-  expect((await store.read(loaded.phaseId))?.state.status).toBe('AWAITING_BUDGET');
+  // A start straight through Temporal (no decision yet) is not recorded over it: it may have said FROZEN.
+  const fresh = initialState(phaseInputOf(loaded), new Date().toISOString());
+  await expect(store.write(phaseInputOf(loaded), fresh)).rejects.toThrow(/a phase with no decision yet is not recorded over it/);
+  // A running phase's own write (its state holds all the record did) keeps the unreadable bytes beside it.
+  await store.write(phaseInputOf(loaded), { ...fresh, status: 'AWAITING_REVIEW', appliedDecisions: ['approve:demo-approver:1000000'] });
+  expect((await store.read(loaded.phaseId))?.state.status).toBe('AWAITING_REVIEW');
   const aside = readdirSync(store.dir).filter((n) => n.startsWith(`${loaded.phaseId}.json.unreadable-`));
   expect(aside).toHaveLength(1);
   expect(readFileSync(path.join(store.dir, aside[0]!), 'utf8')).toContain('secret text');

@@ -90,7 +90,9 @@ test('an unreadable record in the store is named by list, not dropped, and kept 
   const err = await records.read(input.phaseId).catch((e: unknown) => e);
   expect(err).toBeInstanceOf(RecordUnreadable);
   expect((err as Error).message).not.toContain('truncated');
-  await records.write(input, initialState(input, '2026-01-01T00:00:00.000Z'));
+  const fresh = initialState(input, '2026-01-01T00:00:00.000Z');
+  await expect(records.write(input, fresh)).rejects.toBeInstanceOf(RecordRefused);
+  await records.write(input, { ...fresh, appliedDecisions: ['approve:demo-approver:1000000'] });
   expect((await records.read(input.phaseId))?.state.status).toBe('AWAITING_BUDGET');
   const aside = (await store.list('records/')).filter((k) => k.startsWith(`${key}.unreadable-`));
   expect(aside).toHaveLength(1);
