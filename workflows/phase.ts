@@ -67,6 +67,7 @@ import {
   attemptTimeoutSeconds,
   attemptReserveUsd,
   attemptGrantUsd,
+  type BudgetCheck,
   costUsd,
   startInputProblem,
   transition,
@@ -149,6 +150,9 @@ export async function phaseWorkflow(input: PhaseInput): Promise<PhaseState> {
   const continued = info.continuedFromExecutionRunId !== undefined && info.cronSchedule === undefined && info.attempt === 1;
   const refused = startInputProblem(input, continued);
   if (refused !== null) throw ApplicationFailure.create({ type: ErrorTypes.invalidInput, message: `refused start input: ${refused}`, nonRetryable: true });
+  if (input.resume?.run !== undefined && input.resume.run !== info.firstExecutionRunId) {
+    throw ApplicationFailure.create({ type: ErrorTypes.invalidInput, message: 'refused start input: resume.run: the resumed state is of another run of this phase', nonRetryable: true });
+  }
   const state: PhaseState = input.resume ?? initialState(input, nowIso());
   // What the previous run carried, copied before any handler can apply a decision to `state` (the same object):
   // a decision that arrives with this run's first task must not make the check below refuse the phase.
@@ -359,10 +363,15 @@ async function runModelsSideBySide(input: PhaseInput, state: PhaseState, moveTo:
   const waitingUsd = (key: string): number =>
     todo.filter((m) => m.key !== key && !inFlight.has(m.key) && !succeeded(state.models.find((p) => p.modelKey === m.key) ?? { status: '' })).reduce((sum, m) => sum + modelPlan(input, state, m).attemptUsd, 0);
 
+  // The phase has ended for every model: one failed for good, or a decision ended it (a rejection arrives while
+  // one model waits at the gate and others wait elsewhere: each must see it, not only the one at the gate).
+  const over = (): boolean => ended || (limitsHeld && isTerminal(state.status));
+  let releasing = 0; // leftovers being released: releaseCompute stops every model's calls, so nothing dispatches
+
   const runOne = async (model: ModelSpec): Promise<void> => {
     const { usdPerSecond, attemptUsd, progress } = modelPlan(input, state, model);
     if (progress === undefined) return;
-    while (!succeeded(progress) && !ended) {
+    while (!succeeded(progress) && !over()) {
       const attempt = progress.attempts + 1;
       if (attempt > protocol.retry.max_attempts) {
         progress.status = 'failed';
@@ -371,25 +380,40 @@ async function runModelsSideBySide(input: PhaseInput, state: PhaseState, moveTo:
         ended = true;
         return;
       }
-      for (let check = checkBudget(state, attemptUsd, others(model.key)); !check.ok; check = checkBudget(state, attemptUsd, others(model.key))) {
+      const need = (): BudgetCheck => checkBudget(state, attemptUsd, others(model.key));
+      for (let check = need(); !check.ok; check = need()) {
         const seen = changes;
         const approvedBefore = state.budget.approvedUsd;
-        if (inFlight.size > 0) {
+        if (inFlight.size > 0 || (limitsHeld && releasing > 0)) {
           // Other attempts may leave room when they end: wait for that, not for a person.
-          await condition(() => changes !== seen || ended);
+          await condition(() => changes !== seen || over());
         } else {
-          await releaseLeftovers(input, state, 'budget hold');
-          if (ended && patched('an-end-is-final')) return; // rejected, or another model failed, meanwhile
+          if (limitsHeld) releasing++;
+          try {
+            await releaseLeftovers(input, state, 'budget hold');
+          } finally {
+            if (limitsHeld) {
+              releasing--;
+              changes++;
+            }
+          }
+          if (over() && patched('an-end-is-final')) return; // rejected, or another model failed, meanwhile
+          if (limitsHeld && inFlight.size > 0) continue; // another model dispatched meanwhile: check again
           moveTo('BUDGET_HOLD', `${model.key} attempt ${attempt} needs $${check.neededUsd.toFixed(4)} (spent $${check.spentUsd.toFixed(4)} + estimate $${check.nextUsd.toFixed(4)}), approved $${check.approvedUsd.toFixed(4)}`);
           await persist();
           // A larger approval, a rejection, or another model's attempt ending (one that was in its back-off).
-          await waitForGate(state, 'budget', protocol.budget.deadline_hours, () => state.budget.approvedUsd > approvedBefore || state.budget.rejection !== null || changes !== seen || ended);
+          await waitForGate(state, 'budget', protocol.budget.deadline_hours, () => state.budget.approvedUsd > approvedBefore || state.budget.rejection !== null || changes !== seen || over());
           if (state.budget.rejection !== null && !ended) {
             moveTo('REJECTED', `budget rejected during hold by ${state.budget.rejection.by}`);
             ended = true;
           }
         }
-        if (ended) return;
+        if (over()) return;
+      }
+      if (limitsHeld && releasing > 0) {
+        // Not while another model's leftovers are being stopped (its releaseCompute would stop this call too).
+        await condition(() => releasing === 0 || over());
+        continue;
       }
       moveTo('RUNNING', `${model.key} attempt ${attempt}`);
       const availableUsd = state.budget.approvedUsd - spentUsd(state.ledger) - others(model.key);
@@ -402,7 +426,7 @@ async function runModelsSideBySide(input: PhaseInput, state: PhaseState, moveTo:
         limit = attemptTimeoutSeconds(model.timeout_minutes, availableUsd, usdPerSecond);
       }
       const held = inFlight.get(model.key)!;
-      const spentBefore = spentUsd(state.ledger);
+      const linesBefore = state.ledger.length;
       let done: AttemptResult;
       try {
         done = await runAttempt(input, state, model, attempt, limit, persist);
@@ -416,9 +440,14 @@ async function runModelsSideBySide(input: PhaseInput, state: PhaseState, moveTo:
         ended = true;
         return;
       }
-      // A detached call of this attempt may run on through the back-off (the next attempt reattaches to it): what
-      // it may still spend stays held until then.
-      if (limitsHeld) inFlight.set(model.key, Math.max(0, held - (spentUsd(state.ledger) - spentBefore)));
+      if (limitsHeld) {
+        // A detached call of this attempt may run on through the back-off (the next attempt reattaches to it):
+        // what it may still spend (its hold less what this model's lines have charged since) stays held until then.
+        // (Not carried into the next attempt's hold: that would hold most of the approval twice; a reattached
+        // call's back-off seconds are charged to the next attempt, a gap the README names.)
+        const charged = state.ledger.slice(linesBefore).reduce((sum, e) => (e.modelKey === model.key ? sum + e.usd : sum), 0);
+        inFlight.set(model.key, Math.max(0, held - charged));
+      }
       await sleep(Math.round(retryDelaySeconds(protocol.retry, attempt + 1) * 1000));
       if (limitsHeld) {
         inFlight.delete(model.key);
@@ -432,13 +461,13 @@ async function runModelsSideBySide(input: PhaseInput, state: PhaseState, moveTo:
     Promise.allSettled(
       todo.map(async (m) => {
         await runOne(m);
-        if (ended) scope.cancel(); // the phase failed or was rejected: the other models' attempts stop
+        if (over()) scope.cancel(); // the phase failed or was rejected: the other models' attempts stop
       }),
     ),
   );
   for (const o of outcomes) {
     // Attempts stopped because another model ended the phase are on the ledger; a user's cancel goes on up.
-    if (o.status === 'rejected' && !(ended && isCancellation(o.reason))) throw o.reason;
+    if (o.status === 'rejected' && !(over() && isCancellation(o.reason))) throw o.reason;
   }
 }
 
