@@ -143,14 +143,10 @@ async function freezeLocally(deps: FreezeDeps, freeze: FreezeInput, heartbeat: (
     const result = parseRuntimeResult(resultPath);
     const runDir = path.dirname(resultPath);
     // Every file the proof reads (the reference's and the native reads' directions too), so that the frozen
-    // artifacts can be scored again; the run writes them all under directions/.
+    // artifacts can be scored again; the result's schema keeps them all in the run's directions/.
     const directions: string[] = [];
     for (const file of resultFiles(result)) {
-      const inner = path.relative('directions', file);
-      const rel = path.join('directions', model.key, inner);
-      if (path.isAbsolute(file) || inner.startsWith('..')) {
-        throw ApplicationFailure.create({ type: ErrorTypes.invalidInput, message: `the result of ${model.key} names ${file}, outside its directions/ folder`, nonRetryable: true });
-      }
+      const rel = path.join('directions', model.key, path.basename(file));
       mkdirSync(path.join(dir, path.dirname(rel)), { recursive: true });
       copyFileSync(path.join(runDir, file), path.join(dir, rel));
       directions.push(rel);

@@ -8,8 +8,14 @@ import type { ModelScore } from '../workflows/definitions';
 
 const nullableNumber = z.number().nullable();
 
+/**
+ * A file a run's records name: a direction array in its run folder's `directions/`, never a path that climbs out
+ * (a result from a remote container names files the worker then uploads and freezes).
+ */
+const runFile = z.string().regex(/^directions\/[A-Za-z0-9_][A-Za-z0-9_.-]*\.npy$/, 'must name a .npy file in the run\'s directions/ folder');
+
 /** What every record of a run lists: the files it wrote or used (path relative to the run folder -> sha256). */
-const fileRecord = { files: z.record(z.string(), z.string()).optional(), direction_file: z.string().nullable().optional() };
+const fileRecord = { files: z.record(runFile, z.string()).optional(), direction_file: runFile.nullable().optional() };
 
 export const runtimeResultSchema = z.looseObject({
   result_version: z.number(),
