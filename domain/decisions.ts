@@ -167,13 +167,14 @@ export function signatureRecord(d: SignedDecision, publicKey: string): Signature
  * Re-checks a recorded decision from scratch (used on a resumed state and by offline `verify`): it was signed by
  * the person recorded, with the key the locked roster names for them, for this phase, and the signature holds.
  */
-export function recordProblem(r: SignatureRecord, lock: { phaseId: string; protocolHash: string; people: Record<string, string>; run?: string }): string | null {
+export function recordProblem(r: SignatureRecord, lock: { phaseId: string; protocolHash: string; people: Record<string, string>; run?: string | null }): string | null {
   const d = r.signed;
   const shape = decisionShapeProblem(d, d.kind);
   if (shape !== null) return shape;
   const key = lock.people[d.by];
   if (key === undefined || key !== r.publicKey) return `${d.kind} by ${d.by}: the key it carries is not the one the protocol names for ${d.by}`;
   if (d.phaseId !== lock.phaseId || d.protocolHash !== lock.protocolHash) return `${d.kind} by ${d.by}: signed for another phase or protocol`;
+  // lock.run: the state's run (null: a state from before runs were bound, which holds no version 2 decision).
   if (lock.run !== undefined && d.v === 2 && d.run !== lock.run) return `${d.kind} by ${d.by}: signed for another run of this phase`;
   const bad = signatureProblem(d, key);
   return bad === null ? null : `${d.kind} by ${d.by}: ${bad}`;

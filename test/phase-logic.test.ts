@@ -42,7 +42,7 @@ const protocol = loaded.protocol;
 const input: PhaseInput = phaseInputOf(loaded);
 const ESTIMATE = { models: [], totalUsd: 0.5 };
 /** A phase at its budget gate with its estimate computed. */
-const fresh = (): PhaseState => ({ ...initialState(input, '2026-01-01T00:00:00.000Z'), estimate: ESTIMATE });
+const fresh = (): PhaseState => ({ ...initialState(input, '2026-01-01T00:00:00.000Z'), estimate: ESTIMATE, run: TEST_RUN });
 const NOW = '2026-01-01T01:00:00.000Z';
 
 const ctx = gateContext(input, TEST_RUN);

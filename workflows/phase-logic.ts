@@ -515,7 +515,7 @@ export function lockHashOf(input: Pick<PhaseInput, 'protocol' | 'prompts' | 'pri
 /** Every recorded decision of a phase checked again from scratch; the problems found (none for an honest phase). */
 export function decisionRecordProblems(lock: { phaseId: string; protocolHash: string; people: Record<string, string> }, state: PhaseState): string[] {
   return signaturesIn(state)
-    .map((r) => recordProblem(r, lock))
+    .map((r) => recordProblem(r, { ...lock, run: state.run ?? null }))
     .filter((p): p is string => p !== null);
 }
 

@@ -39,7 +39,7 @@ export function renderPhaseList(phases: ListedPhase[], person: string): string {
 
 /** A recorded decision's signature, checked again here against the locked roster, as `verify` does. */
 function signatureCheck(detail: PhaseDetail, s: SignatureRecord): string {
-  const problem = recordProblem(s, detail.input);
+  const problem = recordProblem(s, { ...detail.input, run: detail.state.run ?? null });
   return problem === null
     ? `<span class="sig-ok" title="${esc(s.signed.signature)}">signature verified, key ${esc(s.keyFingerprint)}</span>`
     : `<span class="sig-bad">signature check failed: ${esc(problem)}</span>`;
