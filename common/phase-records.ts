@@ -65,10 +65,15 @@ function parseRecord(text: string, phaseId: string): PhaseRecord {
     throw new RecordUnreadable(`the record of phase ${phaseId} is unreadable: not JSON (${text.length} bytes)`);
   }
   const state = isObject(value) ? value.state : undefined;
-  if (!isObject(value) || value.phaseId !== phaseId || !isObject(state) || typeof state.status !== 'string' || !Array.isArray(state.ledger) || typeof value.updatedAt !== 'string') {
-    throw new RecordUnreadable(`the record of phase ${phaseId} is unreadable: not a phase record of this phase`);
-  }
-  return value as unknown as PhaseRecord;
+  const budget = isObject(state) ? state.budget : undefined;
+  // What list, status and the metrics read of every record, so that one odd record cannot break them for all.
+  const sound =
+    isObject(value) && value.phaseId === phaseId && typeof value.phaseName === 'string' && typeof value.updatedAt === 'string' && isObject(value.input) &&
+    isObject(state) && typeof state.status === 'string' && typeof state.startedAt === 'string' && Array.isArray(state.events) && Array.isArray(state.models) &&
+    isObject(budget) && typeof budget.approvedUsd === 'number' &&
+    Array.isArray(state.ledger) && state.ledger.every((e) => isObject(e) && typeof e.usd === 'number' && typeof e.seconds === 'number' && typeof e.modelKey === 'string');
+  if (!sound) throw new RecordUnreadable(`the record of phase ${phaseId} is unreadable: not a phase record of this phase`);
+  return value as PhaseRecord;
 }
 
 /** A name beside the record for its unreadable bytes, which `list` does not take for a record. */

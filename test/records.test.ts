@@ -121,27 +121,30 @@ test('deleted from Temporal, a FROZEN and a FAILED phase still answer every comm
 test('an unreadable record is listed and kept: nothing is started over it, and its phase keeps its bytes aside', async () => {
   // An adversarial probe: one truncated record made `list` throw for every phase, and its phase's record writes
   // retry forever.
-  const { pc } = await testWorker(server, 'rec-unreadable');
-  const loaded = testProtocol('rec-unreadable', oneModel);
-  const store = pc.records as PhaseRecordStore;
-  const file = path.join(store.dir, `${loaded.phaseId}.json`);
-  mkdirSync(store.dir, { recursive: true });
-  writeFileSync(file, '{"phaseId": "secret text, truncated mid-wr');
-  const refused = await rejection(startPhase(pc, loaded), PhaseError);
-  expect(refused.kind).toBe('refused');
-  expect(refused.message).toMatch(/record of phase .* is unreadable: not JSON/);
-  expect(refused.message).not.toContain('secret text');
-  expect((await listPhases(pc)).find((p) => p.phaseId === loaded.phaseId)?.status).toBe('RECORD UNREADABLE');
-  // A start straight through Temporal (no decision yet) is not recorded over it: it may have said FROZEN.
-  const fresh = initialState(phaseInputOf(loaded), new Date().toISOString());
-  await expect(store.write(phaseInputOf(loaded), fresh)).rejects.toThrow(/a phase with no decision yet is not recorded over it/);
-  // A running phase's own write (its state holds all the record did) keeps the unreadable bytes beside it.
-  await store.write(phaseInputOf(loaded), { ...fresh, status: 'AWAITING_REVIEW', appliedDecisions: ['approve:demo-approver:1000000'] });
-  expect((await store.read(loaded.phaseId))?.state.status).toBe('AWAITING_REVIEW');
-  const aside = readdirSync(store.dir).filter((n) => n.startsWith(`${loaded.phaseId}.json.unreadable-`));
-  expect(aside).toHaveLength(1);
-  expect(readFileSync(path.join(store.dir, aside[0]!), 'utf8')).toContain('secret text');
-  expect((await store.list()).unreadable).toEqual([]);
+  const { worker, pc } = await testWorker(server, 'rec-unreadable');
+  // Run, so that the worker lets go of the server's connection at the end.
+  await worker.runUntil(async () => {
+    const loaded = testProtocol('rec-unreadable', oneModel);
+    const store = pc.records as PhaseRecordStore;
+    const file = path.join(store.dir, `${loaded.phaseId}.json`);
+    mkdirSync(store.dir, { recursive: true });
+    writeFileSync(file, '{"phaseId": "secret text, truncated mid-wr');
+    const refused = await rejection(startPhase(pc, loaded), PhaseError);
+    expect(refused.kind).toBe('refused');
+    expect(refused.message).toMatch(/record of phase .* is unreadable: not JSON/);
+    expect(refused.message).not.toContain('secret text');
+    expect((await listPhases(pc)).find((p) => p.phaseId === loaded.phaseId)?.status).toBe('RECORD UNREADABLE');
+    // A start straight through Temporal (no decision yet) is not recorded over it: it may have said FROZEN.
+    const fresh = initialState(phaseInputOf(loaded), new Date().toISOString());
+    await expect(store.write(phaseInputOf(loaded), fresh)).rejects.toThrow(/a phase with no decision yet is not recorded over it/);
+    // A running phase's own write (its state holds all the record did) keeps the unreadable bytes beside it.
+    await store.write(phaseInputOf(loaded), { ...fresh, status: 'AWAITING_REVIEW', appliedDecisions: ['approve:demo-approver:1000000'] });
+    expect((await store.read(loaded.phaseId))?.state.status).toBe('AWAITING_REVIEW');
+    const aside = readdirSync(store.dir).filter((n) => n.startsWith(`${loaded.phaseId}.json.unreadable-`));
+    expect(aside).toHaveLength(1);
+    expect(readFileSync(path.join(store.dir, aside[0]!), 'utf8')).toContain('secret text');
+    expect((await store.list()).unreadable).toEqual([]);
+  });
 });
 
 test('a cancel that arrives while the phase freezes leaves it FROZEN', async () => {
