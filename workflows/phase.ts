@@ -358,10 +358,11 @@ async function runModelsSideBySide(input: PhaseInput, state: PhaseState, moveTo:
   const others = (key: string): number => [...inFlight].reduce((sum, [k, usd]) => (k === key ? sum : sum + usd), 0);
   const scope = new CancellationScope();
   let ended = false; // FAILED or REJECTED: the other models stop
-  const todo = protocol.models.filter((m) => !succeeded(state.models.find((p) => p.modelKey === m.key) ?? { status: '' }));
+  const isDone = (key: string): boolean => succeeded(state.models.find((p) => p.modelKey === key) ?? { status: '' });
+  const todo = protocol.models.filter((m) => !isDone(m.key));
   /** The reserves of the other models that still wait to dispatch. */
   const waitingUsd = (key: string): number =>
-    todo.filter((m) => m.key !== key && !inFlight.has(m.key) && !succeeded(state.models.find((p) => p.modelKey === m.key) ?? { status: '' })).reduce((sum, m) => sum + modelPlan(input, state, m).attemptUsd, 0);
+    todo.filter((m) => m.key !== key && !inFlight.has(m.key) && !isDone(m.key)).reduce((sum, m) => sum + modelPlan(input, state, m).attemptUsd, 0);
 
   // The phase has ended for every model: one failed for good, or a decision ended it (a rejection arrives while
   // one model waits at the gate and others wait elsewhere: each must see it, not only the one at the gate).
