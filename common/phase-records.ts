@@ -164,7 +164,7 @@ export class PhaseRecordStore implements PhaseRecords {
       if ((err as NodeJS.ErrnoException).code === 'ENOENT') return Promise.resolve({ records: [], unreadable: [] });
       throw err;
     }
-    return Promise.resolve(collect(names.map((n) => n.slice(0, -'.json'.length)), (id) => this.readSync(id)));
+    return collect(names.map((n) => n.slice(0, -'.json'.length)), (id) => this.read(id));
   }
 
   // async: a refusal is a rejected promise, as from the shared store.
@@ -200,12 +200,7 @@ export class StoredPhaseRecords implements PhaseRecords {
 
   async list(): Promise<RecordList> {
     const ids = (await this.store.list('records/')).filter((k) => k.endsWith('.json')).map((k) => k.slice('records/'.length, -'.json'.length));
-    const texts = await Promise.all(ids.map(async (id) => [id, await this.store.getText(`records/${id}.json`)] as const));
-    const byId = new Map(texts);
-    return collect(ids, (id) => {
-      const text = byId.get(id);
-      return text === null || text === undefined ? null : parseRecord(text, id);
-    });
+    return collect(ids, (id) => this.read(id));
   }
 
   async write(input: PhaseInput, state: PhaseState, now: Date = new Date()): Promise<PhaseRecord> {
@@ -224,19 +219,20 @@ export class StoredPhaseRecords implements PhaseRecords {
   }
 }
 
-/** Reads each id's record: the readable ones newest first, the unreadable ones named. */
-function collect(ids: string[], read: (id: string) => PhaseRecord | null): RecordList {
-  const records: PhaseRecord[] = [];
-  const unreadable: string[] = [];
-  for (const id of ids) {
-    try {
-      const r = read(id);
-      if (r !== null) records.push(r);
-    } catch (err) {
-      if (!(err instanceof RecordUnreadable)) throw err;
-      unreadable.push(id);
-    }
-  }
+/** Reads each id's record (at once): the readable ones newest first, the unreadable ones named. */
+async function collect(ids: string[], read: (id: string) => Promise<PhaseRecord | null>): Promise<RecordList> {
+  const outcomes = await Promise.all(
+    ids.map(async (id) => {
+      try {
+        return { id, record: await read(id) };
+      } catch (err) {
+        if (err instanceof RecordUnreadable) return { id, record: undefined };
+        throw err;
+      }
+    }),
+  );
+  const records = outcomes.flatMap((o) => (o.record ? [o.record] : []));
+  const unreadable = outcomes.filter((o) => o.record === undefined).map((o) => o.id);
   return { records: records.sort(newestFirst), unreadable: unreadable.sort() };
 }
 
